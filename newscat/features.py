@@ -1,0 +1,57 @@
+"""Text normalization and tokenization: done once per study, shared by training and serving."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import datasets
+    from transformers import PreTrainedTokenizerBase
+
+    from newscat.data import NewsData
+
+_ENTITY = re.compile(r"#(\d{2,4});")
+_SPACES = re.compile(r"\s+")
+
+
+def normalize_text(text: str) -> str:
+    """Undo AG News escapes (`\\n`, stray backslashes, `#36;` for `$`) and squeeze whitespace.
+
+    Applied to training texts and to served requests alike, so both see the same input.
+    """
+    text = text.replace("\\n", " ").replace("\\", " ")
+    text = _ENTITY.sub(lambda m: chr(int(m.group(1))), text)
+    return _SPACES.sub(" ", text).strip()
+
+
+def load_tokenizer(model_path: str) -> PreTrainedTokenizerBase:
+    """The (fast) tokenizer that belongs to the model; never runs remote code."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_path, trust_remote_code=False)
+
+
+def encode_texts(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int) -> dict:
+    """Token ids without padding (padding happens per batch), truncated to `max_length`."""
+    return tokenizer(
+        [normalize_text(t) for t in texts],
+        truncation=True,
+        max_length=max_length,
+        padding=False,
+        return_token_type_ids=False,
+    )
+
+
+def tokenize_news(tokenizer: PreTrainedTokenizerBase, data: NewsData, max_length: int) -> datasets.DatasetDict:
+    """Tokenize every split once; trials reuse the result."""
+    import datasets
+
+    splits = {}
+    for name in ("train", "validation", "test"):
+        frame = getattr(data, name)
+        encoded = encode_texts(tokenizer, frame["text"].tolist(), max_length)
+        encoded["labels"] = frame["label"].tolist()
+        encoded["length"] = [len(ids) for ids in encoded["input_ids"]]
+        splits[name] = datasets.Dataset.from_dict(dict(encoded))
+    return datasets.DatasetDict(splits)

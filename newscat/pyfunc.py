@@ -1,0 +1,159 @@
+"""The served model: a custom MLflow PythonModel over safetensors weights and a tokenizer."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.types.schema import ColSpec, DataType, Map, Schema
+
+from newscat.features import encode_texts
+
+TEXT_COLUMN = "text"
+SETTINGS_FILE = "newscat.json"
+# Files of a Trainer checkpoint that make up the served model; pickles (training_args.bin) are left out.
+MODEL_FILES = (
+    "model.safetensors",
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+)
+
+SIGNATURE = mlflow.models.ModelSignature(
+    inputs=Schema([ColSpec(DataType.string, TEXT_COLUMN)]),
+    outputs=Schema(
+        [
+            ColSpec(DataType.string, "label"),
+            ColSpec(DataType.double, "score"),
+            ColSpec(Map(DataType.double), "probabilities"),
+        ]
+    ),
+)
+
+
+class NewsClassifier(mlflow.pyfunc.PythonModel):
+    """Loads once; predicts a topic, its probability and every class probability per text."""
+
+    def load_context(self, context: Any) -> None:
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        model_dir = Path(context.artifacts["classifier"])
+        settings = json.loads((model_dir / SETTINGS_FILE).read_text(encoding="utf-8"))
+        self.max_length = int(settings["max_length"])
+        self.batch_size = int(settings.get("batch_size", 64))
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
+        self.model = AutoModelForSequenceClassification.from_pretrained(
+            model_dir, use_safetensors=True, trust_remote_code=False
+        ).eval()
+        config = self.model.config
+        self.label_names = [config.id2label[i] for i in range(config.num_labels)]
+        self._torch = torch
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        texts = _texts_from(model_input)
+        probabilities = self.predict_proba(texts)
+        best = probabilities.argmax(axis=1) if len(texts) else np.empty(0, dtype=int)
+        return pd.DataFrame(
+            {
+                "label": [self.label_names[i] for i in best],
+                "score": probabilities[np.arange(len(texts)), best].astype(float),
+                "probabilities": [dict(zip(self.label_names, map(float, row), strict=True)) for row in probabilities],
+            }
+        )
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray:
+        """Class probabilities, shape (len(texts), n_classes); batches sorted by length."""
+        torch = self._torch
+        out = np.zeros((len(texts), len(self.label_names)), dtype=np.float64)
+        if not texts:
+            return out
+        encoded = encode_texts(self.tokenizer, texts, self.max_length)["input_ids"]
+        order = np.argsort([len(ids) for ids in encoded], kind="stable")
+        with torch.inference_mode():
+            for start in range(0, len(order), self.batch_size):
+                rows = order[start : start + self.batch_size]
+                batch = self.tokenizer.pad({"input_ids": [encoded[i] for i in rows]}, return_tensors="pt")
+                logits = self.model(**batch).logits
+                out[rows] = torch.softmax(logits.float(), dim=-1).numpy()
+        return out
+
+
+def _texts_from(model_input: Any) -> list[str]:
+    """Accept a DataFrame with a `text` column, a Series, or a list of strings."""
+    if isinstance(model_input, pd.DataFrame):
+        if TEXT_COLUMN not in model_input.columns:
+            raise _invalid(
+                f"input needs a column named {TEXT_COLUMN!r}; got {', '.join(map(str, model_input.columns))}"
+            )
+        values = model_input[TEXT_COLUMN].tolist()
+    elif isinstance(model_input, pd.Series):
+        values = model_input.tolist()
+    elif isinstance(model_input, (list, tuple, np.ndarray)):
+        values = list(model_input)
+    elif isinstance(model_input, str):
+        values = [model_input]
+    else:
+        raise _invalid(f"unsupported input type {type(model_input).__name__}; send a list of strings")
+    bad = [i for i, value in enumerate(values) if not isinstance(value, str)]
+    if bad:
+        value = values[bad[0]]
+        shown = "null" if value is None or (isinstance(value, float) and np.isnan(value)) else repr(value)
+        raise _invalid(
+            f'every {TEXT_COLUMN!r} value must be a string; row {bad[0]} is {shown} (send "" for an empty text)'
+        )
+    return values
+
+
+def _invalid(message: str) -> MlflowException:
+    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+
+
+def export_classifier(checkpoint: Path, target: Path, *, max_length: int, base_model: str) -> Path:
+    """Copy a checkpoint's weights and tokenizer into a clean model directory (no pickles)."""
+    target.mkdir(parents=True, exist_ok=True)
+    for name in MODEL_FILES:
+        if (checkpoint / name).is_file():
+            shutil.copy2(checkpoint / name, target / name)
+    if not (target / "model.safetensors").is_file():
+        raise FileNotFoundError(f"{checkpoint}: no model.safetensors to serve")
+    settings = {"max_length": max_length, "base_model": base_model, "batch_size": 64}
+    (target / SETTINGS_FILE).write_text(json.dumps(settings, indent=2), encoding="utf-8")
+    return target
+
+
+def pip_requirements() -> list[str]:
+    """Pinned requirements of the serving environment (torch pinned to the CPU build installed here)."""
+    from importlib.metadata import version
+
+    # "2.13.0+cpu" -> "2.13.0": local version labels are not on PyPI.
+    return [
+        f"{name}=={version(name).split('+')[0]}"
+        for name in ("mlflow", "torch", "transformers", "tokenizers", "safetensors", "pandas", "numpy")
+    ]
+
+
+def log_pyfunc(model_dir: Path, *, name: str = "model") -> Any:
+    """Log the classifier as a pyfunc model in the active run; returns MLflow's ModelInfo."""
+    import newscat
+
+    example = pd.DataFrame({TEXT_COLUMN: ["Stocks rally as oil prices fall", "Striker scores twice in cup final win"]})
+    package = Path(newscat.__file__).parent
+    return mlflow.pyfunc.log_model(
+        name=name,
+        python_model=str(package / "served_model.py"),  # models-from-code: nothing pickled
+        artifacts={"classifier": str(model_dir)},
+        code_paths=[str(package)],
+        signature=SIGNATURE,
+        input_example=example,
+        pip_requirements=pip_requirements(),
+    )

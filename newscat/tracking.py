@@ -1,0 +1,161 @@
+"""MLflow tracking: the study's parent run, one nested run per trial, per-epoch metrics, artifacts."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import mlflow
+from mlflow.tracking import MlflowClient
+from transformers import TrainerCallback
+
+from newscat.config import Config
+
+if TYPE_CHECKING:
+    from newscat.data import NewsData
+
+# Optuna's trial state -> the MLflow run status that tells the same story.
+RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+CHECKPOINT_FILES = (
+    "model.safetensors",
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "trainer_state.json",
+)
+
+
+def start_study_run(cfg: Config, *, resume_run_id: str | None) -> mlflow.ActiveRun:
+    """The parent run: the one `mlflow run` made (MLFLOW_RUN_ID), else the study's earlier run, else new."""
+    if not os.environ.get("MLFLOW_RUN_ID"):
+        if resume_run_id and _run_exists(resume_run_id):
+            return mlflow.start_run(run_id=resume_run_id)
+        mlflow.set_experiment(cfg.experiment)
+        return mlflow.start_run(run_name=f"study-{cfg.tune.study_name}")
+    return mlflow.start_run()
+
+
+def _run_exists(run_id: str) -> bool:
+    try:
+        return MlflowClient().get_run(run_id).info.lifecycle_stage == "active"
+    except mlflow.exceptions.MlflowException:
+        return False
+
+
+def log_study_setup(cfg: Config, data: NewsData) -> dict[str, str]:
+    """Config as flat params, dataset lineage with digests; returns the digests by split."""
+    log_params_once(cfg.to_flat_dict())
+    mlflow.set_tags({"newscat.study": cfg.tune.study_name, "newscat.role": "study"})
+    digests = {}
+    with warnings.catch_warnings():  # MLflow's hints about source kinds and int columns are noise here
+        warnings.simplefilter("ignore", UserWarning)
+        for split in ("train", "validation", "test"):
+            frame = getattr(data, split)
+            dataset = mlflow.data.from_pandas(frame, source=_source(data.source), targets="label", name=split)
+            mlflow.log_input(dataset, context=split)
+            digests[split] = dataset.digest
+    log_params_once(
+        {
+            "data.layout": data.layout,
+            "data.labels": ",".join(data.label_names)[:500],
+            "data.train_rows": len(data.train),
+            "data.validation_rows": len(data.validation),
+            "data.test_rows": len(data.test),
+            "data.train_digest": digests["train"],
+        }
+    )
+    return digests
+
+
+def log_params_once(params: Mapping[str, Any]) -> None:
+    """Log params; on a resumed run keep the first values (MLflow forbids changing them) and tag changes."""
+    logged = MlflowClient().get_run(mlflow.active_run().info.run_id).data.params
+    new = {k: v for k, v in params.items() if k not in logged}
+    changed = {
+        f"newscat.resumed_with.{k}": str(v)[:5000] for k, v in params.items() if k in logged and logged[k] != str(v)
+    }
+    if new:
+        mlflow.log_params(new)
+    if changed:
+        mlflow.set_tags(changed)
+
+
+def _source(source: str) -> str:
+    path = Path(source).expanduser()
+    return str(path.resolve()) if path.exists() else source
+
+
+def start_trial_run(number: int, study_name: str) -> mlflow.ActiveRun:
+    """A nested run for one trial, named after its number."""
+    return mlflow.start_run(
+        run_name=f"trial-{number}",
+        nested=True,
+        tags={"newscat.study": study_name, "newscat.trial": str(number), "newscat.role": "trial"},
+    )
+
+
+def end_trial_run(state: str, reason: str | None = None) -> None:
+    """Close the active trial run with the status matching Optuna's state."""
+    tags = {"optuna.state": state}
+    if reason:
+        tags["newscat.fail_reason"] = reason[:5000]
+    mlflow.set_tags(tags)
+    mlflow.end_run(status=RUN_STATUS[state])
+
+
+def log_checkpoint(checkpoint: Path, artifact_path: str = "checkpoint") -> None:
+    """Log the best epoch's weights, tokenizer and trainer state (no pickles) to the active run."""
+    for name in CHECKPOINT_FILES:
+        if (checkpoint / name).is_file():
+            mlflow.log_artifact(str(checkpoint / name), artifact_path=artifact_path)
+
+
+def download_checkpoint(run_id: str, target: Path, artifact_path: str = "checkpoint") -> Path:
+    """Fetch a trial's logged checkpoint (it may come from an earlier process or another worker)."""
+    target.mkdir(parents=True, exist_ok=True)
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=str(target)))
+
+
+def log_metrics(metrics: Mapping[str, float], *, step: int | None = None, prefix: str = "") -> None:
+    """Log numeric metrics to the active run."""
+    mlflow.log_metrics({f"{prefix}{k}": float(v) for k, v in metrics.items()}, step=step)
+
+
+class EpochMetricsCallback(TrainerCallback):
+    """Logs train loss, eval loss, accuracy and macro-F1 to the active run, one step per epoch."""
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
+        if not logs or state.epoch is None:
+            return
+        step = round(state.epoch)
+        if "loss" in logs:
+            mlflow.log_metric("train_loss", float(logs["loss"]), step=step)
+        evals = {k: float(v) for k, v in logs.items() if k in ("eval_loss", "eval_accuracy", "eval_macro_f1")}
+        if evals:
+            mlflow.log_metrics(evals, step=step)
+
+
+def log_trial_params(number: int, params: Mapping[str, Any], cfg: Config) -> None:
+    """Sampled and fixed parameters of one trial, flat and short."""
+    mlflow.log_params(
+        {
+            **params,
+            "trial_number": number,
+            "model": cfg.model.name,
+            "max_length": cfg.model.max_length,
+            "bf16": cfg.train.bf16,
+            "metric": cfg.train.metric,
+            "seed": cfg.seed + number,
+        }
+    )
+
+
+def log_study_summary(counts: Mapping[str, int], best: Any) -> None:
+    """Counts by state, and the best trial's number, value and params (tags: they change on resume)."""
+    log_metrics({**counts, "best_value": best.value, "best_trial": best.number})
+    mlflow.set_tags({"best_trial": str(best.number), **{f"best.{k}": str(v) for k, v in best.params.items()}})

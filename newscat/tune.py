@@ -1,0 +1,220 @@
+"""The Optuna side: the search space (a function of the trial), the study, pruning and progress."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from transformers import TrainerCallback
+
+from newscat.config import ConfigError, TuneConfig
+from newscat.train import TrialParams
+
+log = logging.getLogger("newscat")
+
+# Ranges that suit small BERTs (they tolerate and like larger learning rates than BERT-base).
+DEFAULT_SPACE: dict[str, Any] = {
+    "learning_rate": {"low": 2e-5, "high": 3e-4, "log": True},
+    "batch_size": {"choices": [16, 32]},
+    "epochs": {"low": 1, "high": 10},  # capped by max_epochs
+    "warmup_ratio": {"low": 0.0, "high": 0.2},
+    "weight_decay": {"low": 0.0, "high": 0.1},
+}
+# A known-good first trial, so that even a one-trial study gives a useful model.
+DEFAULT_FIRST_TRIAL: dict[str, Any] = {
+    "learning_rate": 1e-4,
+    "batch_size": 32,
+    "warmup_ratio": 0.1,
+    "weight_decay": 0.01,
+}
+INT_PARAMS = frozenset({"batch_size", "epochs"})
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """Per parameter: a fixed value, a {low, high[, log]} range or a {choices: [...]} list."""
+
+    params: Mapping[str, Any]
+    enqueue: tuple[Mapping[str, Any], ...] = field(default_factory=tuple)
+
+
+def search_space_from(values: Mapping[str, Any] | None, *, max_epochs: int) -> SearchSpace:
+    """The built-in space, or the default one updated with `values` (validated)."""
+    if not values:
+        first = {**DEFAULT_FIRST_TRIAL, "epochs": max_epochs}
+        return SearchSpace(params=_cap_epochs(DEFAULT_SPACE, max_epochs), enqueue=(first,))
+    values = dict(values)
+    enqueue = tuple(values.pop("enqueue", None) or ())
+    unknown = set(values) - set(DEFAULT_SPACE)
+    if unknown:
+        raise ConfigError(
+            f"unknown search-space parameter(s) {', '.join(sorted(unknown))}; known: {', '.join(DEFAULT_SPACE)}"
+        )
+    for name, spec in values.items():
+        _check_spec(name, spec)
+    for trial in enqueue:
+        if not isinstance(trial, Mapping) or set(trial) - set(DEFAULT_SPACE):
+            raise ConfigError(f"enqueue entries must map search-space parameters to values, got {trial!r}")
+    return SearchSpace(params=_cap_epochs({**DEFAULT_SPACE, **values}, max_epochs), enqueue=enqueue)
+
+
+def _cap_epochs(space: Mapping[str, Any], max_epochs: int) -> dict[str, Any]:
+    space = dict(space)
+    spec = space["epochs"]
+    if isinstance(spec, Mapping) and "high" in spec:
+        space["epochs"] = {**spec, "high": min(int(spec["high"]), max_epochs), "low": min(int(spec["low"]), max_epochs)}
+    elif isinstance(spec, int):
+        space["epochs"] = min(spec, max_epochs)
+    return space
+
+
+def _check_spec(name: str, spec: Any) -> None:
+    if isinstance(spec, Mapping):
+        if "choices" in spec:
+            if not spec["choices"]:
+                raise ConfigError(f"search space {name}: choices must not be empty")
+        elif not {"low", "high"} <= set(spec) or not spec["low"] <= spec["high"]:
+            raise ConfigError(f"search space {name}: needs low <= high, or choices, got {dict(spec)}")
+        elif spec.get("log") and spec["low"] <= 0:
+            raise ConfigError(f"search space {name}: a log range needs low > 0")
+    elif not isinstance(spec, (int, float)):
+        raise ConfigError(f"search space {name}: give a number, a range or choices, got {spec!r}")
+
+
+def suggest_params(trial: optuna.Trial, space: SearchSpace) -> TrialParams:
+    """Sample (or take fixed) values for every hyper-parameter from `space`."""
+    values = {}
+    for name, spec in space.params.items():
+        if not isinstance(spec, Mapping):
+            values[name] = spec
+        elif "choices" in spec:
+            values[name] = trial.suggest_categorical(name, list(spec["choices"]))
+        elif name in INT_PARAMS:
+            values[name] = trial.suggest_int(name, int(spec["low"]), int(spec["high"]))
+        else:
+            values[name] = trial.suggest_float(name, float(spec["low"]), float(spec["high"]), log=bool(spec.get("log")))
+    return TrialParams(
+        learning_rate=float(values["learning_rate"]),
+        batch_size=int(values["batch_size"]),
+        epochs=int(values["epochs"]),
+        warmup_ratio=float(values["warmup_ratio"]),
+        weight_decay=float(values["weight_decay"]),
+    )
+
+
+def open_study(cfg: TuneConfig, *, seed: int, max_epochs: int) -> optuna.Study:
+    """Create the study, or load it when it exists (resume)."""
+    try:
+        existing = optuna.study.get_all_study_names(cfg.storage)
+    except Exception as exc:  # bad URL, missing driver, unreachable server
+        raise ConfigError(f"cannot open Optuna storage {cfg.storage!r}: {str(exc).splitlines()[0]}") from exc
+    resumed = cfg.study_name in existing
+    n_done = len(optuna.load_study(study_name=cfg.study_name, storage=cfg.storage).trials) if resumed else 0
+    # Offset the seed by the trials already run, so a resumed study does not replay its first samples.
+    sampler = optuna.samplers.TPESampler(
+        seed=seed + n_done, n_startup_trials=max(2, min(10, cfg.n_trials // 2)), multivariate=True
+    )
+    return optuna.create_study(
+        study_name=cfg.study_name,
+        storage=cfg.storage,
+        direction="maximize",
+        sampler=sampler,
+        pruner=make_pruner(cfg, max_epochs),
+        load_if_exists=True,
+    )
+
+
+def make_pruner(cfg: TuneConfig, max_epochs: int) -> optuna.pruners.BasePruner:
+    """Median (default), Hyperband over epochs, or none."""
+    if cfg.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=cfg.pruner_startup_trials, n_warmup_steps=0)
+    if cfg.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max_epochs, reduction_factor=3)
+    return optuna.pruners.NopPruner()
+
+
+def enqueue_first_trials(study: optuna.Study, space: SearchSpace) -> None:
+    """Queue the warm-start trials, but only into a study that has none yet."""
+    if not study.trials:
+        for params in space.enqueue:
+            study.enqueue_trial(dict(params), skip_if_exists=True)
+
+
+def finished_count(study: optuna.Study) -> int:
+    """Trials that count toward n_trials: complete or pruned (failed ones are retried)."""
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def run_trials(study: optuna.Study, objective: Callable[[optuna.Trial], float], cfg: TuneConfig) -> None:
+    """Run trials until n_trials are finished in total (across resumes and workers) or time is up."""
+    remaining = cfg.n_trials - finished_count(study)
+    if remaining <= 0:
+        log.info("study %s already has %d finished trials; nothing to run", study.study_name, cfg.n_trials)
+        return
+    log.info("study %s: running up to %d trial(s) of %d", study.study_name, remaining, cfg.n_trials)
+    study.optimize(
+        objective,
+        n_trials=remaining,
+        timeout=cfg.timeout,
+        catch=(Exception,),  # a failed trial is recorded (FAIL + reason) and the study goes on
+        callbacks=[
+            optuna.study.MaxTrialsCallback(cfg.n_trials, states=FINISHED),
+            ProgressReporter(cfg.n_trials),
+        ],
+        gc_after_trial=True,
+    )
+
+
+class ProgressReporter:
+    """Prints `trial n of N: STATE value, best so far` after every trial."""
+
+    def __init__(self, n_trials: int) -> None:
+        self.n_trials = n_trials
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        value = "" if trial.value is None else f" value={trial.value:.4f}"
+        try:
+            best = f"best so far {study.best_value:.4f} (trial {study.best_trial.number})"
+        except ValueError:
+            best = "no complete trial yet"
+        log.info(
+            "trial %d finished (%d of %d): %s%s; %s",
+            trial.number,
+            finished_count(study),
+            self.n_trials,
+            trial.state.name,
+            value,
+            best,
+        )
+
+
+class PruningCallback(TrainerCallback):
+    """Reports each epoch's validation score to Optuna and stops training when the pruner says so."""
+
+    def __init__(self, trial: optuna.Trial, metric: str) -> None:
+        self.trial = trial
+        self.metric = metric
+        self.pruned_at: int | None = None
+
+    def on_evaluate(
+        self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None, **kwargs: Any
+    ) -> None:
+        if not metrics or self.metric not in metrics:
+            return
+        epoch = round(state.epoch)
+        self.trial.report(float(metrics[self.metric]), step=epoch)
+        if self.trial.should_prune():
+            self.pruned_at = epoch
+            control.should_training_stop = True
+
+
+def study_summary(study: optuna.Study) -> dict[str, int]:
+    """Counts of trials by state."""
+    counts = {state.name.lower(): 0 for state in optuna.trial.TrialState}
+    for trial in study.get_trials(deepcopy=False):
+        counts[trial.state.name.lower()] += 1
+    return {f"trials_{name}": n for name, n in counts.items() if name in ("complete", "pruned", "fail", "running")}

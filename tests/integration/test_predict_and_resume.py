@@ -1,0 +1,103 @@
+"""`newscat predict` over a file, and a study resumed by a second `newscat tune` process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import CLASSES, write_ag_news_dir
+from tests.integration.conftest import MODEL_NAME, TrackedStudy, tool_env
+
+pytestmark = pytest.mark.integration
+
+
+def test_predict_scores_a_csv_in_batches(tracked_study: TrackedStudy, tmp_path: Path) -> None:
+    source = tmp_path / "in.csv"
+    source.write_text("text\n" + "\n".join(f"Lakers win game {i}" for i in range(5)) + "\n")
+    out = tmp_path / "out.jsonl"
+    result = subprocess.run(
+        [
+            "newscat",
+            "predict",
+            f"models:/{MODEL_NAME}@challenger",
+            "-i",
+            str(source),
+            "-o",
+            str(out),
+            "--batch-size",
+            "2",
+        ],
+        env=tool_env(tracked_study.tracking_uri),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [row["text"] for row in rows] == [f"Lakers win game {i}" for i in range(5)]
+    assert all(row["label"] in CLASSES and 0.0 < row["score"] <= 1.0 for row in rows)
+    assert "scored 5 text(s)" in result.stderr
+
+
+def _tune(root: Path, data: Path, n_trials: int) -> subprocess.CompletedProcess:
+    command = [
+        "newscat",
+        "tune",
+        "--data",
+        str(data),
+        "--n-trials",
+        str(n_trials),
+        "--max-epochs",
+        "1",
+        "--max-length",
+        "24",
+        "--max-train-samples",
+        "0",
+        "--max-eval-samples",
+        "0",
+        "--study-name",
+        "resume",
+        "--storage",
+        f"sqlite:///{root}/optuna.db",
+        "--experiment",
+        "resume",
+        "--registered-model",
+        "newscat-resume",
+        "--config",
+        str(root / "config.yaml"),
+    ]
+    return subprocess.run(
+        command, cwd=root, env=tool_env(f"sqlite:///{root}/mlflow.db"), capture_output=True, text=True, timeout=600
+    )
+
+
+def test_rerun_resumes_the_study_instead_of_starting_over(tmp_path: Path) -> None:
+    data = write_ag_news_dir(tmp_path / "data", n_train=8, n_test=3)
+    (tmp_path / "config.yaml").write_text(f"train:\n  work_dir: {tmp_path / 'work'}\n")
+    first = _tune(tmp_path, data, n_trials=1)
+    assert first.returncode == 0, first.stderr[-4000:]
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    trial0 = optuna.load_study(study_name="resume", storage=storage).trials[0]
+
+    second = _tune(tmp_path, data, n_trials=2)
+    assert second.returncode == 0, second.stderr[-4000:]
+    assert "running up to 1 trial(s) of 2" in second.stderr
+    trials = optuna.load_study(study_name="resume", storage=storage).trials
+    assert len(trials) == 2
+    assert trials[0].datetime_start == trial0.datetime_start  # kept, not retrained
+    assert trials[0].user_attrs["mlflow_run_id"] == trial0.user_attrs["mlflow_run_id"]
+
+    third = _tune(tmp_path, data, n_trials=2)
+    assert third.returncode == 0, third.stderr[-4000:]
+    assert "already has 2 finished trials" in third.stderr
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    parents = {client.get_run(t.user_attrs["mlflow_run_id"]).data.tags["mlflow.parentRunId"] for t in trials}
+    assert len(parents) == 1  # the resumed study kept its parent run
+    versions = client.search_model_versions("name='newscat-resume'")
+    assert len(versions) == len({v.tags["trial_run_id"] for v in versions})  # no duplicate registration

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from newscat.cli import main
+
+
+@pytest.mark.parametrize("command", [[], ["tune"], ["promote"], ["predict"]])
+def test_every_command_explains_itself(command: list[str]) -> None:
+    result = CliRunner().invoke(main, [*command, "--help"])
+    assert result.exit_code == 0
+    assert "Usage:" in result.output and len(result.output.splitlines()) > 5
+
+
+def test_bad_data_fails_before_training(tmp_path: Path) -> None:
+    (tmp_path / "train.csv").write_text("text,label\nonly one,a\n")
+    result = CliRunner().invoke(main, ["tune", "--data", str(tmp_path), "--storage", f"sqlite:///{tmp_path}/o.db"])
+    assert result.exit_code == 1
+    assert "single class" in result.output
+    assert not (tmp_path / "o.db").exists()  # nothing was started
+
+
+def test_unknown_config_key_is_reported(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("tune:\n  n_trails: 3\n")
+    result = CliRunner().invoke(main, ["tune", "--config", str(path)])
+    assert result.exit_code == 1 and "unknown config key 'tune.n_trails'" in result.output
+
+
+def test_promote_needs_a_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/m.db")
+    result = CliRunner().invoke(main, ["promote", "newscat", "--to", "champion"])
+    assert result.exit_code == 1 and "give exactly one of a version or an alias" in result.output
+
+
+def test_predict_reports_a_missing_column(tmp_path: Path) -> None:
+    path = tmp_path / "in.csv"
+    path.write_text("headline\nhello\n")
+    result = CliRunner().invoke(main, ["predict", "models:/x/1", "-i", str(path)])
+    assert result.exit_code == 1 and "no column 'text'" in result.output

@@ -1,0 +1,67 @@
+"""The project files agree with each other: conda.yaml vs pyproject, MLproject vs the CLI, README vs CI."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import yaml
+from click.testing import CliRunner
+
+from newscat.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+REQUIRED_PARAMS = {
+    "data",
+    "model",
+    "n_trials",
+    "timeout",
+    "max_epochs",
+    "max_train_samples",
+    "max_length",
+    "study_name",
+    "storage",
+    "registered_model",
+    "seed",
+}
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[<>=!~ ]", requirement, maxsplit=1)[0].lower()
+
+
+def test_conda_yaml_and_pyproject_agree() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    conda = yaml.safe_load((ROOT / "conda.yaml").read_text())
+    pip = next(dep["pip"] for dep in conda["dependencies"] if isinstance(dep, dict))
+    deps = {_name(r): r for r in project["dependencies"]}
+    conda_deps = {_name(r): r for r in pip}
+    assert set(deps) == set(conda_deps)
+    for name, requirement in deps.items():
+        if name == "torch":
+            assert conda_deps[name] == "torch==2.13.0"  # pinned: a bare torch pulls a CUDA build
+        else:
+            assert conda_deps[name] == requirement
+    assert pip[0] == "torch==2.13.0"
+
+
+def test_mlproject_parameters_cover_the_cli() -> None:
+    spec = yaml.safe_load((ROOT / "MLproject").read_text())
+    assert spec["conda_env"] == "conda.yaml"
+    main_entry = spec["entry_points"]["main"]
+    params = set(main_entry["parameters"])
+    assert params >= REQUIRED_PARAMS
+    command = main_entry["command"]
+    assert command.startswith("python -m newscat tune")
+    help_text = CliRunner().invoke(main, ["tune", "--help"], terminal_width=200).output
+    for option, placeholder in re.findall(r"(--[a-z0-9-]+) \{([a-z0-9_]+)\}", command):
+        assert placeholder in params
+        assert option in help_text, option
+    assert {p for _, p in re.findall(r"(--[a-z0-9-]+) \{([a-z0-9_]+)\}", command)} == params
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    readme = (ROOT / "README.md").read_text()
+    command = re.search(r"<!-- test-command -->\s*```bash\n(.+?)\n```", readme, re.S).group(1).strip()
+    assert command in (ROOT / ".ci" / "run").read_text()
