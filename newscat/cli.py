@@ -113,7 +113,7 @@ def tune(config_file: str | None, search_space: str | None, text_columns: str | 
     from newscat.config import ConfigError, build_config, read_config_file
     from newscat.data import DataError
     from newscat.modeling import ModelError
-    from newscat.pipeline import tune_and_register
+    from newscat.pipeline import StudyError, tune_and_register
 
     overrides = {
         "data.source": flags.pop("data"),
@@ -134,7 +134,7 @@ def tune(config_file: str | None, search_space: str | None, text_columns: str | 
             overrides["tune.search_space"] = read_config_file(search_space)
         cfg = build_config(file_values, overrides)
         outcome = tune_and_register(cfg)
-    except (ConfigError, DataError, ModelError) as exc:
+    except (ConfigError, DataError, ModelError, StudyError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(json.dumps(outcome.__dict__, indent=2, default=str))
 

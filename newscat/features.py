@@ -44,11 +44,14 @@ def encode_texts(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_lengt
 
 
 def tokenize_news(tokenizer: PreTrainedTokenizerBase, data: NewsData, max_length: int) -> datasets.DatasetDict:
-    """Tokenize every split once; trials reuse the result."""
+    """Tokenize the train and validation splits once; trials reuse the result.
+
+    The test split is left out: it is scored through the logged pyfunc model, as it will be served.
+    """
     import datasets
 
     splits = {}
-    for name in ("train", "validation", "test"):
+    for name in ("train", "validation"):
         frame = getattr(data, name)
         encoded = encode_texts(tokenizer, frame["text"].tolist(), max_length)
         encoded["labels"] = frame["label"].tolist()

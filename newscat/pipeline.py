@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import mlflow
 import optuna
 import pandas as pd
 
@@ -92,11 +91,15 @@ def tune_and_register(cfg: Config) -> TuneOutcome:
         return _finish(inputs, study, best, parent.info.run_id, digests)
 
 
+class StudyError(RuntimeError):
+    """The study cannot produce a model."""
+
+
 def _best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
     try:
         return study.best_trial
     except ValueError as exc:
-        raise RuntimeError(
+        raise StudyError(
             f"study {study.study_name!r} has no complete trial; see the FAILED trial runs' newscat.fail_reason"
         ) from exc
 
@@ -126,9 +129,7 @@ def make_objective(inputs: StudyInputs) -> Callable[[optuna.Trial], float]:
             )
             if pruning.pruned_at is not None:
                 raise optuna.TrialPruned(f"pruned after epoch {pruning.pruned_at}")
-            tracking.log_metrics(result.best_metrics, prefix="best_")
-            mlflow.log_metric("best_epoch", result.best_epoch or 0)
-            tracking.log_checkpoint(result.best_checkpoint)
+            tracking.log_trial_result(result.best_metrics, result.best_epoch, result.best_checkpoint)
             tracking.end_trial_run("COMPLETE")
             return result.best_metrics[cfg.train.metric]
         except optuna.TrialPruned:
@@ -207,14 +208,12 @@ def _outcome(
 
 
 def evaluate_model(model_uri: str, data: NewsData) -> dict[str, float]:
-    """Score the logged model (the artifact that gets served) on the test split; log a confusion matrix."""
-    model = mlflow.pyfunc.load_model(model_uri)
-    predicted = model.predict(pd.DataFrame({"text": data.test["text"]}))
+    """Score the logged model (the very artifact that gets served) on the test split."""
+    predicted = pyfunc.load(model_uri).predict(pd.DataFrame({"text": data.test["text"]}))
     to_id = {name: i for i, name in enumerate(data.label_names)}
     predictions = predicted["label"].map(to_id).to_numpy()
     labels = data.test["label"].to_numpy()
-    matrix = confusion(labels, predictions, len(data.label_names))
-    mlflow.log_dict({"labels": list(data.label_names), "matrix": matrix}, "test_confusion_matrix.json")
+    tracking.log_confusion_matrix(data.label_names, confusion(labels, predictions, len(data.label_names)))
     return classification_metrics(labels, predictions, data.label_names)
 
 

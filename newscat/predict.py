@@ -38,10 +38,11 @@ def read_texts(source: str, text_column: str) -> list[str]:
 
 def predict_texts(model_uri: str, texts: list[str], *, batch_size: int, out: IO[str]) -> int:
     """Score `texts` in batches with a progress bar; write one JSON line per text. Returns the count."""
-    import mlflow
     from tqdm.auto import tqdm
 
-    model = mlflow.pyfunc.load_model(model_uri)
+    from newscat.pyfunc import load
+
+    model = load(model_uri)
     with tqdm(total=len(texts), unit="text", desc="predict", file=sys.stderr) as bar:
         for start in range(0, len(texts), batch_size):
             chunk = texts[start : start + batch_size]

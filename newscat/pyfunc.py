@@ -131,6 +131,11 @@ def export_classifier(checkpoint: Path, target: Path, *, max_length: int, base_m
     return target
 
 
+def load(model_uri: str) -> Any:
+    """Load a logged or registered model as a pyfunc (any URI MLflow understands)."""
+    return mlflow.pyfunc.load_model(model_uri)
+
+
 def pip_requirements() -> list[str]:
     """Pinned requirements of the serving environment (torch pinned to the CPU build installed here)."""
     from importlib.metadata import version

@@ -108,6 +108,18 @@ def end_trial_run(state: str, reason: str | None = None) -> None:
     mlflow.end_run(status=RUN_STATUS[state])
 
 
+def log_trial_result(best_metrics: Mapping[str, float], best_epoch: int | None, checkpoint: Path | None) -> None:
+    """A complete trial's best-epoch metrics and its checkpoint."""
+    log_metrics({**best_metrics, "epoch": best_epoch or 0}, prefix="best_")
+    if checkpoint is not None:
+        log_checkpoint(checkpoint)
+
+
+def log_confusion_matrix(label_names: tuple[str, ...], matrix: list[list[int]]) -> None:
+    """The test confusion matrix (rows: true class) as a JSON artifact of the active run."""
+    mlflow.log_dict({"labels": list(label_names), "matrix": matrix}, "test_confusion_matrix.json")
+
+
 def log_checkpoint(checkpoint: Path, artifact_path: str = "checkpoint") -> None:
     """Log the best epoch's weights, tokenizer and trainer state (no pickles) to the active run."""
     for name in CHECKPOINT_FILES:

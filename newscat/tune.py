@@ -115,9 +115,7 @@ def open_study(cfg: TuneConfig, *, seed: int, max_epochs: int) -> optuna.Study:
     resumed = cfg.study_name in existing
     n_done = len(optuna.load_study(study_name=cfg.study_name, storage=cfg.storage).trials) if resumed else 0
     # Offset the seed by the trials already run, so a resumed study does not replay its first samples.
-    sampler = optuna.samplers.TPESampler(
-        seed=seed + n_done, n_startup_trials=max(2, min(10, cfg.n_trials // 2)), multivariate=True
-    )
+    sampler = optuna.samplers.TPESampler(seed=seed + n_done, multivariate=True)
     return optuna.create_study(
         study_name=cfg.study_name,
         storage=cfg.storage,
