@@ -67,6 +67,7 @@ class TrainConfig:
     max_epochs: int = 2
     eval_batch_size: int = 128
     bf16: bool = False
+    freeze_embeddings: bool = False
     metric: str = "eval_accuracy"
     work_dir: str = "newscat-work"
 

