@@ -66,7 +66,7 @@ def main(verbose: bool) -> None:
     "--max-train-samples",
     type=int,
     callback=_empty_is_unset,
-    help="Stratified subsample of the training rows (default 3000; 0: all).",
+    help="Stratified subsample of the training rows (default 5000; 0: all).",
 )
 @click.option(
     "--max-eval-samples",
@@ -96,7 +96,10 @@ def main(verbose: bool) -> None:
     help="Optuna pruner fed with each epoch's validation score (default median).",
 )
 @click.option(
-    "--bf16", type=click.BOOL, default=None, help="true/false: train under bfloat16 autocast (default false)."
+    "--precision",
+    type=click.Choice(["auto", "fp32", "bf16"]),
+    callback=_empty_is_unset,
+    help="Training precision; auto (default) uses bf16 autocast where the hardware runs bf16 natively.",
 )
 @click.option("--registered-model", callback=_empty_is_unset, help="Model Registry name (default newscat).")
 @click.option(
@@ -124,7 +127,7 @@ def tune(config_file: str | None, search_space: str | None, text_columns: str | 
         "model.name": flags.pop("model"),
         "model.max_length": flags.pop("max_length"),
         "train.max_epochs": flags.pop("max_epochs"),
-        "train.bf16": flags.pop("bf16"),
+        "train.precision": flags.pop("precision"),
         **{f"tune.{k}": flags.pop(k) for k in ("n_trials", "timeout", "study_name", "storage", "pruner")},
         **flags,  # registered_model, experiment, seed
     }

@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 from transformers import TrainerCallback
 
 from newscat.config import Config
+from newscat.train import use_bf16
 
 if TYPE_CHECKING:
     from newscat.data import NewsData
@@ -160,7 +161,9 @@ def log_trial_params(number: int, params: Mapping[str, Any], cfg: Config) -> Non
             "trial_number": number,
             "model": cfg.model.name,
             "max_length": cfg.model.max_length,
-            "bf16": cfg.train.bf16,
+            "precision": cfg.train.precision,
+            "bf16": use_bf16(cfg.train.precision),
+            "freeze_embeddings": cfg.train.freeze_embeddings,
             "metric": cfg.train.metric,
             "seed": cfg.seed + number,
         }

@@ -39,6 +39,19 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
+def use_bf16(precision: str) -> bool:
+    """Whether to train under bf16 autocast: asked for, or `auto` on hardware with native bf16 math."""
+    if precision != "auto":
+        return precision == "bf16"
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    # AVX512-BF16 / AMX CPUs run bf16 matmuls natively; elsewhere bf16 is emulated and slower than fp32.
+    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+
+
 def compute_metrics(eval_pred: Any) -> dict[str, float]:
     """Accuracy and macro-F1 from the Trainer's logits (computed offline, no metric downloads)."""
     logits, labels = eval_pred
@@ -72,7 +85,8 @@ def train_classifier(
         learning_rate=params.learning_rate,
         warmup_steps=params.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
         weight_decay=params.weight_decay,
-        bf16=cfg.bf16,
+        bf16=use_bf16(cfg.precision),
+        use_cpu=not torch.cuda.is_available(),  # bf16 autocast on CPU needs it said explicitly
         eval_strategy="epoch" if evaluate else "no",
         save_strategy="epoch" if evaluate else "no",
         logging_strategy="epoch",

@@ -36,3 +36,49 @@ def test_requirements_are_installable_pins() -> None:
     requirements = pip_requirements()
     assert any(r.startswith("torch==") for r in requirements)
     assert all("+" not in r for r in requirements)  # no local version labels such as +cpu
+
+
+def test_batcher_merges_concurrent_requests_and_keeps_their_order() -> None:
+    import threading
+    import time
+
+    import numpy as np
+
+    from newscat.pyfunc import _Batcher
+
+    calls: list[int] = []
+
+    def slow_identity(texts: list[str]) -> np.ndarray:
+        calls.append(len(texts))
+        time.sleep(0.05)  # a busy model: requests pile up meanwhile
+        return np.array([[float(t)] for t in texts])
+
+    batcher = _Batcher(slow_identity)
+    results: dict[int, np.ndarray] = {}
+
+    def client(i: int) -> None:
+        results[i] = batcher.submit([str(i), str(i + 0.5)])
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert {i: r.ravel().tolist() for i, r in results.items()} == {i: [i, i + 0.5] for i in range(8)}
+    assert sum(calls) == 16 and len(calls) < 8  # fewer forward passes than requests
+
+
+def test_batcher_hands_errors_to_the_caller_and_keeps_serving() -> None:
+    import numpy as np
+
+    from newscat.pyfunc import _Batcher
+
+    def picky(texts: list[str]) -> np.ndarray:
+        if "bad" in texts:
+            raise ValueError("boom")
+        return np.zeros((len(texts), 1))
+
+    batcher = _Batcher(picky)
+    with pytest.raises(ValueError, match="boom"):
+        batcher.submit(["bad"])
+    assert batcher.submit(["good"]).shape == (1, 1)
