@@ -51,10 +51,11 @@ def free_port() -> int:
 
 def start_server(model_path: Path, log: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    command = ["mlflow", "models", "serve", "-m", str(model_path), "--env-manager", "local", "-h", "127.0.0.1"]
-    process = subprocess.Popen(
-        [*command, "-p", str(port)], stdout=log.open("w"), stderr=subprocess.STDOUT, env=dict(os.environ)
-    )
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", str(model_path), "--env-manager", "local"]
+    command += ["-h", "127.0.0.1"]
+    # The server starts uvicorn by name: this interpreter's bin directory must be on PATH.
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    process = subprocess.Popen([*command, "-p", str(port)], stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:

@@ -38,6 +38,19 @@ def resolve_model_path(name: str) -> str:
     return name
 
 
+def native_bf16() -> bool:
+    """Whether this machine runs bf16 math natively (a bf16-capable GPU, or an AVX512-BF16 / AMX CPU).
+
+    Elsewhere bf16 is emulated and slower than fp32, so `auto` precision means fp32 there.
+    """
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+
+
 @dataclass(frozen=True)
 class BaseClassifier:
     """A pristine classifier built once per study; `fresh` hands each trial its own copy."""

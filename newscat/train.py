@@ -11,6 +11,7 @@ import numpy as np
 
 from newscat.config import TrainConfig
 from newscat.evaluate import accuracy_and_macro_f1
+from newscat.modeling import native_bf16
 
 if TYPE_CHECKING:
     import datasets
@@ -41,15 +42,7 @@ class TrainResult:
 
 def use_bf16(precision: str) -> bool:
     """Whether to train under bf16 autocast: asked for, or `auto` on hardware with native bf16 math."""
-    if precision != "auto":
-        return precision == "bf16"
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    # AVX512-BF16 / AMX CPUs run bf16 matmuls natively; elsewhere bf16 is emulated and slower than fp32.
-    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+    return native_bf16() if precision == "auto" else precision == "bf16"
 
 
 def compute_metrics(eval_pred: Any) -> dict[str, float]:

@@ -82,3 +82,22 @@ def test_batcher_hands_errors_to_the_caller_and_keeps_serving() -> None:
     with pytest.raises(ValueError, match="boom"):
         batcher.submit(["bad"])
     assert batcher.submit(["good"]).shape == (1, 1)
+
+
+@pytest.mark.parametrize("value", ["fp32", "bf16", "int8"])
+def test_serving_precision_switch(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    from newscat.pyfunc import serving_precision
+
+    monkeypatch.setenv("NEWSCAT_PRECISION", value.upper())
+    assert serving_precision() == value
+
+
+def test_serving_precision_auto_and_bad_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    from newscat.modeling import native_bf16
+    from newscat.pyfunc import serving_precision
+
+    monkeypatch.delenv("NEWSCAT_PRECISION", raising=False)
+    assert serving_precision() == ("bf16" if native_bf16() else "fp32")
+    monkeypatch.setenv("NEWSCAT_PRECISION", "fp8")
+    with pytest.raises(MlflowException, match="NEWSCAT_PRECISION='fp8': use auto, fp32, bf16 or int8"):
+        serving_precision()
