@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 from transformers import TrainerCallback
 
 from newscat.config import Config
+from newscat.pyfunc import MODEL_FILES
 from newscat.train import use_bf16
 
 if TYPE_CHECKING:
@@ -20,15 +21,8 @@ if TYPE_CHECKING:
 
 # Optuna's trial state -> the MLflow run status that tells the same story.
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
-CHECKPOINT_FILES = (
-    "model.safetensors",
-    "config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "vocab.txt",
-    "trainer_state.json",
-)
+# A trial's checkpoint: the files the served model is made of, plus the Trainer's state (no pickles).
+CHECKPOINT_FILES = (*MODEL_FILES, "trainer_state.json")
 
 
 def start_study_run(cfg: Config, *, resume_run_id: str | None) -> mlflow.ActiveRun:

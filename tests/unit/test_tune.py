@@ -75,28 +75,17 @@ def test_bad_storage_url_is_a_config_error() -> None:
         open_study(TuneConfig(storage="nosuchdb://x"), seed=0, max_epochs=2)
 
 
-def test_pruning_callback_stops_a_bad_trial() -> None:
-    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.MedianPruner(n_startup_trials=1))
-    good = study.ask()
-    good.report(0.9, step=1)
-    study.tell(good, 0.9)
-    bad = study.ask()
-    callback, state, control = PruningCallback(bad, "eval_accuracy"), TrainerState(), TrainerControl()
-    state.epoch = 1.0
-    callback.on_evaluate(None, state, control, metrics={"eval_accuracy": 0.3})
-    assert callback.pruned_at == 1 and control.should_training_stop
-
-
-def test_pruning_callback_lets_a_good_trial_go_on() -> None:
+@pytest.mark.parametrize(("earlier", "current", "pruned"), [(0.9, 0.3, True), (0.5, 0.8, False)])
+def test_pruning_callback_stops_only_a_worse_trial(earlier: float, current: float, pruned: bool) -> None:
     study = optuna.create_study(direction="maximize", pruner=optuna.pruners.MedianPruner(n_startup_trials=1))
     first = study.ask()
-    first.report(0.5, step=1)
-    study.tell(first, 0.5)
-    trial = study.ask()
-    callback, state, control = PruningCallback(trial, "eval_accuracy"), TrainerState(), TrainerControl()
+    first.report(earlier, step=1)
+    study.tell(first, earlier)
+    callback, state, control = PruningCallback(study.ask(), "eval_accuracy"), TrainerState(), TrainerControl()
     state.epoch = 1.0
-    callback.on_evaluate(None, state, control, metrics={"eval_accuracy": 0.8})
-    assert callback.pruned_at is None and not control.should_training_stop
+    callback.on_evaluate(None, state, control, metrics={"eval_accuracy": current})
+    assert (callback.pruned_at == 1) is pruned
+    assert control.should_training_stop is pruned
 
 
 def test_default_space_keys_match_trial_params() -> None:
