@@ -65,7 +65,7 @@ def train_classifier(
 ) -> TrainResult:
     """Train with evaluation and a checkpoint every epoch; the best epoch's checkpoint is kept.
 
-    With `evaluate=False` it only trains (no per-epoch evaluation or checkpoints): for benchmarks and refits.
+    With `evaluate=False` it only trains (no per-epoch evaluation or checkpoints), as the training benchmark does.
     """
     import torch
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
