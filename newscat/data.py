@@ -32,6 +32,17 @@ class NewsData:
     label_names: tuple[str, ...]
     source: str
     layout: str
+    train_pool: pd.DataFrame | None = None  # every training row, when `train` is a subsample of them
+
+    def refit_rows(self, limit: int | None, *, seed: int) -> pd.DataFrame:
+        """Training rows for the final model: up to `limit` of the pool (None: all), never fewer than `train`."""
+        pool = self.train if self.train_pool is None else self.train_pool
+        if limit is None or limit >= len(pool):
+            return pool
+        if limit <= len(self.train):
+            return self.train
+        rows, _ = stratified_split(pool, len(pool) - limit, seed=seed)
+        return rows.reset_index(drop=True)
 
 
 def load_news(cfg: DataConfig, *, seed: int) -> NewsData:
@@ -39,9 +50,11 @@ def load_news(cfg: DataConfig, *, seed: int) -> NewsData:
     train, test, names, layout = _read_source(cfg)
     _check_splits(train, test, names, cfg.source)
     validation_size = _validation_size(len(train), cfg)
-    train, validation = stratified_split(train, validation_size, seed=seed)
-    if cfg.max_train_samples is not None and cfg.max_train_samples < len(train):
-        train, _ = stratified_split(train, len(train) - cfg.max_train_samples, seed=seed)
+    pool, validation = stratified_split(train, validation_size, seed=seed)
+    pool = pool.reset_index(drop=True)
+    train = pool
+    if cfg.max_train_samples is not None and cfg.max_train_samples < len(pool):
+        train, _ = stratified_split(pool, len(pool) - cfg.max_train_samples, seed=seed)
     return NewsData(
         train=train.reset_index(drop=True),
         validation=validation.reset_index(drop=True),
@@ -49,6 +62,7 @@ def load_news(cfg: DataConfig, *, seed: int) -> NewsData:
         label_names=names,
         source=cfg.source,
         layout=layout,
+        train_pool=pool if len(train) < len(pool) else None,
     )
 
 

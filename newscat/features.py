@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import datasets
+    import pandas as pd
     from transformers import PreTrainedTokenizerBase
 
     from newscat.data import NewsData
@@ -50,11 +51,16 @@ def tokenize_news(tokenizer: PreTrainedTokenizerBase, data: NewsData, max_length
     """
     import datasets
 
-    splits = {}
-    for name in ("train", "validation"):
-        frame = getattr(data, name)
-        encoded = encode_texts(tokenizer, frame["text"].tolist(), max_length)
-        encoded["labels"] = frame["label"].tolist()
-        encoded["length"] = [len(ids) for ids in encoded["input_ids"]]
-        splits[name] = datasets.Dataset.from_dict(dict(encoded))
-    return datasets.DatasetDict(splits)
+    return datasets.DatasetDict(
+        {name: tokenize_rows(tokenizer, getattr(data, name), max_length) for name in ("train", "validation")}
+    )
+
+
+def tokenize_rows(tokenizer: PreTrainedTokenizerBase, frame: pd.DataFrame, max_length: int) -> datasets.Dataset:
+    """One frame of `text`/`label` rows as a Dataset of token ids, labels and lengths (for length grouping)."""
+    import datasets
+
+    encoded = encode_texts(tokenizer, frame["text"].tolist(), max_length)
+    encoded["labels"] = frame["label"].tolist()
+    encoded["length"] = [len(ids) for ids in encoded["input_ids"]]
+    return datasets.Dataset.from_dict(dict(encoded))

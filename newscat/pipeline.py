@@ -7,21 +7,23 @@ import logging
 import shutil
 import tempfile
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import mlflow
 import optuna
 import pandas as pd
 
 from newscat import pyfunc, registry, tracking, tune
+from newscat.budget import Budget
 from newscat.config import Config
 from newscat.data import NewsData, load_news
 from newscat.evaluate import classification_metrics, confusion
-from newscat.features import load_tokenizer, tokenize_news
+from newscat.features import load_tokenizer, tokenize_news, tokenize_rows
 from newscat.modeling import BaseClassifier, load_base_classifier, resolve_model_path
-from newscat.train import train_classifier
+from newscat.train import TrialParams, train_classifier
 
 if TYPE_CHECKING:
     import datasets
@@ -77,18 +79,37 @@ def prepare(cfg: Config) -> StudyInputs:
 
 
 def tune_and_register(cfg: Config) -> TuneOutcome:
-    """Run (or resume) the study under one parent run, then log, evaluate and register the best model."""
+    """Run (or resume) the study under one parent run, refit the best params on more rows, evaluate, register.
+
+    With `tune.timeout` the whole job (loading, trials, refit, test scoring) is fitted into that many seconds.
+    """
+    budget = Budget(cfg.tune.timeout)
     inputs = prepare(cfg)
-    study = tune.open_study(cfg.tune, seed=cfg.seed, max_epochs=cfg.train.max_epochs)
+    study = tune.open_study(cfg.tune, seed=cfg.seed, max_evals=cfg.train.max_epochs * cfg.train.evals_per_epoch)
     tune.enqueue_first_trials(study, inputs.space)
     with tracking.start_study_run(cfg, resume_run_id=study.user_attrs.get("mlflow_parent_run_id")) as parent:
         if "mlflow_parent_run_id" not in study.user_attrs:
             study.set_user_attr("mlflow_parent_run_id", parent.info.run_id)
         digests = tracking.log_study_setup(cfg, inputs.data)
-        tune.run_trials(study, make_objective(inputs), cfg.tune)
+        reserve = _refit_reserve(inputs)
+        tune.run_trials(
+            study,
+            make_objective(inputs, budget),
+            cfg.tune,
+            time_is_up=lambda: budget.tuning_over(reserve, len(inputs.data.test)),
+        )
         best = _best_trial(study)
         tracking.log_study_summary(tune.study_summary(study), best)
-        return _finish(inputs, study, best, parent.info.run_id, digests)
+        return _finish(inputs, study, best, parent.info.run_id, digests, budget)
+
+
+def _refit_reserve(inputs: StudyInputs) -> float:
+    """Training samples the refit may need (its rows x the most epochs a trial can pick)."""
+    train = inputs.cfg.train
+    if not train.refit:
+        return 0.0
+    rows = len(inputs.data.refit_rows(train.refit_samples, seed=inputs.cfg.seed))
+    return 0.0 if rows <= len(inputs.data.train) else float(rows * train.max_epochs)
 
 
 class StudyError(RuntimeError):
@@ -104,9 +125,11 @@ def _best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
         ) from exc
 
 
-def make_objective(inputs: StudyInputs) -> Callable[[optuna.Trial], float]:
+def make_objective(inputs: StudyInputs, budget: Budget | None = None) -> Callable[[optuna.Trial], float]:
     """The objective: one training run per trial, tracked as a nested MLflow run."""
     cfg = inputs.cfg
+    budget = budget or Budget(None)
+    reserve = _refit_reserve(inputs)
 
     def objective(trial: optuna.Trial) -> float:
         params = tune.suggest_params(trial, inputs.space)
@@ -115,7 +138,7 @@ def make_objective(inputs: StudyInputs) -> Callable[[optuna.Trial], float]:
         run = tracking.start_trial_run(trial.number, cfg.tune.study_name)
         trial.set_user_attr("mlflow_run_id", run.info.run_id)
         tracking.log_trial_params(trial.number, dataclasses.asdict(params), cfg)
-        pruning = tune.PruningCallback(trial, cfg.train.metric)
+        pruning = tune.PruningCallback(trial, cfg.train.metric, cfg.train.evals_per_epoch)
         try:
             result = train_classifier(
                 inputs.base.fresh(cfg.seed + trial.number),
@@ -125,10 +148,17 @@ def make_objective(inputs: StudyInputs) -> Callable[[optuna.Trial], float]:
                 cfg.train,
                 output_dir=trial_dir,
                 seed=cfg.seed + trial.number,
-                callbacks=[tracking.EpochMetricsCallback(), pruning],
+                callbacks=[tracking.EpochMetricsCallback(cfg.train.evals_per_epoch), pruning],
+                deadline=budget.tuning_deadline(reserve, len(inputs.data.test)),
             )
+            budget.observe(result.samples_per_second, result.samples_trained)
             if pruning.pruned_at is not None:
-                raise optuna.TrialPruned(f"pruned after epoch {pruning.pruned_at}")
+                raise optuna.TrialPruned(f"pruned at epoch {pruning.pruned_at}")
+            if not result.best_metrics:
+                raise optuna.TrialPruned("stopped by the time budget before its first evaluation")
+            if result.stopped_at_deadline:
+                mlflow.set_tag("newscat.stopped_by_budget", f"after {result.epochs_run} epochs")
+                log.info("trial %d stopped by the time budget after %s epochs", trial.number, result.epochs_run)
             tracking.log_trial_result(result.best_metrics, result.best_epoch, result.best_checkpoint)
             tracking.end_trial_run("COMPLETE")
             return result.best_metrics[cfg.train.metric]
@@ -152,8 +182,9 @@ def _finish(
     best: optuna.trial.FrozenTrial,
     parent_run_id: str,
     digests: dict[str, str],
+    budget: Budget,
 ) -> TuneOutcome:
-    """Export the best trial's checkpoint, log it as a pyfunc, score the test split, register it."""
+    """Refit (or take the best trial's checkpoint), log it as a pyfunc, score the test split, register it."""
     cfg, data = inputs.cfg, inputs.data
     existing = registry.find_version(cfg.registered_model, best.user_attrs["mlflow_run_id"])
     if existing is not None:
@@ -163,17 +194,19 @@ def _finish(
         return _outcome(
             parent_run_id, best, existing, {k[5:]: float(v) for k, v in existing.tags.items() if k.startswith("test_")}
         )
+    source_run_id, train_rows = refit_best(inputs, study, best, budget)
     with tempfile.TemporaryDirectory(prefix="newscat-best-") as tmp:
-        checkpoint = tracking.download_checkpoint(best.user_attrs["mlflow_run_id"], Path(tmp) / "download")
+        checkpoint = tracking.download_checkpoint(source_run_id, Path(tmp) / "download")
         model_dir = pyfunc.export_classifier(
             checkpoint, Path(tmp) / "classifier", max_length=cfg.model.max_length, base_model=cfg.model.name
         )
         info = pyfunc.log_pyfunc(model_dir)
-    log.info("scoring the best model (trial %d) on %d test rows", best.number, len(data.test))
+    log.info("scoring the final model (%d training rows) on %d test rows", train_rows, len(data.test))
     test_metrics = evaluate_model(info.model_uri, data)
     tracking.log_metrics(test_metrics, prefix="test_")
     description = (
-        f"Fine-tuned {cfg.model.name} on {cfg.data.source} (study {study.study_name}, trial {best.number}). "
+        f"Fine-tuned {cfg.model.name} on {train_rows} rows of {cfg.data.source} "
+        f"(study {study.study_name}, params of trial {best.number}). "
         f"Test accuracy {test_metrics['accuracy']:.4f}, macro-F1 {test_metrics['macro_f1']:.4f}."
     )
     tags = {
@@ -181,6 +214,8 @@ def _finish(
         "trial": best.number,
         "parent_run_id": parent_run_id,
         "trial_run_id": best.user_attrs["mlflow_run_id"],
+        "weights_run_id": source_run_id,
+        "train_rows": train_rows,
         "data.source": cfg.data.source,
         "data.train_digest": digests["train"],
         "data.test_digest": digests["test"],
@@ -190,6 +225,72 @@ def _finish(
     version = registry.register_version(info.model_uri, cfg.registered_model, tags=tags, description=description)
     log.info("registered %s version %s with alias challenger", cfg.registered_model, version.version)
     return _outcome(parent_run_id, best, version, test_metrics)
+
+
+def refit_best(
+    inputs: StudyInputs, study: optuna.Study, best: optuna.trial.FrozenTrial, budget: Budget
+) -> tuple[str, int]:
+    """Retrain the best trial's params on more rows in a nested `refit` run; returns (run holding the weights, rows).
+
+    Without more rows than the trials saw (or with refit off) the best trial's own checkpoint is used. A refit
+    already finished for this trial (an earlier, interrupted process) is reused. Under a time budget the refit runs
+    as many epochs as still fit, at most the trial's.
+    """
+    cfg, data = inputs.cfg, inputs.data
+    trial_run_id, tuned_rows = best.user_attrs["mlflow_run_id"], len(data.train)
+    rows = data.refit_rows(cfg.train.refit_samples, seed=cfg.seed) if cfg.train.refit else data.train
+    if len(rows) <= tuned_rows:
+        return trial_run_id, tuned_rows
+    done = study.user_attrs.get("refit", {})
+    if done.get("trial") == best.number and tracking.run_finished(done.get("run_id", "")):
+        log.info("reusing the refit of trial %d (run %s)", best.number, done["run_id"])
+        return done["run_id"], int(done["rows"])
+    params = _trial_params(best, inputs.space)
+    affordable = budget.affordable_samples(len(data.test))
+    if affordable is not None:
+        params = dataclasses.replace(params, epochs=min(params.epochs, round(affordable / len(rows), 2)))
+        if params.epochs < 0.5:  # too little time left for a refit worth having
+            log.info("time budget: no time to refit (%.2f epochs fit); using trial %d", params.epochs, best.number)
+            return trial_run_id, tuned_rows
+    log.info("refit: trial %d's params on %d rows for %s epochs", best.number, len(rows), params.epochs)
+    refit_dir = Path(cfg.train.work_dir) / cfg.tune.study_name / "refit"
+    with tracking.start_refit_run(best.number, cfg.tune.study_name) as run:
+        tracking.log_trial_params(best.number, dataclasses.asdict(params), cfg, train_rows=len(rows))
+        try:
+            result = train_classifier(
+                inputs.base.fresh(cfg.seed + best.number),
+                inputs.tokenizer,
+                datasets_with_train(inputs, tokenize_rows(inputs.tokenizer, rows, cfg.model.max_length)),
+                params,
+                cfg.train,
+                output_dir=refit_dir,
+                seed=cfg.seed + best.number,
+                callbacks=[tracking.EpochMetricsCallback(cfg.train.evals_per_epoch)],
+            )
+            tracking.log_trial_result(result.best_metrics, result.best_epoch, result.best_checkpoint)
+        finally:
+            shutil.rmtree(refit_dir, ignore_errors=True)
+    study.set_user_attr("refit", {"trial": best.number, "run_id": run.info.run_id, "rows": len(rows)})
+    return run.info.run_id, len(rows)
+
+
+def _trial_params(trial: optuna.trial.FrozenTrial, space: tune.SearchSpace) -> TrialParams:
+    """A finished trial's params: the sampled ones from Optuna, fixed ones from the search space."""
+    values = {**{k: v for k, v in space.params.items() if not isinstance(v, Mapping)}, **trial.params}
+    return TrialParams(
+        learning_rate=float(values["learning_rate"]),
+        batch_size=int(values["batch_size"]),
+        epochs=float(values["epochs"]),
+        warmup_ratio=float(values["warmup_ratio"]),
+        weight_decay=float(values["weight_decay"]),
+    )
+
+
+def datasets_with_train(inputs: StudyInputs, train: datasets.Dataset) -> datasets.DatasetDict:
+    """The study's tokenized splits with another training set."""
+    import datasets
+
+    return datasets.DatasetDict({"train": train, "validation": inputs.tokenized["validation"]})
 
 
 def _outcome(

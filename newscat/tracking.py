@@ -14,7 +14,7 @@ from transformers import TrainerCallback
 
 from newscat.config import Config
 from newscat.pyfunc import MODEL_FILES
-from newscat.train import use_bf16
+from newscat.train import eval_index, use_bf16
 
 if TYPE_CHECKING:
     from newscat.data import NewsData
@@ -38,6 +38,16 @@ def start_study_run(cfg: Config, *, resume_run_id: str | None) -> mlflow.ActiveR
 def _run_exists(run_id: str) -> bool:
     try:
         return MlflowClient().get_run(run_id).info.lifecycle_stage == "active"
+    except mlflow.exceptions.MlflowException:
+        return False
+
+
+def run_finished(run_id: str) -> bool:
+    """Whether `run_id` names an existing run that finished successfully."""
+    if not run_id:
+        return False
+    try:
+        return MlflowClient().get_run(run_id).info.status == "FINISHED"
     except mlflow.exceptions.MlflowException:
         return False
 
@@ -94,6 +104,15 @@ def start_trial_run(number: int, study_name: str) -> mlflow.ActiveRun:
     )
 
 
+def start_refit_run(trial_number: int, study_name: str) -> mlflow.ActiveRun:
+    """A nested run that retrains the best trial's params on more rows; its checkpoint becomes the model."""
+    return mlflow.start_run(
+        run_name=f"refit-trial-{trial_number}",
+        nested=True,
+        tags={"newscat.study": study_name, "newscat.trial": str(trial_number), "newscat.role": "refit"},
+    )
+
+
 def end_trial_run(state: str, reason: str | None = None) -> None:
     """Close the active trial run with the status matching Optuna's state."""
     tags = {"optuna.state": state}
@@ -103,7 +122,7 @@ def end_trial_run(state: str, reason: str | None = None) -> None:
     mlflow.end_run(status=RUN_STATUS[state])
 
 
-def log_trial_result(best_metrics: Mapping[str, float], best_epoch: int | None, checkpoint: Path | None) -> None:
+def log_trial_result(best_metrics: Mapping[str, float], best_epoch: float | None, checkpoint: Path | None) -> None:
     """A complete trial's best-epoch metrics and its checkpoint."""
     log_metrics({**best_metrics, "epoch": best_epoch or 0}, prefix="best_")
     if checkpoint is not None:
@@ -134,30 +153,38 @@ def log_metrics(metrics: Mapping[str, float], *, step: int | None = None, prefix
 
 
 class EpochMetricsCallback(TrainerCallback):
-    """Logs train loss, eval loss, accuracy and macro-F1 to the active run, one step per epoch."""
+    """Logs train loss, eval loss, accuracy, macro-F1 and the (fractional) epoch to the active run.
+
+    The step is the evaluation number: with `evals_per_epoch` = 1 it is the epoch.
+    """
+
+    def __init__(self, evals_per_epoch: int = 1) -> None:
+        self.evals_per_epoch = evals_per_epoch
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
         if not logs or state.epoch is None:
             return
-        step = round(state.epoch)
+        step = eval_index(state.epoch, self.evals_per_epoch)
         if "loss" in logs:
             mlflow.log_metric("train_loss", float(logs["loss"]), step=step)
         evals = {k: float(v) for k, v in logs.items() if k in ("eval_loss", "eval_accuracy", "eval_macro_f1")}
         if evals:
-            mlflow.log_metrics(evals, step=step)
+            mlflow.log_metrics({**evals, "epoch": round(float(state.epoch), 3)}, step=step)
 
 
-def log_trial_params(number: int, params: Mapping[str, Any], cfg: Config) -> None:
-    """Sampled and fixed parameters of one trial, flat and short."""
+def log_trial_params(number: int, params: Mapping[str, Any], cfg: Config, **extra: Any) -> None:
+    """Sampled and fixed parameters of one trial (or refit), flat and short."""
     mlflow.log_params(
         {
             **params,
+            **extra,
             "trial_number": number,
             "model": cfg.model.name,
             "max_length": cfg.model.max_length,
             "precision": cfg.train.precision,
             "bf16": use_bf16(cfg.train.precision),
             "freeze_embeddings": cfg.train.freeze_embeddings,
+            "evals_per_epoch": cfg.train.evals_per_epoch,
             "metric": cfg.train.metric,
             "seed": cfg.seed + number,
         }

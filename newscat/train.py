@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from transformers import TrainerCallback
 
 from newscat.config import TrainConfig
 from newscat.evaluate import accuracy_and_macro_f1
@@ -15,7 +18,7 @@ from newscat.modeling import native_bf16
 
 if TYPE_CHECKING:
     import datasets
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
 @dataclass(frozen=True)
@@ -24,7 +27,7 @@ class TrialParams:
 
     learning_rate: float
     batch_size: int
-    epochs: int
+    epochs: float  # whole epochs for trials; a refit squeezed into a time budget may run a fraction
     warmup_ratio: float
     weight_decay: float
 
@@ -34,10 +37,39 @@ class TrainResult:
     """What a finished (or early-stopped) training run leaves behind."""
 
     best_metrics: dict[str, float]
-    best_epoch: int | None
+    best_epoch: float | None
     best_checkpoint: Path | None
-    epochs_run: int
+    epochs_run: float
+    samples_per_second: float | None  # training throughput, evaluation time included
+    samples_trained: int = 0
+    stopped_at_deadline: bool = False
     history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def eval_index(epoch: float, evals_per_epoch: int) -> int:
+    """The number of an evaluation point (1, 2, ...): the step that pruning and metric histories use."""
+    return max(1, round(epoch * evals_per_epoch))
+
+
+def eval_every(n_rows: int, batch_size: int, evals_per_epoch: int) -> int:
+    """Optimizer steps between two evaluations."""
+    return max(1, math.ceil(math.ceil(n_rows / batch_size) / evals_per_epoch))
+
+
+class Checkpoints(TrainerCallback):
+    """Evaluate and save at the last step too (step-based evaluation misses it), and at a deadline."""
+
+    def __init__(self, deadline: float | None = None) -> None:
+        self.deadline = deadline  # time.monotonic() value
+        self.stopped_at_deadline = False
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.deadline is not None and time.monotonic() >= self.deadline and state.global_step < state.max_steps:
+            self.stopped_at_deadline = True
+            control.should_training_stop = True
+        if (state.global_step >= state.max_steps or self.stopped_at_deadline) and args.eval_strategy != "no":
+            control.should_evaluate = True
+            control.should_save = True
 
 
 def use_bf16(precision: str) -> bool:
@@ -62,14 +94,18 @@ def train_classifier(
     seed: int,
     callbacks: Sequence[TrainerCallback] = (),
     evaluate: bool = True,
+    deadline: float | None = None,
 ) -> TrainResult:
-    """Train with evaluation and a checkpoint every epoch; the best epoch's checkpoint is kept.
+    """Train, evaluating and saving `cfg.evals_per_epoch` times per epoch; the best evaluation's checkpoint is kept.
 
-    With `evaluate=False` it only trains (no per-epoch evaluation or checkpoints), as the training benchmark does.
+    With `evaluate=False` it only trains (no evaluation or checkpoints), as the training benchmark does. At
+    `deadline` (a `time.monotonic()` value) training stops after a last evaluation.
     """
     import torch
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
+    every = eval_every(len(tokenized["train"]), params.batch_size, cfg.evals_per_epoch)
+    strategy = "steps" if evaluate else "no"
     args = TrainingArguments(
         output_dir=str(output_dir),
         per_device_train_batch_size=params.batch_size,
@@ -80,9 +116,12 @@ def train_classifier(
         weight_decay=params.weight_decay,
         bf16=use_bf16(cfg.precision),
         use_cpu=not torch.cuda.is_available(),  # bf16 autocast on CPU needs it said explicitly
-        eval_strategy="epoch" if evaluate else "no",
-        save_strategy="epoch" if evaluate else "no",
-        logging_strategy="epoch",
+        eval_strategy=strategy,
+        eval_steps=every,
+        save_strategy=strategy,
+        save_steps=every,
+        logging_strategy="steps",
+        logging_steps=every,
         save_only_model=True,  # trials are the unit of resume: no optimizer state on disk
         save_total_limit=1,
         load_best_model_at_end=evaluate,
@@ -98,6 +137,7 @@ def train_classifier(
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
     )
+    checkpoints = Checkpoints(deadline)
     if cfg.freeze_embeddings:  # the word-embedding matrix is half of a small BERT; its Adam update is costly
         model.get_input_embeddings().weight.requires_grad_(False)
     trainer = Trainer(
@@ -108,22 +148,28 @@ def train_classifier(
         eval_dataset=tokenized["validation"],
         processing_class=tokenizer,
         compute_metrics=compute_metrics,
-        callbacks=list(callbacks),
+        callbacks=[checkpoints, *callbacks],
     )
     trainer.train()
-    return _result(trainer)
+    return _result(trainer, stopped_at_deadline=checkpoints.stopped_at_deadline)
 
 
-def _result(trainer: Any) -> TrainResult:
+def _result(trainer: Any, *, stopped_at_deadline: bool) -> TrainResult:
     state = trainer.state
     evals = [entry for entry in state.log_history if "eval_loss" in entry]
     metric = trainer.args.metric_for_best_model
     best = max(evals, key=lambda entry: entry[metric]) if evals else {}
     checkpoint = Path(state.best_model_checkpoint) if state.best_model_checkpoint else None
+    # The Trainer's own samples/s counts the planned samples, which overstates it for a stopped run.
+    runtimes = [entry["train_runtime"] for entry in state.log_history if "train_runtime" in entry]
+    samples = state.global_step * trainer.args.per_device_train_batch_size
     return TrainResult(
         best_metrics={k: float(v) for k, v in best.items() if k.startswith("eval_")},
-        best_epoch=round(best["epoch"]) if best else None,
+        best_epoch=round(best["epoch"], 2) if best else None,
         best_checkpoint=checkpoint,
-        epochs_run=round(state.epoch or 0),
+        epochs_run=round(state.epoch or 0, 2),
+        samples_per_second=samples / runtimes[-1] if runtimes and runtimes[-1] > 0 else None,
+        samples_trained=samples,
+        stopped_at_deadline=stopped_at_deadline,
         history=list(state.log_history),
     )

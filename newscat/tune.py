@@ -11,7 +11,7 @@ import optuna
 from transformers import TrainerCallback
 
 from newscat.config import ConfigError, TuneConfig
-from newscat.train import TrialParams
+from newscat.train import TrialParams, eval_index
 
 log = logging.getLogger("newscat")
 
@@ -106,7 +106,7 @@ def suggest_params(trial: optuna.Trial, space: SearchSpace) -> TrialParams:
     )
 
 
-def open_study(cfg: TuneConfig, *, seed: int, max_epochs: int) -> optuna.Study:
+def open_study(cfg: TuneConfig, *, seed: int, max_evals: int) -> optuna.Study:
     """Create the study, or load it when it exists (resume)."""
     try:
         existing = optuna.study.get_all_study_names(cfg.storage)
@@ -121,17 +121,17 @@ def open_study(cfg: TuneConfig, *, seed: int, max_epochs: int) -> optuna.Study:
         storage=cfg.storage,
         direction="maximize",
         sampler=sampler,
-        pruner=make_pruner(cfg, max_epochs),
+        pruner=make_pruner(cfg, max_evals),
         load_if_exists=True,
     )
 
 
-def make_pruner(cfg: TuneConfig, max_epochs: int) -> optuna.pruners.BasePruner:
-    """Median (default), Hyperband over epochs, or none."""
+def make_pruner(cfg: TuneConfig, max_evals: int) -> optuna.pruners.BasePruner:
+    """Median (default), Hyperband over evaluation points (`max_evals` = max_epochs x evals_per_epoch), or none."""
     if cfg.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=cfg.pruner_startup_trials, n_warmup_steps=0)
     if cfg.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max_epochs, reduction_factor=3)
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max_evals, reduction_factor=3)
     return optuna.pruners.NopPruner()
 
 
@@ -147,8 +147,14 @@ def finished_count(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
-def run_trials(study: optuna.Study, objective: Callable[[optuna.Trial], float], cfg: TuneConfig) -> None:
-    """Run trials until n_trials are finished in total (across resumes and workers) or time is up."""
+def run_trials(
+    study: optuna.Study,
+    objective: Callable[[optuna.Trial], float],
+    cfg: TuneConfig,
+    *,
+    time_is_up: Callable[[], bool] = lambda: False,
+) -> None:
+    """Run trials until n_trials are finished in total (across resumes and workers) or `time_is_up()`."""
     remaining = cfg.n_trials - finished_count(study)
     if remaining <= 0:
         log.info("study %s already has %d finished trials; nothing to run", study.study_name, cfg.n_trials)
@@ -157,11 +163,11 @@ def run_trials(study: optuna.Study, objective: Callable[[optuna.Trial], float], 
     study.optimize(
         objective,
         n_trials=remaining,
-        timeout=cfg.timeout,
         catch=(Exception,),  # a failed trial is recorded (FAIL + reason) and the study goes on
         callbacks=[
             optuna.study.MaxTrialsCallback(cfg.n_trials, states=FINISHED),
             ProgressReporter(cfg.n_trials),
+            StopWhen(time_is_up),
         ],
         gc_after_trial=True,
     )
@@ -190,23 +196,38 @@ class ProgressReporter:
         )
 
 
-class PruningCallback(TrainerCallback):
-    """Reports each epoch's validation score to Optuna and stops training when the pruner says so."""
+class StopWhen:
+    """Stops the study (no new trial starts) once `condition()` holds, e.g. the time budget's tuning share is spent."""
 
-    def __init__(self, trial: optuna.Trial, metric: str) -> None:
+    def __init__(self, condition: Callable[[], bool]) -> None:
+        self.condition = condition
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if self.condition():
+            log.info("time budget: no further trials start")
+            study.stop()
+
+
+class PruningCallback(TrainerCallback):
+    """Reports each validation score to Optuna and stops training when the pruner says so.
+
+    The step is the evaluation number (`evals_per_epoch` per epoch), so trials of any batch size line up.
+    """
+
+    def __init__(self, trial: optuna.Trial, metric: str, evals_per_epoch: int = 1) -> None:
         self.trial = trial
         self.metric = metric
-        self.pruned_at: int | None = None
+        self.evals_per_epoch = evals_per_epoch
+        self.pruned_at: float | None = None  # the epoch (fractional) at which the trial was pruned
 
     def on_evaluate(
         self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None, **kwargs: Any
     ) -> None:
         if not metrics or self.metric not in metrics:
             return
-        epoch = round(state.epoch)
-        self.trial.report(float(metrics[self.metric]), step=epoch)
+        self.trial.report(float(metrics[self.metric]), step=eval_index(state.epoch, self.evals_per_epoch))
         if self.trial.should_prune():
-            self.pruned_at = epoch
+            self.pruned_at = round(state.epoch, 2)
             control.should_training_stop = True
 
 

@@ -47,6 +47,7 @@ def test_per_epoch_metric_histories(tracked_study: TrackedStudy, client: MlflowC
     for key in ("train_loss", "eval_loss", "eval_accuracy", "eval_macro_f1"):
         assert [m.step for m in client.get_metric_history(complete, key)] == [1, 2], key
         assert [m.step for m in client.get_metric_history(pruned, key)] == [1], key
+    assert [m.value for m in client.get_metric_history(complete, "epoch")] == [1.0, 2.0]
     accuracy = client.get_metric_history(complete, "eval_accuracy")[-1].value
     assert accuracy > 0.5  # the tiny data is learnable; trial 0 learned it
     assert client.get_run(complete).data.metrics["best_eval_accuracy"] >= accuracy

@@ -57,7 +57,7 @@ def _tune(root: Path, data: Path, n_trials: int) -> subprocess.CompletedProcess:
         "--max-length",
         "24",
         "--max-train-samples",
-        "0",
+        "8",  # of 12 training rows: trials see 8, the refit all 12
         "--max-eval-samples",
         "0",
         "--study-name",
@@ -77,7 +77,7 @@ def _tune(root: Path, data: Path, n_trials: int) -> subprocess.CompletedProcess:
 
 
 def test_rerun_resumes_the_study_instead_of_starting_over(tmp_path: Path) -> None:
-    data = write_ag_news_dir(tmp_path / "data", n_train=8, n_test=3)
+    data = write_ag_news_dir(tmp_path / "data", n_train=4, n_test=3)  # 16 rows: 4 validation, 12 training
     (tmp_path / "config.yaml").write_text(f"train:\n  work_dir: {tmp_path / 'work'}\n")
     first = _tune(tmp_path, data, n_trials=1)
     assert first.returncode == 0, first.stderr[-4000:]
@@ -101,3 +101,13 @@ def test_rerun_resumes_the_study_instead_of_starting_over(tmp_path: Path) -> Non
     assert len(parents) == 1  # the resumed study kept its parent run
     versions = client.search_model_versions("name='newscat-resume'")
     assert len(versions) == len({v.tags["trial_run_id"] for v in versions})  # no duplicate registration
+    # Each registered model is a refit of its trial's params on all 12 rows, in a nested run of the study.
+    for version in versions:
+        refit = client.get_run(version.tags["weights_run_id"])
+        assert refit.data.tags["newscat.role"] == "refit"
+        assert refit.data.tags["mlflow.parentRunId"] in parents
+        assert refit.data.params["train_rows"] == version.tags["train_rows"] == "12"
+        assert refit.info.status == "FINISHED"
+        logged = {a.path for a in client.list_artifacts(refit.info.run_id, "checkpoint")}
+        assert "checkpoint/model.safetensors" in logged
+    assert "refit: trial" in first.stderr and "refit: trial" not in third.stderr

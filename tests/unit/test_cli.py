@@ -41,3 +41,16 @@ def test_predict_reports_a_missing_column(tmp_path: Path) -> None:
     path.write_text("headline\nhello\n")
     result = CliRunner().invoke(main, ["predict", "models:/x/1", "-i", str(path)])
     assert result.exit_code == 1 and "no column 'text'" in result.output
+
+
+def test_mlproject_style_empty_values_leave_the_config_file_in_charge(tmp_path: Path) -> None:
+    """`mlflow run` passes every parameter, unset ones as ''; they must not override the config file."""
+    (tmp_path / "train.csv").write_text("text,label\nonly one,a\n")
+    config = tmp_path / "c.yaml"
+    config.write_text("tune:\n  pruner: bogus\n")  # reaches config validation only if '' flags stay unset
+    empty = ["--n-trials", "", "--timeout", "", "--max-epochs", "", "--pruner", "", "--precision", "", "--seed", ""]
+    result = CliRunner().invoke(main, ["tune", "--config", str(config), "--data", str(tmp_path), *empty])
+    assert result.exit_code == 1
+    assert "pruner must be median, hyperband or none, got 'bogus'" in result.output
+    bad = CliRunner().invoke(main, ["tune", "--n-trials", "four"])
+    assert bad.exit_code == 2 and "'four' is not a valid integer" in bad.output

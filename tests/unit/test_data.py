@@ -46,6 +46,17 @@ def test_max_train_samples_is_a_stratified_subsample(ag_news_dir: Path) -> None:
     assert data.train["label"].value_counts().to_dict() == {0: 10, 1: 10, 2: 10, 3: 10}
 
 
+def test_refit_rows_reach_beyond_the_tuning_subsample(ag_news_dir: Path) -> None:
+    data = _load(ag_news_dir, max_train_samples=40)  # 96 rows: 10 validation, 86 in the pool, 40 for trials
+    assert len(data.train_pool) == 86 and len(data.validation) == 10
+    assert len(data.refit_rows(None, seed=0)) == 86
+    limited = data.refit_rows(60, seed=0)
+    assert len(limited) == 60 and set(limited["label"]) == {0, 1, 2, 3}
+    assert data.refit_rows(20, seed=0) is data.train  # never fewer rows than the trials saw
+    assert set(data.train["text"]) <= set(data.train_pool["text"])
+    assert _load(ag_news_dir).train_pool is None  # no subsample, nothing more to refit on
+
+
 @pytest.mark.parametrize("suffix", [".csv", ".json", ".jsonl", ".parquet"])
 def test_file_directory_with_string_labels(tmp_path: Path, suffix: str) -> None:
     for split, seed in (("train", 0), ("test", 1)):

@@ -59,6 +59,8 @@ def test_mlproject_parameters_cover_the_cli() -> None:
         assert placeholder in params
         assert option in help_text, option
     assert {p for _, p in re.findall(r"(--[a-z0-9-]+) \{([a-z0-9_]+)\}", command)} == params
+    # Unset by default, so that `-P config=file.yaml` is not overridden by MLproject defaults.
+    assert {name: spec["default"] for name, spec in main_entry["parameters"].items()} == dict.fromkeys(params, "")
 
 
 def test_ci_runs_the_readme_test_command() -> None:

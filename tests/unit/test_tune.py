@@ -8,6 +8,7 @@ from newscat.config import ConfigError, TuneConfig
 from newscat.tune import (
     DEFAULT_SPACE,
     PruningCallback,
+    StopWhen,
     enqueue_first_trials,
     finished_count,
     open_study,
@@ -63,29 +64,38 @@ def test_bad_search_space(values: dict, message: str) -> None:
 
 def test_study_resumes_from_storage(tmp_path) -> None:
     cfg = TuneConfig(n_trials=2, study_name="s", storage=f"sqlite:///{tmp_path}/o.db")
-    study = open_study(cfg, seed=0, max_epochs=2)
+    study = open_study(cfg, seed=0, max_evals=2)
     study.tell(study.ask(), 0.5)
-    again = open_study(cfg, seed=0, max_epochs=2)
+    again = open_study(cfg, seed=0, max_evals=2)
     assert len(again.trials) == 1 and finished_count(again) == 1
     assert study_summary(again)["trials_complete"] == 1
 
 
 def test_bad_storage_url_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="cannot open Optuna storage"):
-        open_study(TuneConfig(storage="nosuchdb://x"), seed=0, max_epochs=2)
+        open_study(TuneConfig(storage="nosuchdb://x"), seed=0, max_evals=2)
 
 
 @pytest.mark.parametrize(("earlier", "current", "pruned"), [(0.9, 0.3, True), (0.5, 0.8, False)])
 def test_pruning_callback_stops_only_a_worse_trial(earlier: float, current: float, pruned: bool) -> None:
     study = optuna.create_study(direction="maximize", pruner=optuna.pruners.MedianPruner(n_startup_trials=1))
     first = study.ask()
-    first.report(earlier, step=1)
+    first.report(earlier, step=1)  # the first of 4 evaluations per epoch
     study.tell(first, earlier)
-    callback, state, control = PruningCallback(study.ask(), "eval_accuracy"), TrainerState(), TrainerControl()
-    state.epoch = 1.0
+    trial = study.ask()
+    callback, state, control = PruningCallback(trial, "eval_accuracy", 4), TrainerState(), TrainerControl()
+    state.epoch = 0.26  # a quarter epoch (a little past it, as step-based evaluation lands)
     callback.on_evaluate(None, state, control, metrics={"eval_accuracy": current})
-    assert (callback.pruned_at == 1) is pruned
+    assert list(study.trials[1].intermediate_values) == [1]
+    assert (callback.pruned_at == 0.26) is pruned
     assert control.should_training_stop is pruned
+
+
+def test_stop_when_stops_the_study_between_trials() -> None:
+    study = optuna.create_study(direction="maximize")
+    ran = []
+    study.optimize(lambda t: ran.append(t.number) or 0.0, n_trials=5, callbacks=[StopWhen(lambda: len(ran) >= 2)])
+    assert ran == [0, 1]
 
 
 def test_default_space_keys_match_trial_params() -> None:
