@@ -44,6 +44,7 @@ def run_newscat(data: str, budget: float, work: Path) -> dict:
             "data": {"source": data, "max_train_samples": 5000, "max_eval_samples": 500},
             "train": {"max_epochs": 3, "refit_samples": 0, "work_dir": str(work / "work")},
             "tune": {"n_trials": 50, "timeout": budget, "storage": f"sqlite:///{work}/optuna.db"},
+            "registered_model": "newscat",
         }
     )
     start = time.perf_counter()
@@ -71,7 +72,8 @@ def run_newscat(data: str, budget: float, work: Path) -> dict:
 
 def run_seed_recipe(data: str, work: Path) -> dict:
     """The tutorial recipe on every training row; returns wall seconds and test accuracy."""
-    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+    from train_throughput import seed_training_args
+    from transformers import DataCollatorWithPadding, Trainer
 
     start = time.perf_counter()
     # All labelled training rows: a 1-row validation carve is the smallest load_news allows; put it back.
@@ -83,18 +85,7 @@ def run_seed_recipe(data: str, work: Path) -> dict:
     tokenizer = load_tokenizer(path)
     train = tokenize_rows(tokenizer, rows, 128).remove_columns("length")
     model = load_base_classifier(path, news.label_names).fresh(0)
-    args = TrainingArguments(
-        output_dir=str(work / "seed"),
-        per_device_train_batch_size=16,
-        num_train_epochs=3,
-        learning_rate=2e-5,
-        save_strategy="no",
-        eval_strategy="no",
-        report_to="none",
-        seed=0,
-        dataloader_pin_memory=False,
-        use_cpu=not torch.cuda.is_available(),
-    )
+    args = seed_training_args(work / "seed", epochs=3)
     Trainer(model=model, args=args, train_dataset=train, data_collator=DataCollatorWithPadding(tokenizer)).train()
     accuracy = test_accuracy(model, tokenizer, news)
     return {"wall_s": round(time.perf_counter() - start, 1), "test_accuracy": round(accuracy, 4), "rows": len(rows)}
@@ -120,6 +111,7 @@ def main() -> None:
     parser.add_argument("--data", required=True, help="AG News directory (train.csv, test.csv, classes.txt)")
     parser.add_argument("--budget", type=float, default=1800.0, help="newscat's wall-clock budget in seconds")
     parser.add_argument("--skip-seed", action="store_true", help="only run newscat")
+    parser.add_argument("--store", help="keep newscat's tracking store and study here (default: a temp dir)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     result: dict = {
@@ -128,7 +120,9 @@ def main() -> None:
         "budget_s": args.budget,
     }
     with tempfile.TemporaryDirectory(prefix="newscat-budget-") as tmp:
-        result["newscat"] = run_newscat(args.data, args.budget, Path(tmp))
+        store = Path(args.store) if args.store else Path(tmp)
+        store.mkdir(parents=True, exist_ok=True)
+        result["newscat"] = run_newscat(args.data, args.budget, store)
         print(json.dumps(result), flush=True)  # a partial result, in case the seed recipe is cut short
         if not args.skip_seed:
             result["seed_recipe"] = run_seed_recipe(args.data, Path(tmp))

@@ -61,6 +61,12 @@ class Budget:
             return None
         return max(0.0, (left - self._seconds_for(0, test_rows)) * self.samples_per_second)
 
+    def training_deadline(self, test_rows: int) -> float | None:
+        """When the last training (the refit) must stop so that scoring `test_rows` still fits."""
+        if self.deadline is None:
+            return None
+        return self.deadline - self._seconds_for(0, test_rows)
+
     def _seconds_for(self, train_samples: float, test_rows: int) -> float:
         speed = self.samples_per_second or 1.0
         return train_samples / speed + test_rows / (speed * INFERENCE_SPEEDUP) + FIXED_OVERHEAD_S

@@ -133,6 +133,11 @@ def main(verbose: bool) -> None:
     callback=_empty_is_unset,
     help="Training precision; auto (default) uses bf16 autocast where the hardware runs bf16 natively.",
 )
+@click.option(
+    "--promote",
+    type=OrUnset(click.Choice(["none", "auto"])),
+    help="auto: run the champion/challenger gate (see `newscat promote`) on the new version (default none).",
+)
 @click.option("--registered-model", callback=_empty_is_unset, help="Model Registry name (default newscat).")
 @click.option(
     "--experiment", callback=_empty_is_unset, help="MLflow experiment when not under `mlflow run` (default newscat)."
@@ -164,6 +169,7 @@ def tune(config_file: str | None, search_space: str | None, text_columns: str | 
         "train.refit": flags.pop("refit"),
         "train.refit_samples": flags.pop("refit_samples"),
         "train.evals_per_epoch": flags.pop("evals_per_epoch"),
+        "promote.mode": flags.pop("promote"),
         **{f"tune.{k}": flags.pop(k) for k in ("n_trials", "timeout", "study_name", "storage", "pruner")},
         **flags,  # registered_model, experiment, seed
     }
@@ -180,22 +186,117 @@ def tune(config_file: str | None, search_space: str | None, text_columns: str | 
 
 @main.command()
 @click.argument("name")
+@click.option("--from", "from_alias", default="challenger", show_default=True, help="Alias of the version to move.")
+@click.option("--version", help="Version number to move instead of --from.")
 @click.option("--to", "to_alias", default="champion", show_default=True, help="Alias to move.")
-@click.option("--version", help="Version number to point the alias at.")
-@click.option("--from", "from_alias", help="Point the alias at the version this alias points at now (e.g. challenger).")
-def promote(name: str, to_alias: str, version: str | None, from_alias: str | None) -> None:
-    """Move an alias of registered model NAME, e.g. `newscat promote newscat --from challenger --to champion`.
+@click.option("--data", help="Data to judge both versions on (default: the data the challenger was trained on).")
+@click.option(
+    "--metric", type=click.Choice(["accuracy", "macro_f1"]), default="accuracy", show_default=True, help="Gate metric."
+)
+@click.option("--margin", type=float, default=0.0, show_default=True, help="Required gain over the current holder.")
+@click.option("--alpha", type=float, default=0.05, show_default=True, help="Significance level of McNemar's test.")
+@click.option("--force", is_flag=True, help="Move the alias even if the gate refuses (recorded on the version).")
+@click.option("--reason", default="", help="Why you are moving it; recorded with the move.")
+def promote(name: str, from_alias: str, version: str | None, to_alias: str, **gate_options: Any) -> None:
+    """Move alias --to of registered model NAME to a better version, through the gate.
 
-    Serving `models:/NAME@champion` picks the new version up at its next start.
+    Both versions are scored on the same test split. The move happens only if the new version beats
+    the current holder of --to by more than --margin and McNemar's exact test on the paired
+    predictions gives p < --alpha (or nothing holds --to yet). The comparison table is printed
+    either way and logged to a run in experiment `newscat-promotions`; the move is tagged on the
+    versions (who, when, why) and the champion it replaces stays reachable as `previous-champion`.
+    Example: `newscat promote newscat --from challenger --to champion`.
+    """
+    from newscat.data import DataError
+    from newscat.promotion import promote_with_gate
+    from newscat.registry import RegistryError
+
+    force = gate_options.pop("force")
+    try:
+        result = promote_with_gate(
+            name,
+            from_alias=None if version else from_alias,
+            version=version,
+            to_alias=to_alias,
+            source=gate_options.pop("data"),
+            force=force,
+            **gate_options,
+        )
+    except (RegistryError, DataError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(result.decision.table())
+    click.echo(f"evidence: run {result.run_id}")
+    if result.moved:
+        forced = " (FORCED past the gate)" if result.forced else ""
+        click.echo(f"{name}@{to_alias} -> version {result.decision.challenger}{forced}")
+    else:
+        raise click.ClickException(f"{name}@{to_alias} not moved; use --force to override (it is recorded)")
+
+
+@main.command()
+@click.argument("name")
+@click.option("--reason", default="rollback", show_default=True, help="Why; recorded with the move.")
+def rollback(name: str, reason: str) -> None:
+    """Point NAME@champion back at NAME@previous-champion (the champion before the last move).
+
+    The version rolled back from becomes previous-champion, so a second rollback undoes the first.
     """
     from newscat.registry import RegistryError
-    from newscat.registry import promote as move_alias
+    from newscat.registry import rollback as roll_back
 
     try:
-        moved = move_alias(name, to_alias=to_alias, version=version, from_alias=from_alias)
+        version = roll_back(name, reason=reason)
     except RegistryError as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(f"{name}@{to_alias} -> version {moved.version} (run {moved.run_id})")
+    click.echo(f"{name}@champion -> version {version.version} (rolled back)")
+
+
+@main.command()
+@click.argument("model_uri")
+@click.option("--data", help=_DATA_HELP + " Default: the data a registered version was trained on.")
+@click.option("--text-columns", help="Comma-separated text column(s) of files / Hub data.")
+@click.option("--label-column", help="Label column of files / Hub data.")
+@click.option("--seed", type=int, default=42, show_default=True, help="Seed of the split (files without a test split).")
+def evaluate(model_uri: str, data: str | None, text_columns: str | None, label_column: str | None, seed: int) -> None:
+    """Evaluate MODEL_URI on a test split and log the report to a run (experiment `newscat-evaluations`).
+
+    The report holds accuracy, macro-F1, per-class precision/recall/F1/support, the confusion matrix
+    and a reliability diagram (PNG), the expected calibration error, the most confident mistakes and
+    the data's source, split, digest and row count. A registered version is tagged with the run.
+    """
+    from newscat.config import ConfigError
+    from newscat.data import DataError
+    from newscat.promotion import evaluate_uri, evaluation_data
+    from newscat.registry import RegistryError
+    from newscat.report import ReportError
+
+    try:
+        columns = tuple(c.strip() for c in text_columns.split(",")) if text_columns else None
+        cfg = evaluation_data(model_uri, data, text_columns=columns, label_column=label_column)
+        metrics, run_id = evaluate_uri(model_uri, cfg, seed=seed)
+    except (ConfigError, DataError, RegistryError, ReportError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    shown = {k: round(v, 4) for k, v in metrics.items() if k in ("accuracy", "macro_f1", "ece")}
+    click.echo(json.dumps({"model_uri": model_uri, "run_id": run_id, **shown}, indent=2))
+
+
+@main.command()
+@click.argument("model_uri")
+@click.option("--strict", is_flag=True, help="Exit with status 1 when any check fails.")
+def check(model_uri: str, strict: bool) -> None:
+    """Behavioural checks of MODEL_URI on built-in cases; prints the report and logs it to a run.
+
+    MFT: unambiguous headlines must get their topic. INV: swapping person or place names must not
+    change the topic. DIR: adding a sentence about a topic must not lower its probability. Failures
+    are counted and listed, and a registered version is tagged with the run and the count.
+    """
+    from newscat.promotion import check_uri
+
+    report, run_id = check_uri(model_uri)
+    click.echo(report.text())
+    click.echo(f"logged to run {run_id}")
+    if strict and report.failed:
+        raise click.ClickException(f"{report.failed} behavioural check(s) failed")
 
 
 @main.command()

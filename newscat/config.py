@@ -115,6 +115,26 @@ class TuneConfig:
 
 
 @dataclass(frozen=True)
+class PromoteConfig:
+    """The champion/challenger gate, and whether the main job runs it when it registers a version."""
+
+    mode: str = "none"  # auto: run the gate challenger -> champion at the end of tuning
+    metric: str = "accuracy"
+    margin: float = 0.0  # the challenger must beat the champion's metric by more than this
+    alpha: float = 0.05  # ... and McNemar's exact test must give p below this
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("none", "auto"):
+            raise ConfigError(f"promote mode must be none or auto, got {self.mode!r}")
+        if self.metric not in ("accuracy", "macro_f1"):
+            raise ConfigError(f"promote metric must be accuracy or macro_f1, got {self.metric!r}")
+        if not 0.0 < self.alpha <= 1.0:
+            raise ConfigError(f"promote alpha must be in (0, 1], got {self.alpha}")
+        if not -1.0 < self.margin < 1.0:
+            raise ConfigError(f"promote margin must be in (-1, 1), got {self.margin}")
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything one `newscat tune` needs."""
 
@@ -122,6 +142,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+    promote: PromoteConfig = field(default_factory=PromoteConfig)
     registered_model: str = "newscat"
     experiment: str = "newscat"
     seed: int = 42
@@ -129,7 +150,7 @@ class Config:
     def to_flat_dict(self) -> dict[str, str]:
         """Flat `section.key -> short string` params, safe for MLflow's param length limit."""
         flat: dict[str, str] = {}
-        for section in ("data", "model", "train", "tune"):
+        for section in _SECTIONS:
             for key, value in dataclasses.asdict(getattr(self, section)).items():
                 if key == "search_space":
                     value = "custom" if value else "default"
@@ -140,7 +161,13 @@ class Config:
         return flat
 
 
-_SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "tune": TuneConfig}
+_SECTIONS = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "tune": TuneConfig,
+    "promote": PromoteConfig,
+}
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

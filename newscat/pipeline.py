@@ -14,15 +14,15 @@ from typing import TYPE_CHECKING, Any
 
 import mlflow
 import optuna
-import pandas as pd
 
-from newscat import pyfunc, registry, tracking, tune
+from newscat import pyfunc, registry, report, tracking, tune
 from newscat.budget import Budget
+from newscat.card import CardFacts, model_card
 from newscat.config import Config
 from newscat.data import NewsData, load_news
-from newscat.evaluate import classification_metrics, confusion
 from newscat.features import load_tokenizer, tokenize_news, tokenize_rows
 from newscat.modeling import BaseClassifier, load_base_classifier, resolve_model_path
+from newscat.promotion import promote_with_gate
 from newscat.train import TrialParams, train_classifier
 
 if TYPE_CHECKING:
@@ -100,7 +100,14 @@ def tune_and_register(cfg: Config) -> TuneOutcome:
         )
         best = _best_trial(study)
         tracking.log_study_summary(tune.study_summary(study), best)
-        return _finish(inputs, study, best, parent.info.run_id, digests, budget)
+        tracking.log_study_report(study)
+        outcome, predictions = _finish(inputs, study, best, parent.info.run_id, digests, budget)
+    if cfg.promote.mode == "auto":  # after the study's run has ended: the decision gets a run of its own
+        if predictions is None:
+            log.info("promote=auto: version %s was registered (and gated) by an earlier process", outcome.version)
+        else:
+            _run_gate(cfg, predictions)
+    return outcome
 
 
 def _refit_reserve(inputs: StudyInputs) -> float:
@@ -183,17 +190,19 @@ def _finish(
     parent_run_id: str,
     digests: dict[str, str],
     budget: Budget,
-) -> TuneOutcome:
-    """Refit (or take the best trial's checkpoint), log it as a pyfunc, score the test split, register it."""
+) -> tuple[TuneOutcome, report.Predictions | None]:
+    """Refit (or take the best trial's checkpoint), log it as a pyfunc, score the test split, register it.
+
+    Returns the outcome and the test predictions (None when the version was registered by an earlier process).
+    """
     cfg, data = inputs.cfg, inputs.data
     existing = registry.find_version(cfg.registered_model, best.user_attrs["mlflow_run_id"])
     if existing is not None:
         log.info(
             "best trial %d is already registered as version %s; nothing new to register", best.number, existing.version
         )
-        return _outcome(
-            parent_run_id, best, existing, {k[5:]: float(v) for k, v in existing.tags.items() if k.startswith("test_")}
-        )
+        metrics = {k[5:]: float(v) for k, v in existing.tags.items() if k.startswith("test_")}
+        return _outcome(parent_run_id, best, existing, metrics), None
     source_run_id, train_rows = refit_best(inputs, study, best, budget)
     with tempfile.TemporaryDirectory(prefix="newscat-best-") as tmp:
         checkpoint = tracking.download_checkpoint(source_run_id, Path(tmp) / "download")
@@ -202,13 +211,28 @@ def _finish(
         )
         info = pyfunc.log_pyfunc(model_dir)
     log.info("scoring the final model (%d training rows) on %d test rows", train_rows, len(data.test))
-    test_metrics = evaluate_model(info.model_uri, data)
-    tracking.log_metrics(test_metrics, prefix="test_")
-    description = (
-        f"Fine-tuned {cfg.model.name} on {train_rows} rows of {cfg.data.source} "
-        f"(study {study.study_name}, params of trial {best.number}). "
-        f"Test accuracy {test_metrics['accuracy']:.4f}, macro-F1 {test_metrics['macro_f1']:.4f}."
+    record = tracking.dataset_record(data.test, cfg.data.source, "test")
+    predictions = report.predict_split(pyfunc.load(info.model_uri), data.test, data.label_names, record)
+    test_metrics = report.report_metrics(predictions)
+    tracking.log_evaluation(predictions, test_metrics)
+    split_rows = {"trials' train": len(data.train), "final train": train_rows, "validation": len(data.validation)}
+    card = model_card(
+        CardFacts(
+            registered_model=cfg.registered_model,
+            base_model=cfg.model.name,
+            data_source=cfg.data.source,
+            label_names=data.label_names,
+            split_rows={**split_rows, "test": len(data.test)},
+            digests=digests,
+            params=_card_params(source_run_id),
+            study=study.study_name,
+            trial=best.number,
+            metrics=test_metrics,
+            per_class=report.per_class_table(predictions, test_metrics),
+            max_length=cfg.model.max_length,
+        )
     )
+    tracking.log_model_card(info.model_id, card)
     tags = {
         "study": study.study_name,
         "trial": best.number,
@@ -217,14 +241,40 @@ def _finish(
         "weights_run_id": source_run_id,
         "train_rows": train_rows,
         "data.source": cfg.data.source,
+        "data.text_columns": ",".join(cfg.data.text_columns),
+        "data.label_column": cfg.data.label_column,
         "data.train_digest": digests["train"],
         "data.test_digest": digests["test"],
         "base_model": cfg.model.name,
-        **{f"test_{k}": f"{test_metrics[k]:.4f}" for k in ("accuracy", "macro_f1")},
+        "seed": cfg.seed,
+        f"evaluation.{record['digest']}.run_id": parent_run_id,
+        **{f"test_{k}": f"{test_metrics[k]:.4f}" for k in ("accuracy", "macro_f1", "ece")},
     }
-    version = registry.register_version(info.model_uri, cfg.registered_model, tags=tags, description=description)
+    version = registry.register_version(info.model_uri, cfg.registered_model, tags=tags, description=card)
     log.info("registered %s version %s with alias challenger", cfg.registered_model, version.version)
-    return _outcome(parent_run_id, best, version, test_metrics)
+    return _outcome(parent_run_id, best, version, test_metrics), predictions
+
+
+def _card_params(weights_run_id: str) -> dict[str, str]:
+    """The params the final weights were trained with (a refit under a budget may run fewer epochs)."""
+    logged = tracking.run_params(weights_run_id)
+    keys = ("learning_rate", "batch_size", "epochs", "warmup_ratio", "weight_decay", "precision", "freeze_embeddings")
+    return {k: logged[k] for k in keys if k in logged}
+
+
+def _run_gate(cfg: Config, predictions: report.Predictions) -> None:
+    """`promote=auto`: the challenger just registered faces the champion (the outcome is logged, never raised)."""
+    result = promote_with_gate(
+        cfg.registered_model,
+        source=cfg.data.source,
+        metric=cfg.promote.metric,
+        margin=cfg.promote.margin,
+        alpha=cfg.promote.alpha,
+        seed=cfg.seed,
+        scored=predictions,
+        reason="promote=auto at the end of tuning",
+    )
+    log.info("promotion gate (run %s):\n%s", result.run_id, result.decision.table())
 
 
 def refit_best(
@@ -266,7 +316,12 @@ def refit_best(
                 output_dir=refit_dir,
                 seed=cfg.seed + best.number,
                 callbacks=[tracking.EpochMetricsCallback(cfg.train.evals_per_epoch)],
+                # Slower than estimated (a busy machine)? Stop after a last evaluation, keep the best one.
+                deadline=budget.training_deadline(len(data.test)),
             )
+            if result.stopped_at_deadline:
+                mlflow.set_tag("newscat.stopped_by_budget", f"after {result.epochs_run} epochs")
+                log.info("refit stopped by the time budget after %s epochs", result.epochs_run)
             tracking.log_trial_result(result.best_metrics, result.best_epoch, result.best_checkpoint)
         finally:
             shutil.rmtree(refit_dir, ignore_errors=True)
@@ -277,13 +332,7 @@ def refit_best(
 def _trial_params(trial: optuna.trial.FrozenTrial, space: tune.SearchSpace) -> TrialParams:
     """A finished trial's params: the sampled ones from Optuna, fixed ones from the search space."""
     values = {**{k: v for k, v in space.params.items() if not isinstance(v, Mapping)}, **trial.params}
-    return TrialParams(
-        learning_rate=float(values["learning_rate"]),
-        batch_size=int(values["batch_size"]),
-        epochs=float(values["epochs"]),
-        warmup_ratio=float(values["warmup_ratio"]),
-        weight_decay=float(values["weight_decay"]),
-    )
+    return TrialParams.from_values(values, whole_epochs=False)
 
 
 def datasets_with_train(inputs: StudyInputs, train: datasets.Dataset) -> datasets.DatasetDict:
@@ -306,16 +355,6 @@ def _outcome(
         registered_model=version.name,
         version=str(version.version),
     )
-
-
-def evaluate_model(model_uri: str, data: NewsData) -> dict[str, float]:
-    """Score the logged model (the very artifact that gets served) on the test split."""
-    predicted = pyfunc.load(model_uri).predict(pd.DataFrame({"text": data.test["text"]}))
-    to_id = {name: i for i, name in enumerate(data.label_names)}
-    predictions = predicted["label"].map(to_id).to_numpy()
-    labels = data.test["label"].to_numpy()
-    tracking.log_confusion_matrix(data.label_names, confusion(labels, predictions, len(data.label_names)))
-    return classification_metrics(labels, predictions, data.label_names)
 
 
 def _short(values: dict[str, Any]) -> str:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import getpass
+import json
+import os
 from collections.abc import Mapping
+from datetime import UTC, datetime
 
 import mlflow
 from mlflow.entities.model_registry import ModelVersion
@@ -35,19 +39,131 @@ def find_version(name: str, trial_run_id: str) -> ModelVersion | None:
     return max(found, key=lambda v: int(v.version), default=None)
 
 
-def promote(name: str, *, to_alias: str, version: str | None = None, from_alias: str | None = None) -> ModelVersion:
-    """Point `to_alias` at `version`, or at the version that `from_alias` points at now."""
-    if (version is None) == (from_alias is None):
-        raise RegistryError("give exactly one of a version or an alias to promote from")
-    client = MlflowClient()
+PREVIOUS_CHAMPION = "previous-champion"
+HISTORY_TAG = "newscat.alias_history"
+HISTORY_LENGTH = 20  # moves kept in the registered model's history tag
+
+
+def alias_version(name: str, alias: str) -> ModelVersion | None:
+    """The version `alias` points at, or None when the alias is not set."""
     try:
-        target = (
-            client.get_model_version_by_alias(name, from_alias)
-            if from_alias
-            else client.get_model_version(name, str(version))
-        )
+        return MlflowClient().get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def version_by_alias(name: str, alias: str) -> ModelVersion:
+    """The version `alias` points at; a RegistryError names the missing alias."""
+    found = alias_version(name, alias)
+    if found is None:
+        raise RegistryError(f"registered model {name!r} has no alias {alias!r}")
+    return found
+
+
+def version_by_number(name: str, version: str) -> ModelVersion:
+    """Version `version` of `name`; a RegistryError says when it does not exist."""
+    try:
+        return MlflowClient().get_model_version(name, str(version))
     except MlflowException as exc:
-        what = f"alias {from_alias!r}" if from_alias else f"version {version}"
-        raise RegistryError(f"registered model {name!r} has no {what}: {exc.message}") from exc
-    client.set_registered_model_alias(name, to_alias, target.version)
-    return client.get_model_version(name, target.version)
+        raise RegistryError(f"registered model {name!r} has no version {version}: {exc.message}") from exc
+
+
+def actor() -> str:
+    """Who is moving aliases: the tracking server user when one is set, else the OS user."""
+    return os.environ.get("MLFLOW_TRACKING_USERNAME") or getpass.getuser()
+
+
+def move_alias(
+    name: str, alias: str, version: str, *, reason: str, forced: bool = False, evidence: str = ""
+) -> ModelVersion:
+    """Point `alias` at `version` and record who, when and why on the versions and in the model's history.
+
+    Moving `champion` keeps the version it leaves reachable as `previous-champion` (see `rollback`).
+    """
+    client = MlflowClient()
+    who, when = actor(), datetime.now(UTC).isoformat(timespec="seconds")
+    leaving = alias_version(name, alias)
+    if leaving is not None and str(leaving.version) == str(version):
+        return leaving
+    if leaving is not None and alias == "champion":
+        client.set_registered_model_alias(name, PREVIOUS_CHAMPION, str(leaving.version))
+        client.set_model_version_tag(name, str(leaving.version), f"left.{alias}", f"{when} by {who}: {reason}"[:5000])
+    client.set_registered_model_alias(name, alias, str(version))
+    tags = {
+        f"moved_to.{alias}": f"{when} by {who}",
+        f"moved_to.{alias}.reason": reason[:5000],
+        f"moved_to.{alias}.forced": str(forced).lower(),
+    }
+    if evidence:
+        tags[f"moved_to.{alias}.evidence"] = evidence
+    for key, value in tags.items():
+        client.set_model_version_tag(name, str(version), key, value)
+    _append_history(
+        client,
+        name,
+        {
+            "alias": alias,
+            "version": str(version),
+            "from": str(leaving.version) if leaving else None,
+            "by": who,
+            "at": when,
+            "reason": reason[:300],
+            "forced": forced,
+        },
+    )
+    return client.get_model_version(name, str(version))
+
+
+def rollback(name: str, *, reason: str = "rollback") -> ModelVersion:
+    """Point `champion` back at `previous-champion` (which then holds the version rolled back from)."""
+    previous = alias_version(name, PREVIOUS_CHAMPION)
+    if previous is None:
+        raise RegistryError(f"registered model {name!r} has no {PREVIOUS_CHAMPION!r} to roll back to")
+    return move_alias(name, "champion", str(previous.version), reason=reason)
+
+
+def alias_history(name: str) -> list[dict]:
+    """The recorded alias moves of `name`, oldest first."""
+    tags = MlflowClient().get_registered_model(name).tags
+    return json.loads(tags.get(HISTORY_TAG, "[]"))
+
+
+def _append_history(client: MlflowClient, name: str, entry: dict) -> None:
+    history = [*alias_history(name)[-(HISTORY_LENGTH - 1) :], entry]
+    while len(json.dumps(history)) > 4500 and len(history) > 1:  # tag values are limited in length
+        history.pop(0)
+    client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history))
+
+
+def resolve_version(model_uri: str) -> ModelVersion | None:
+    """The registered version a `models:/name/version` or `models:/name@alias` URI names; None for other URIs."""
+    if not model_uri.startswith("models:/"):
+        return None
+    path = model_uri[len("models:/") :].strip("/")
+    try:
+        if "@" in path:
+            name, alias = path.split("@", 1)
+            return MlflowClient().get_model_version_by_alias(name, alias)
+        name, _, version = path.partition("/")
+        return MlflowClient().get_model_version(name, version) if version.isdigit() else None
+    except MlflowException:
+        return None
+
+
+def link_evaluation(model_uri: str, run_id: str, digest: str) -> None:
+    """Tag the evaluated registered version with the evaluation run, per data digest (compare like with like)."""
+    version = resolve_version(model_uri)
+    if version is None:
+        return
+    client = MlflowClient()
+    client.set_model_version_tag(version.name, version.version, f"evaluation.{digest}.run_id", run_id)
+    client.set_model_version_tag(version.name, version.version, "evaluation.last_run_id", run_id)
+
+
+def link_checks(model_uri: str, run_id: str, failed: int) -> None:
+    """Tag the checked registered version with the checks run and its failure count."""
+    version = resolve_version(model_uri)
+    if version is not None:
+        client = MlflowClient()
+        client.set_model_version_tag(version.name, version.version, "checks.last_run_id", run_id)
+        client.set_model_version_tag(version.name, version.version, "checks.failed", str(failed))

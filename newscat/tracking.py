@@ -12,11 +12,15 @@ import mlflow
 from mlflow.tracking import MlflowClient
 from transformers import TrainerCallback
 
+from newscat import report
 from newscat.config import Config
+from newscat.evaluate import confusion
 from newscat.pyfunc import MODEL_FILES
 from newscat.train import eval_index, use_bf16
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from newscat.data import NewsData
 
 # Optuna's trial state -> the MLflow run status that tells the same story.
@@ -40,6 +44,11 @@ def _run_exists(run_id: str) -> bool:
         return MlflowClient().get_run(run_id).info.lifecycle_stage == "active"
     except mlflow.exceptions.MlflowException:
         return False
+
+
+def run_params(run_id: str) -> dict[str, str]:
+    """The params logged to a run."""
+    return dict(MlflowClient().get_run(run_id).data.params)
 
 
 def run_finished(run_id: str) -> bool:
@@ -129,9 +138,100 @@ def log_trial_result(best_metrics: Mapping[str, float], best_epoch: float | None
         log_checkpoint(checkpoint)
 
 
-def log_confusion_matrix(label_names: tuple[str, ...], matrix: list[list[int]]) -> None:
-    """The test confusion matrix (rows: true class) as a JSON artifact of the active run."""
-    mlflow.log_dict({"labels": list(label_names), "matrix": matrix}, "test_confusion_matrix.json")
+def dataset_record(frame: pd.DataFrame, source: str, split: str) -> dict[str, Any]:
+    """What an evaluation was computed on: source, split, MLflow dataset digest and row count."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        dataset = mlflow.data.from_pandas(frame, source=_source(source), targets="label", name=split)
+    return {"source": source, "split": split, "digest": dataset.digest, "rows": len(frame)}
+
+
+def log_evaluation(p: report.Predictions, metrics: Mapping[str, float], *, prefix: str = "test_") -> None:
+    """An evaluation report in the active run: metrics, per-class table, confusion matrix and reliability PNGs,
+    the most confident mistakes, the data it used (under `evaluation/`) and a markdown summary."""
+    log_metrics(metrics, prefix=prefix)
+    folder = "evaluation"
+    per_class = report.per_class_table(p, dict(metrics))
+    mistakes = report.confident_mistakes(p)
+    mlflow.log_dict(p.data, f"{folder}/data.json")
+    mlflow.log_table(per_class, f"{folder}/per_class.json")
+    mlflow.log_table(mistakes, f"{folder}/confident_mistakes.json")
+    matrix = confusion(p.labels, p.predicted, len(p.label_names))
+    mlflow.log_dict({"labels": list(p.label_names), "matrix": matrix}, f"{folder}/confusion_matrix.json")
+    mlflow.log_figure(report.confusion_figure(p), f"{folder}/confusion_matrix.png")
+    mlflow.log_figure(report.reliability_figure(p), f"{folder}/reliability_diagram.png")
+    mlflow.log_text(report.markdown_summary(p, dict(metrics), per_class, mistakes), f"{folder}/report.md")
+    mlflow.set_tags({"evaluation.digest": p.data["digest"], "evaluation.source": str(p.data["source"])[:5000]})
+
+
+def log_checks(report_: Any) -> None:
+    """Behavioural check results in the active run: pass rates, failure counts, the report and every failure."""
+    log_metrics(report_.metrics())
+    mlflow.log_text(report_.text() + "\n", "checks/report.txt")
+    mlflow.log_dict({"results": report_.results, "failures": report_.failures}, "checks/report.json")
+    mlflow.set_tags({"newscat.role": "checks", "checks.failed": str(report_.failed)})
+
+
+def log_gate_decision(decision: Any, *, forced: bool) -> None:
+    """A promotion decision in the active run: both versions' metrics, McNemar's counts and p, the verdict."""
+    metrics = {f"challenger_{k}": v for k, v in decision.challenger_metrics.items() if k in ("accuracy", "macro_f1")}
+    metrics |= {f"champion_{k}": v for k, v in decision.champion_metrics.items() if k in ("accuracy", "macro_f1")}
+    metrics |= {
+        "mcnemar_only_challenger_right": decision.only_challenger_right,
+        "mcnemar_only_champion_right": decision.only_champion_right,
+        "mcnemar_p_value": decision.p_value,
+        "gate_passed": float(decision.passed),
+    }
+    log_metrics(metrics)
+    mlflow.log_text(decision.table() + "\n", "gate/comparison.txt")
+    mlflow.set_tags(
+        {
+            "newscat.role": "promotion",
+            "gate.challenger": decision.challenger,
+            "gate.champion": decision.champion or "",
+            "gate.passed": str(decision.passed).lower(),
+            "gate.forced": str(forced).lower(),
+            "gate.reason": decision.reason[:5000],
+        }
+    )
+
+
+def log_study_report(study: Any) -> None:
+    """Optuna's plots as one HTML page and as PNGs, and the trials table, under `study/` of the active run."""
+    import matplotlib.pyplot as plt
+
+    from newscat import study_report
+
+    mlflow.log_text(study_report.html_report(study), "study/report.html")
+    for name, figure in study_report.png_figures(study).items():
+        mlflow.log_figure(figure, f"study/{name}.png")
+        plt.close(figure)
+    table = study_report.trials_table(study)
+    mlflow.log_text(table.to_csv(index=False), "study/trials.csv")
+
+
+def log_model_card(model_id: str, card: str) -> None:
+    """The model card as README.md inside the logged model, and in the active run."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="newscat-card-") as tmp:
+        path = Path(tmp) / "README.md"
+        path.write_text(card, encoding="utf-8")
+        MlflowClient().log_model_artifact(model_id, str(path))
+    mlflow.log_text(card, "model_card.md")
+
+
+def start_evaluation_run(model_uri: str, experiment: str = "newscat-evaluations") -> mlflow.ActiveRun:
+    """A top-level run for an on-demand evaluation or a promotion decision.
+
+    Made by id, so that an MLFLOW_RUN_ID set by `mlflow run` for the study is not taken over.
+    """
+    client = MlflowClient()
+    found = client.get_experiment_by_name(experiment)
+    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+    run = client.create_run(experiment_id, run_name=f"evaluate {model_uri}"[:250], tags={"newscat.role": "evaluation"})
+    mlflow.set_experiment(experiment_id=experiment_id)  # fluent start_run checks the run against it
+    return mlflow.start_run(run_id=run.info.run_id)
 
 
 def log_checkpoint(checkpoint: Path, artifact_path: str = "checkpoint") -> None:

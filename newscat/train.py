@@ -31,6 +31,17 @@ class TrialParams:
     warmup_ratio: float
     weight_decay: float
 
+    @classmethod
+    def from_values(cls, values: dict[str, Any], *, whole_epochs: bool = True) -> TrialParams:
+        """From a name -> value mapping (sampled and fixed values of a search space)."""
+        return cls(
+            learning_rate=float(values["learning_rate"]),
+            batch_size=int(values["batch_size"]),
+            epochs=int(values["epochs"]) if whole_epochs else float(values["epochs"]),
+            warmup_ratio=float(values["warmup_ratio"]),
+            weight_decay=float(values["weight_decay"]),
+        )
+
 
 @dataclass
 class TrainResult:

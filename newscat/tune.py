@@ -97,13 +97,7 @@ def suggest_params(trial: optuna.Trial, space: SearchSpace) -> TrialParams:
             values[name] = trial.suggest_int(name, int(spec["low"]), int(spec["high"]))
         else:
             values[name] = trial.suggest_float(name, float(spec["low"]), float(spec["high"]), log=bool(spec.get("log")))
-    return TrialParams(
-        learning_rate=float(values["learning_rate"]),
-        batch_size=int(values["batch_size"]),
-        epochs=int(values["epochs"]),
-        warmup_ratio=float(values["warmup_ratio"]),
-        weight_decay=float(values["weight_decay"]),
-    )
+    return TrialParams.from_values(values)
 
 
 def open_study(cfg: TuneConfig, *, seed: int, max_evals: int) -> optuna.Study:

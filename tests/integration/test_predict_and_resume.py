@@ -70,6 +70,8 @@ def _tune(root: Path, data: Path, n_trials: int) -> subprocess.CompletedProcess:
         "newscat-resume",
         "--config",
         str(root / "config.yaml"),
+        "--promote",
+        "auto",
     ]
     return subprocess.run(
         command, cwd=root, env=tool_env(f"sqlite:///{root}/mlflow.db"), capture_output=True, text=True, timeout=600
@@ -111,3 +113,12 @@ def test_rerun_resumes_the_study_instead_of_starting_over(tmp_path: Path) -> Non
         logged = {a.path for a in client.list_artifacts(refit.info.run_id, "checkpoint")}
         assert "checkpoint/model.safetensors" in logged
     assert "refit: trial" in first.stderr and "refit: trial" not in third.stderr
+    # promote=auto: every new version faced the gate; the champion is the last version that passed it.
+    gate_runs = client.search_runs(
+        [client.get_experiment_by_name("newscat-promotions").experiment_id], order_by=["attributes.start_time ASC"]
+    )
+    assert [r.data.tags["gate.challenger"] for r in gate_runs] == sorted(str(v.version) for v in versions)
+    assert gate_runs[0].data.tags["gate.passed"] == "true"  # no champion yet
+    passed = [r.data.tags["gate.challenger"] for r in gate_runs if r.data.tags["gate.passed"] == "true"]
+    assert str(client.get_model_version_by_alias("newscat-resume", "champion").version) == passed[-1]
+    assert "promotion gate (run" in first.stderr and "PASS: no champion yet" in first.stderr

@@ -1,78 +1,35 @@
-"""Promote with the CLI, then a real `mlflow models serve` process answers over HTTP in all four formats."""
+"""The champion (set by `-P promote=auto`) served by a real `mlflow models serve`, queried in all four formats."""
 
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 
 import pytest
 import requests
 
 from tests.conftest import CLASSES
-from tests.integration.conftest import MODEL_NAME, TrackedStudy, tool_env
+from tests.integration.conftest import MODEL_NAME, TrackedStudy, serve_model, tool_env
 
 pytestmark = pytest.mark.integration
 HEADLINES = ["Yankees beat rivals in the championship final", "Shares of Intel rise after quarterly earnings"]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tracked_study: TrackedStudy) -> Iterator[str]:
     env = tool_env(tracked_study.tracking_uri)
-    promoted = subprocess.run(
+    # `-P promote=auto` made the first version champion; promoting it again is refused, naming the alias.
+    again = subprocess.run(
         ["newscat", "promote", MODEL_NAME, "--from", "challenger", "--to", "champion"],
         env=env,
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert promoted.returncode == 0, promoted.stderr
-    assert f"{MODEL_NAME}@champion -> version" in promoted.stdout
-    port = _free_port()
-    log = (tracked_study.root / "serve.log").open("w")
-    process = subprocess.Popen(
-        [
-            "mlflow",
-            "models",
-            "serve",
-            "-m",
-            f"models:/{MODEL_NAME}@champion",
-            "--env-manager",
-            "local",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            assert process.poll() is None, (tracked_study.root / "serve.log").read_text()[-3000:]
-            try:
-                if requests.get(f"{url}/ping", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                time.sleep(1)
-        else:
-            pytest.fail("mlflow models serve did not come up within 180 s")
+    assert again.returncode == 1 and f"{MODEL_NAME}@champion is already version" in again.stderr
+    with serve_model(f"models:/{MODEL_NAME}@champion", env, tracked_study.root / "serve.log") as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-        log.close()
 
 
 def _post(url: str, body: object) -> requests.Response:

@@ -29,6 +29,8 @@ def test_deadline_leaves_room_for_refit_and_scoring() -> None:
     assert budget.samples_per_second == 40.0
     refit_s, scoring_s = 20_000 / 40.0, 1200 / (40.0 * INFERENCE_SPEEDUP)
     assert budget.tuning_deadline(20_000, 1200) == pytest.approx(1800.0 - refit_s - scoring_s - FIXED_OVERHEAD_S)
+    assert budget.training_deadline(1200) == pytest.approx(1800.0 - scoring_s - FIXED_OVERHEAD_S)
+    assert Budget(None).training_deadline(1200) is None
 
 
 def test_tuning_over_and_affordable_samples_follow_the_clock() -> None:

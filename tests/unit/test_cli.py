@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from newscat.cli import main
 
 
-@pytest.mark.parametrize("command", [[], ["tune"], ["promote"], ["predict"]])
+@pytest.mark.parametrize("command", [[], ["tune"], ["promote"], ["rollback"], ["evaluate"], ["check"], ["predict"]])
 def test_every_command_explains_itself(command: list[str]) -> None:
     result = CliRunner().invoke(main, [*command, "--help"])
     assert result.exit_code == 0
@@ -30,10 +30,14 @@ def test_unknown_config_key_is_reported(tmp_path: Path) -> None:
     assert result.exit_code == 1 and "unknown config key 'tune.n_trails'" in result.output
 
 
-def test_promote_needs_a_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_promote_and_rollback_name_what_is_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/m.db")
     result = CliRunner().invoke(main, ["promote", "newscat", "--to", "champion"])
-    assert result.exit_code == 1 and "give exactly one of a version or an alias" in result.output
+    assert result.exit_code == 1 and "registered model 'newscat' has no alias 'challenger'" in result.output
+    result = CliRunner().invoke(main, ["promote", "newscat", "--version", "3"])
+    assert result.exit_code == 1 and "has no version 3" in result.output
+    result = CliRunner().invoke(main, ["rollback", "newscat"])
+    assert result.exit_code == 1 and "no 'previous-champion' to roll back to" in result.output
 
 
 def test_predict_reports_a_missing_column(tmp_path: Path) -> None:

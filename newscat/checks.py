@@ -1,0 +1,137 @@
+"""Behavioural checks on built-in cases (CheckList style): minimum functionality, invariance, direction.
+
+- Minimum functionality (MFT): unambiguous headlines must get their topic.
+- Invariance (INV): swapping person or place names must not change the topic.
+- Directional (DIR): adding a sentence about a topic must not lower that topic's probability.
+
+The cases speak AG News' topics (World, Sports, Business, Sci/Tech); a model with other classes skips the cases
+whose topics it lacks, and the report counts them as skipped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+MFT_CASES: tuple[tuple[str, str], ...] = (
+    ("Manchester United beat Chelsea 3-1 to go top of the Premier League", "Sports"),
+    ("Serena Williams wins her third Wimbledon title in straight sets", "Sports"),
+    ("The Yankees clinch the pennant with a walk-off home run in the ninth", "Sports"),
+    ("Olympic sprinter breaks the 100 metres world record in Athens", "Sports"),
+    ("Shares of Ford fall 4 percent after the carmaker cuts its profit forecast", "Business"),
+    ("The Federal Reserve raises interest rates by a quarter point", "Business"),
+    ("Oil prices climb to a record as crude inventories shrink", "Business"),
+    ("Retail sales rose more than expected in October, the Commerce Department said", "Business"),
+    ("Microsoft releases a security patch for a flaw in Windows XP", "Sci/Tech"),
+    ("NASA's rover finds new evidence of water on Mars", "Sci/Tech"),
+    ("Researchers build a faster chip using carbon nanotubes", "Sci/Tech"),
+    ("Google unveils a new search tool for desktop computers", "Sci/Tech"),
+    ("Rebels attack a convoy near Baghdad, killing three soldiers", "World"),
+    ("The prime minister calls early elections after the coalition collapses", "World"),
+    ("Peace talks between Israel and the Palestinians resume in Cairo", "World"),
+    ("Earthquake kills hundreds in northern Iran, officials say", "World"),
+)
+
+INV_TEMPLATES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("{} wins the men's final at the Australian Open", ("Roger Federer", "Andy Roddick", "Lleyton Hewitt")),
+    ("Police in {} arrest two suspects after a bombing at a market", ("Madrid", "Jakarta", "Istanbul")),
+    ("{} chief executive resigns amid an accounting inquiry", ("Boeing", "Siemens", "Nestle")),
+    ("{} launches a music download service to rival Apple's iTunes", ("Sony", "Napster", "Virgin")),
+    ("Floods in {} leave thousands homeless", ("Bangladesh", "Haiti", "southern China")),
+    ("{} scores twice as his club reaches the Champions League final", ("Thierry Henry", "Andriy Shevchenko")),
+)
+
+DIR_CASES: tuple[tuple[str, str, str], ...] = (
+    ("The company announced the plan on Tuesday.", " Its shares rose 6 percent in New York.", "Business"),
+    ("The team met reporters after the trip.", " They won the championship game 24-10 on Sunday.", "Sports"),
+    ("Officials gave details on Monday.", " The software update fixes a bug in the operating system.", "Sci/Tech"),
+    ("The statement was read out on Friday.", " UN troops were sent to the border after the clashes.", "World"),
+)
+
+
+@dataclass
+class CheckReport:
+    """Counts and failures per kind of check."""
+
+    results: dict[str, dict[str, int]] = field(default_factory=dict)  # kind -> passed / failed / skipped
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+    def count(self, kind: str, outcome: str) -> None:
+        self.results.setdefault(kind, {"passed": 0, "failed": 0, "skipped": 0})[outcome] += 1
+
+    @property
+    def failed(self) -> int:
+        return sum(r["failed"] for r in self.results.values())
+
+    def metrics(self) -> dict[str, float]:
+        """Per kind: pass rate over the cases run, and the failure count."""
+        out = {}
+        for kind, r in self.results.items():
+            ran = r["passed"] + r["failed"]
+            out[f"checks_{kind}_pass_rate"] = r["passed"] / ran if ran else 1.0
+            out[f"checks_{kind}_failed"] = float(r["failed"])
+        return out
+
+    def text(self) -> str:
+        """A printable report: a line per kind, then every failure."""
+        lines = [f"{'check':<6}{'passed':>8}{'failed':>8}{'skipped':>9}"]
+        for kind, r in self.results.items():
+            lines.append(f"{kind:<6}{r['passed']:>8}{r['failed']:>8}{r['skipped']:>9}")
+        lines.append(f"{self.failed} failure(s)" + (":" if self.failures else ""))
+        lines += [f"- [{f['kind']}] {f['detail']}" for f in self.failures]
+        return "\n".join(lines)
+
+
+def run_checks(model: Any) -> CheckReport:
+    """Run every built-in case through `model` (a loaded pyfunc) in one batch and judge the answers."""
+    texts = [text for text, _ in MFT_CASES]
+    texts += [template.format(fill) for template, fills in INV_TEMPLATES for fill in fills]
+    texts += [text for base, extra, _ in DIR_CASES for text in (base, base + extra)]
+    output = model.predict(pd.DataFrame({"text": texts}))
+    answers = dict(zip(texts, zip(output["label"], output["probabilities"], strict=True), strict=True))
+    classes = set(output["probabilities"].iloc[0])
+    report = CheckReport()
+    _minimum_functionality(answers, classes, report)
+    _invariance(answers, report)
+    _directional(answers, classes, report)
+    return report
+
+
+def _minimum_functionality(answers: dict, classes: set[str], report: CheckReport) -> None:
+    for text, expected in MFT_CASES:
+        if expected not in classes:
+            report.count("MFT", "skipped")
+            continue
+        label, probabilities = answers[text]
+        ok = label == expected
+        report.count("MFT", "passed" if ok else "failed")
+        if not ok:
+            report.failures.append(
+                {"kind": "MFT", "detail": f"{text!r}: expected {expected}, got {label} ({probabilities[label]:.2f})"}
+            )
+
+
+def _invariance(answers: dict, report: CheckReport) -> None:
+    for template, fills in INV_TEMPLATES:
+        labels = {fill: answers[template.format(fill)][0] for fill in fills}
+        ok = len(set(labels.values())) == 1
+        report.count("INV", "passed" if ok else "failed")
+        if not ok:
+            shown = ", ".join(f"{fill} -> {label}" for fill, label in labels.items())
+            report.failures.append({"kind": "INV", "detail": f"{template!r}: {shown}"})
+
+
+def _directional(answers: dict, classes: set[str], report: CheckReport) -> None:
+    for base, extra, topic in DIR_CASES:
+        if topic not in classes:
+            report.count("DIR", "skipped")
+            continue
+        before, after = answers[base][1][topic], answers[base + extra][1][topic]
+        ok = after >= before
+        report.count("DIR", "passed" if ok else "failed")
+        if not ok:
+            report.failures.append(
+                {"kind": "DIR", "detail": f"adding {extra.strip()!r}: P({topic}) fell {before:.2f} -> {after:.2f}"}
+            )

@@ -1,0 +1,149 @@
+"""The MLflow UI workflow in a real browser: set `champion` on a model page, then serve `@champion`.
+
+A real `mlflow server` on the tiny study's store, Debian's headless Chromium driven by Selenium (chromedriver from
+the chromium-driver package; `.ci/run` installs both), and a real `mlflow models serve` afterwards. Screenshots go
+to $NEWSCAT_SCREENSHOT_DIR (the README's come from there) or to the test's temp dir.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import requests
+from mlflow.tracking import MlflowClient
+
+from newscat import pyfunc, registry, tracking
+from tests.integration.conftest import MODEL_NAME, TrackedStudy, running, serve_model, tool_env
+
+pytestmark = pytest.mark.integration
+UI_MODEL = "newscat-ui"
+HEADLINE = "Shares of Intel rise after quarterly earnings"
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+
+
+@pytest.fixture(scope="module")
+def ui_model(tracked_study: TrackedStudy) -> MlflowClient:
+    """Version 1: the tiny study's model (champion); version 2: the same with its classifier scaled down, so the
+    two answer with different scores and the served version can be told apart."""
+    from safetensors.torch import load_file, save_file
+
+    mlflow.set_tracking_uri(tracked_study.tracking_uri)
+    client = MlflowClient(tracking_uri=tracked_study.tracking_uri)
+    first = client.get_model_version_by_alias(MODEL_NAME, "challenger")
+    client.create_registered_model(UI_MODEL)
+    client.create_model_version(UI_MODEL, source=first.source, run_id=first.run_id)
+    work = tracked_study.root / "ui-model"
+    checkpoint = tracking.download_checkpoint(first.tags["weights_run_id"], work / "download")
+    weights = load_file(checkpoint / "model.safetensors")
+    weights = {k: v * 0.5 if k.startswith("classifier.") else v for k, v in weights.items()}
+    save_file(weights, checkpoint / "model.safetensors", metadata={"format": "pt"})
+    model_dir = pyfunc.export_classifier(checkpoint, work / "classifier", max_length=32, base_model="tiny")
+    mlflow.set_experiment("ui")
+    with mlflow.start_run(run_name="scaled-classifier"):
+        info = pyfunc.log_pyfunc(model_dir)
+    mlflow.register_model(info.model_uri, UI_MODEL)
+    registry.move_alias(UI_MODEL, "champion", "1", reason="initial champion")
+    return client
+
+
+@pytest.fixture(scope="module")
+def ui_server(tracked_study: TrackedStudy, ui_model: MlflowClient) -> Iterator[str]:
+    command = ["mlflow", "server", "--backend-store-uri", tracked_study.tracking_uri, "--host", "127.0.0.1"]
+    env = tool_env(tracked_study.tracking_uri)
+    with running([*command, "--port", "{port}"], env, tracked_study.root / "ui-server.log", "/health") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not shutil.which(path)]
+    if missing:
+        pytest.fail(f"missing {', '.join(missing)}: apt-get install chromium chromium-driver (.ci/run does)")
+    options = Options()
+    options.binary_location = CHROMIUM
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.implicitly_wait(20)
+    yield driver
+    driver.quit()
+
+
+def _close_assistant(browser) -> None:
+    """Close the UI's assistant side panel, so that screenshots show the page itself."""
+    from selenium.common.exceptions import WebDriverException
+    from selenium.webdriver.common.by import By
+
+    for button in browser.find_elements(By.XPATH, "//button[@aria-label='Close']"):
+        with contextlib.suppress(WebDriverException):  # hidden or already gone: nothing to close
+            button.click()
+
+
+def _screenshots(tmp_path: Path) -> Path:
+    folder = Path(os.environ.get("NEWSCAT_SCREENSHOT_DIR", tmp_path))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _served_score(url: str) -> float:
+    body = json.dumps({"inputs": [HEADLINE]})
+    response = requests.post(f"{url}/invocations", data=body, headers={"Content-Type": "application/json"}, timeout=60)
+    assert response.status_code == 200, response.text
+    return response.json()["predictions"][0]["score"]
+
+
+def test_champion_set_in_the_ui_is_what_gets_served(
+    tracked_study: TrackedStudy, ui_model: MlflowClient, ui_server: str, browser, tmp_path: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    shots = _screenshots(tmp_path)
+    experiment = ui_model.get_experiment_by_name("tiny").experiment_id
+    browser.get(f"{ui_server}/#/experiments/{experiment}/runs?workflowType=machine_learning")
+    parent = f"//a[contains(@href, '/runs/{tracked_study.parent_run_id}')]"
+    browser.find_element(By.XPATH, f"{parent}/ancestor::span[contains(@class, 'ag-cell-value')]//button").click()
+    browser.find_element(By.XPATH, "//a[contains(., 'trial-0')]")  # the nested trial runs unfold
+    _close_assistant(browser)
+    time.sleep(2)  # let the runs table settle before the picture
+    browser.save_screenshot(str(shots / "ui-study-runs.png"))
+
+    browser.get(f"{ui_server}/#/models/{UI_MODEL}/versions/2")
+    browser.find_element(By.XPATH, "//button[normalize-space()='Add']").click()
+    field = browser.find_element(By.XPATH, "//div[@role='dialog']//input")
+    field.send_keys("champion")
+    field.send_keys(Keys.ENTER)
+    browser.find_element(By.XPATH, "//div[@role='dialog']//button[normalize-space()='Save aliases']").click()
+    deadline = time.monotonic() + 30
+    while str(ui_model.get_model_version_by_alias(UI_MODEL, "champion").version) != "2":
+        assert time.monotonic() < deadline, "the UI did not move the champion alias"
+        time.sleep(0.5)
+    browser.get(f"{ui_server}/#/models/{UI_MODEL}")
+    browser.find_element(By.XPATH, "//*[contains(text(), 'champion')]")
+    _close_assistant(browser)
+    time.sleep(2)
+    browser.save_screenshot(str(shots / "ui-model-page.png"))
+    assert (shots / "ui-study-runs.png").stat().st_size > 10_000 and (shots / "ui-model-page.png").stat().st_size
+
+    expected = {
+        version: pyfunc.load(f"models:/{UI_MODEL}/{version}").predict(pd.DataFrame({"text": [HEADLINE]}))["score"][0]
+        for version in ("1", "2")
+    }
+    assert not np.isclose(expected["1"], expected["2"])  # the versions are told apart by their scores
+    env = tool_env(tracked_study.tracking_uri)
+    with serve_model(f"models:/{UI_MODEL}@champion", env, tracked_study.root / "ui-serve.log") as url:
+        assert _served_score(url) == pytest.approx(expected["2"], abs=1e-6)
