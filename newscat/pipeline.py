@@ -94,7 +94,7 @@ def tune_and_register(cfg: Config) -> TuneOutcome:
         reserve = _refit_reserve(inputs)
         tune.run_trials(
             study,
-            make_objective(inputs, budget),
+            make_objective(inputs, budget, reserve),
             cfg.tune,
             time_is_up=lambda: budget.tuning_over(reserve, len(inputs.data.test)),
         )
@@ -132,11 +132,15 @@ def _best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
         ) from exc
 
 
-def make_objective(inputs: StudyInputs, budget: Budget | None = None) -> Callable[[optuna.Trial], float]:
-    """The objective: one training run per trial, tracked as a nested MLflow run."""
+def make_objective(
+    inputs: StudyInputs, budget: Budget | None = None, reserve: float = 0.0
+) -> Callable[[optuna.Trial], float]:
+    """The objective: one training run per trial, tracked as a nested MLflow run.
+
+    `reserve`: training samples the refit after the study may need (the budget keeps time for them).
+    """
     cfg = inputs.cfg
     budget = budget or Budget(None)
-    reserve = _refit_reserve(inputs)
 
     def objective(trial: optuna.Trial) -> float:
         params = tune.suggest_params(trial, inputs.space)
