@@ -14,7 +14,8 @@ mlflow models serve -m "models:/{name}@champion" --env-manager local --port 5000
 curl -s localhost:5000/invocations -H 'Content-Type: application/json' \\
   -d '{{"inputs": ["Stocks rally as oil prices fall"]}}'
 ```
-Each row of the answer holds `label`, `score` (its probability) and `probabilities` (every class)."""
+Each row of the answer holds `label`, `score` (its probability), `probabilities` (every class) and `truncated`
+(true when the text had more than {max_length} tokens and only the first {max_length} were read)."""
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,7 @@ topic is acceptable and a person can correct it.
 - Topics overlap (Business vs Sci/Tech, World vs Business): most confusions lie there.
 
 ## Serve and query
-{SERVE_AND_QUERY.format(name=facts.registered_model)}
+{SERVE_AND_QUERY.format(name=facts.registered_model, max_length=facts.max_length)}
 """
 
 

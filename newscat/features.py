@@ -44,6 +44,21 @@ def encode_texts(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_lengt
     )
 
 
+def encode_truncating(
+    tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int, *, max_chars: int
+) -> tuple[list[list[int]], list[bool]]:
+    """Token ids cut to `max_length` (as in training), and per text whether anything was cut off.
+
+    Texts are first cut to `max_chars` characters, which bounds tokenizing time for absurdly long inputs.
+    """
+    cut = [text[:max_chars] for text in texts]
+    # One token more than allowed tells "exactly max_length" from "longer": that extra id is dropped below.
+    ids = encode_texts(tokenizer, cut, max_length + 1)["input_ids"]
+    truncated = [len(row) > max_length or len(text) > max_chars for row, text in zip(ids, texts, strict=True)]
+    ids = [row[: max_length - 1] + row[-1:] if len(row) > max_length else row for row in ids]
+    return ids, truncated
+
+
 def tokenize_news(tokenizer: PreTrainedTokenizerBase, data: NewsData, max_length: int) -> datasets.DatasetDict:
     """Tokenize the train and validation splits once; trials reuse the result.
 

@@ -20,7 +20,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types.schema import ColSpec, DataType, Map, Schema
 
-from newscat.features import encode_texts
+from newscat.features import encode_truncating
 
 TEXT_COLUMN = "text"
 PRECISION_ENV = "NEWSCAT_PRECISION"
@@ -36,15 +36,31 @@ MODEL_FILES = (
     "vocab.txt",
 )
 
+# Serving limits, read when the model loads (environment of `mlflow models serve`), else the logged defaults.
+MAX_BATCH_ENV = "NEWSCAT_MAX_BATCH"
+MAX_BATCH = 1024  # texts per request; more is refused with a 400 that says to split the request
+# Characters kept per text before tokenizing: far beyond what max_length tokens can hold (WordPiece averages
+# under 6 characters a token), so nothing that the model would see is lost, but a 10 MB "headline" cannot tie up
+# the tokenizer.
+CHARS_PER_TOKEN_CAP = 32
+
+# No input schema on purpose: MLflow casts inputs to the schema's types before the model sees them (1, true and
+# null would become "1", "True" and "None" and get a 200). The model validates raw input itself (`_texts_from`) and
+# answers every malformed request with a 400 that says what to send.
 SIGNATURE = mlflow.models.ModelSignature(
-    inputs=Schema([ColSpec(DataType.string, TEXT_COLUMN)]),
+    inputs=None,
     outputs=Schema(
         [
             ColSpec(DataType.string, "label"),
             ColSpec(DataType.double, "score"),
             ColSpec(Map(DataType.double), "probabilities"),
+            ColSpec(DataType.boolean, "truncated"),
         ]
     ),
+)
+INPUT_HELP = (
+    'send JSON such as {"inputs": ["headline one", "headline two"]} or '
+    '{"dataframe_split": {"columns": ["text"], "data": [["headline one"]]}}'
 )
 
 
@@ -59,6 +75,7 @@ class NewsClassifier(mlflow.pyfunc.PythonModel):
         settings = json.loads((model_dir / SETTINGS_FILE).read_text(encoding="utf-8"))
         self.max_length = int(settings["max_length"])
         self.batch_size = int(settings.get("batch_size", 64))
+        self.max_batch = max_batch(settings)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
         self.model = AutoModelForSequenceClassification.from_pretrained(
             model_dir, use_safetensors=True, trust_remote_code=False
@@ -73,15 +90,23 @@ class NewsClassifier(mlflow.pyfunc.PythonModel):
         self._torch = torch
         self._batcher = _Batcher(self._forward)
 
+    # Annotated as DataFrame (MLflow would build an input schema from a list[str] hint); the server may also hand
+    # over a dict of arrays or an array, as parsed from the JSON, which `_texts_from` checks.
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         texts = _texts_from(model_input)
-        probabilities = self.predict_proba(texts)
+        if len(texts) > self.max_batch:
+            raise _invalid(
+                f"{len(texts)} texts in one request; the limit is {self.max_batch} ({MAX_BATCH_ENV} on the server): "
+                "split them into smaller requests"
+            )
+        probabilities, truncated = self._batcher.submit(texts)
         best = probabilities.argmax(axis=1) if len(texts) else np.empty(0, dtype=int)
         return pd.DataFrame(
             {
                 "label": [self.label_names[i] for i in best],
                 "score": probabilities[np.arange(len(texts)), best].astype(float),
                 "probabilities": [dict(zip(self.label_names, map(float, row), strict=True)) for row in probabilities],
+                "truncated": truncated.astype(bool),
             }
         )
 
@@ -90,15 +115,20 @@ class NewsClassifier(mlflow.pyfunc.PythonModel):
 
         Concurrent callers (the scoring server runs each request in a thread) share forward passes.
         """
-        return self._batcher.submit(texts)
+        return self._batcher.submit(texts)[0]
 
-    def _forward(self, texts: list[str]) -> np.ndarray:
-        """One thread runs the model: length-sorted batches, no padding beyond each batch's longest text."""
+    def _forward(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """One thread runs the model: length-sorted batches, no padding beyond each batch's longest text.
+
+        Returns the class probabilities and, per text, whether tokens beyond `max_length` were cut off.
+        """
         torch = self._torch
         out = np.zeros((len(texts), len(self.label_names)), dtype=np.float64)
         if not texts:
-            return out
-        encoded = encode_texts(self.tokenizer, texts, self.max_length)["input_ids"]
+            return out, np.zeros(0, dtype=bool)
+        encoded, truncated = encode_truncating(
+            self.tokenizer, texts, self.max_length, max_chars=self.max_length * CHARS_PER_TOKEN_CAP
+        )
         order = np.argsort([len(ids) for ids in encoded], kind="stable")
         with torch.inference_mode():
             for start in range(0, len(order), self.batch_size):
@@ -109,7 +139,15 @@ class NewsClassifier(mlflow.pyfunc.PythonModel):
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16" and big):
                     logits = self.model(**batch).logits
                 out[rows] = torch.softmax(logits.float(), dim=-1).numpy()
-        return out
+        return out, np.array(truncated, dtype=bool)
+
+
+def max_batch(settings: dict[str, Any]) -> int:
+    """Texts allowed per request: `NEWSCAT_MAX_BATCH` on the server, else the logged setting, else 1024."""
+    raw = os.environ.get(MAX_BATCH_ENV, "").strip() or str(settings.get("max_batch", MAX_BATCH))
+    if not raw.isdigit() or int(raw) < 1:
+        raise MlflowException(f"{MAX_BATCH_ENV}={raw!r}: give a whole number >= 1", error_code=INVALID_PARAMETER_VALUE)
+    return int(raw)
 
 
 def serving_precision() -> str:
@@ -135,13 +173,14 @@ class _Batcher:
     instead of threads fighting over the same cores.
     """
 
-    def __init__(self, run: Callable[[list[str]], np.ndarray], max_texts: int = 256) -> None:
+    def __init__(self, run: Callable[[list[str]], Any], max_texts: int = 256) -> None:
         self._run = run
         self._max_texts = max_texts
         self._queue: queue.SimpleQueue[tuple[list[str], Future]] = queue.SimpleQueue()
         threading.Thread(target=self._loop, name="newscat-batcher", daemon=True).start()
 
-    def submit(self, texts: list[str]) -> np.ndarray:
+    def submit(self, texts: list[str]) -> Any:
+        """`run(texts)`'s result for these texts: an array, or a tuple of arrays, with one row per text."""
         done: Future = Future()
         self._queue.put((texts, done))
         return done.result()
@@ -160,41 +199,76 @@ class _Batcher:
 
     def _serve(self, pending: list[tuple[list[str], Future]]) -> None:
         try:
-            probabilities = self._run([text for texts, _ in pending for text in texts])
+            results = self._run([text for texts, _ in pending for text in texts])
         except BaseException as exc:  # hand the error to every waiting request; keep the thread alive
             for _, done in pending:
                 done.set_exception(exc)
             return
         start = 0
         for texts, done in pending:
-            done.set_result(probabilities[start : start + len(texts)])
+            rows = slice(start, start + len(texts))
+            done.set_result(tuple(r[rows] for r in results) if isinstance(results, tuple) else results[rows])
             start += len(texts)
 
 
 def _texts_from(model_input: Any) -> list[str]:
-    """Accept a DataFrame with a `text` column, a Series, or a list of strings."""
+    """The texts of a request, checked: a frame or mapping with one `text` column, or a list of strings.
+
+    The scoring server hands over whatever the JSON held (the signature has no input schema), so every kind of
+    malformed request ends here as a 400 that names the problem and what to send instead.
+    """
     if isinstance(model_input, pd.DataFrame):
-        if TEXT_COLUMN not in model_input.columns:
-            raise _invalid(
-                f"input needs a column named {TEXT_COLUMN!r}; got {', '.join(map(str, model_input.columns))}"
-            )
-        values = model_input[TEXT_COLUMN].tolist()
-    elif isinstance(model_input, pd.Series):
-        values = model_input.tolist()
-    elif isinstance(model_input, (list, tuple, np.ndarray)):
-        values = list(model_input)
-    elif isinstance(model_input, str):
-        values = [model_input]
+        values = _column(list(model_input.columns), lambda: model_input[TEXT_COLUMN].tolist())
+    elif isinstance(model_input, dict):
+        values = _column(list(model_input), lambda: _as_list(model_input[TEXT_COLUMN]))
+    elif isinstance(model_input, (pd.Series, list, tuple, np.ndarray, str)):
+        values = _as_list(model_input)
     else:
-        raise _invalid(f"unsupported input type {type(model_input).__name__}; send a list of strings")
-    bad = [i for i, value in enumerate(values) if not isinstance(value, str)]
-    if bad:
-        value = values[bad[0]]
-        shown = "null" if value is None or (isinstance(value, float) and np.isnan(value)) else repr(value)
+        raise _invalid(f"unsupported input type {type(model_input).__name__}; {INPUT_HELP}")
+    for row, value in enumerate(values):
+        if not isinstance(value, str):
+            raise _invalid(
+                f"every {TEXT_COLUMN!r} value must be a string; row {row} is {_describe(value)} "
+                f'(send "" for an empty text); {INPUT_HELP}'
+            )
+    return [str(value) for value in values]  # numpy str_ -> str
+
+
+def _column(columns: list[Any], values: Callable[[], list[Any]]) -> list[Any]:
+    """The `text` column's values, refusing missing and unexpected columns by name."""
+    if TEXT_COLUMN not in columns:
+        got = ", ".join(map(repr, columns)) or "no columns"
+        raise _invalid(f"input needs a column named {TEXT_COLUMN!r}; got {got}; {INPUT_HELP}")
+    extra = [column for column in columns if column != TEXT_COLUMN]
+    if extra:
         raise _invalid(
-            f'every {TEXT_COLUMN!r} value must be a string; row {bad[0]} is {shown} (send "" for an empty text)'
+            f"unexpected column(s) {', '.join(map(repr, extra))}: the model reads only {TEXT_COLUMN!r}; "
+            "drop the others (keep ids on the client side, the answers come back in request order)"
         )
-    return values
+    return values()
+
+
+def _as_list(values: Any) -> list[Any]:
+    """A 1-D list of the values; a lone string is one text, nested lists are refused."""
+    if isinstance(values, str):
+        return [values]
+    if isinstance(values, np.ndarray):
+        if values.ndim == 0:
+            return [values.item()]
+        if values.ndim > 1:
+            raise _invalid(f"texts must be a flat list of strings, got a {values.ndim}-D array; {INPUT_HELP}")
+    return list(values)
+
+
+def _describe(value: Any) -> str:
+    """How a non-string value reads in an error message."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "null"
+    if isinstance(value, (list, tuple, np.ndarray, dict)):
+        return f"a nested {type(value).__name__} ({str(value)[:60]})"
+    if isinstance(value, (bool, np.bool_)):
+        return f"the boolean {value}"
+    return f"the {type(value).__name__} {str(value)[:60]}"
 
 
 def _invalid(message: str) -> MlflowException:
@@ -209,7 +283,7 @@ def export_classifier(checkpoint: Path, target: Path, *, max_length: int, base_m
             shutil.copy2(checkpoint / name, target / name)
     if not (target / "model.safetensors").is_file():
         raise FileNotFoundError(f"{checkpoint}: no model.safetensors to serve")
-    settings = {"max_length": max_length, "base_model": base_model, "batch_size": 64}
+    settings = {"max_length": max_length, "base_model": base_model, "batch_size": 64, "max_batch": MAX_BATCH}
     (target / SETTINGS_FILE).write_text(json.dumps(settings, indent=2), encoding="utf-8")
     return target
 

