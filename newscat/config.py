@@ -102,8 +102,16 @@ class TuneConfig:
     pruner: str = "median"
     pruner_startup_trials: int = 1
     search_space: Mapping[str, Any] | None = None  # None: the built-in space
+    # Seconds between a running trial's heartbeats in the storage (0: off). A trial silent for 4 intervals is
+    # failed and retried by the next worker that starts a trial; on the same host a dead process is seen at once.
+    heartbeat_interval: int = 30
+    max_failed_trials: int = 3  # a process stops its study after this many failed trials (NaN, OOM, bad params)
 
     def __post_init__(self) -> None:
+        if self.heartbeat_interval < 0:
+            raise ConfigError(f"heartbeat_interval must be >= 0 seconds, got {self.heartbeat_interval}")
+        if self.max_failed_trials < 1:
+            raise ConfigError(f"max_failed_trials must be >= 1, got {self.max_failed_trials}")
         if self.n_trials < 1:
             raise ConfigError(f"n_trials must be >= 1, got {self.n_trials}")
         if self.timeout == 0:  # 0 means "no limit"

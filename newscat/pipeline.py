@@ -23,7 +23,8 @@ from newscat.data import NewsData, load_news
 from newscat.features import load_tokenizer, tokenize_news, tokenize_rows
 from newscat.modeling import BaseClassifier, load_base_classifier, resolve_model_path
 from newscat.promotion import promote_with_gate
-from newscat.train import TrialParams, train_classifier
+from newscat.recovery import WORKER_ATTR, OnInterrupted, Worker
+from newscat.train import TrialParams, describe_failure, train_classifier
 
 if TYPE_CHECKING:
     import datasets
@@ -85,9 +86,18 @@ def tune_and_register(cfg: Config) -> TuneOutcome:
     """
     budget = Budget(cfg.tune.timeout)
     inputs = prepare(cfg)
-    study = tune.open_study(cfg.tune, seed=cfg.seed, max_evals=cfg.train.max_epochs * cfg.train.evals_per_epoch)
+    study = tune.open_study(
+        cfg.tune,
+        seed=cfg.seed,
+        max_evals=cfg.train.max_epochs * cfg.train.evals_per_epoch,
+        on_interrupted=OnInterrupted(tracking.end_interrupted_run),
+    )
     tune.enqueue_first_trials(study, inputs.space)
     with tracking.start_study_run(cfg, resume_run_id=study.user_attrs.get("mlflow_parent_run_id")) as parent:
+        tracking.claim_study_run()
+        left = tracking.end_dead_workers_runs(cfg.tune.study_name)
+        if left:
+            log.warning("ended %d run(s) left RUNNING by a process that died: FAILED (newscat.fail_reason)", len(left))
         if "mlflow_parent_run_id" not in study.user_attrs:
             study.set_user_attr("mlflow_parent_run_id", parent.info.run_id)
         digests = tracking.log_study_setup(cfg, inputs.data)
@@ -143,14 +153,18 @@ def make_objective(
     budget = budget or Budget(None)
 
     def objective(trial: optuna.Trial) -> float:
-        params = tune.suggest_params(trial, inputs.space)
-        log.info("trial %d of %d: %s", trial.number, cfg.tune.n_trials, _short(dataclasses.asdict(params)))
+        trial.set_user_attr(WORKER_ATTR, Worker.current().tag())  # lets a resume tell a dead process's trial
+        retry_of = trial.study._storage.get_trial(trial._trial_id).system_attrs.get("failed_trial")
         trial_dir = Path(cfg.train.work_dir) / cfg.tune.study_name / f"trial-{trial.number}"
-        run = tracking.start_trial_run(trial.number, cfg.tune.study_name)
+        run = tracking.start_trial_run(trial.number, cfg.tune.study_name, retry_of=retry_of)
         trial.set_user_attr("mlflow_run_id", run.info.run_id)
-        tracking.log_trial_params(trial.number, dataclasses.asdict(params), cfg)
-        pruning = tune.PruningCallback(trial, cfg.train.metric, cfg.train.evals_per_epoch)
+        params = None
         try:
+            params = tune.suggest_params(trial, inputs.space)
+            again = f" (retry of interrupted trial {retry_of})" if retry_of is not None else ""
+            log.info("trial %d of %d%s: %s", trial.number, cfg.tune.n_trials, again, _short(dataclasses.asdict(params)))
+            tracking.log_trial_params(trial.number, dataclasses.asdict(params), cfg)
+            pruning = tune.PruningCallback(trial, cfg.train.metric, cfg.train.evals_per_epoch)
             result = train_classifier(
                 inputs.base.fresh(cfg.seed + trial.number),
                 inputs.tokenizer,
@@ -177,7 +191,7 @@ def make_objective(
             tracking.end_trial_run("PRUNED")
             raise
         except BaseException as exc:
-            reason = f"{type(exc).__name__}: {exc}"
+            reason = describe_failure(exc, params, cfg.model.max_length)
             trial.set_user_attr("fail_reason", reason[:1000])
             tracking.end_trial_run("FAIL", reason + "\n" + traceback.format_exc(limit=5))
             raise
@@ -213,7 +227,9 @@ def _finish(
         model_dir = pyfunc.export_classifier(
             checkpoint, Path(tmp) / "classifier", max_length=cfg.model.max_length, base_model=cfg.model.name
         )
+        weights_sha256 = pyfunc.file_sha256(model_dir / "model.safetensors")
         info = pyfunc.log_pyfunc(model_dir)
+    # Loading the logged copy checks its weights' SHA-256, so a model cut short by a kill is never registered.
     log.info("scoring the final model (%d training rows) on %d test rows", train_rows, len(data.test))
     record = tracking.dataset_record(data.test, cfg.data.source, "test")
     predictions = report.predict_split(pyfunc.load(info.model_uri), data.test, data.label_names, record)
@@ -243,6 +259,7 @@ def _finish(
         "parent_run_id": parent_run_id,
         "trial_run_id": best.user_attrs["mlflow_run_id"],
         "weights_run_id": source_run_id,
+        "weights_sha256": weights_sha256,
         "train_rows": train_rows,
         "data.source": cfg.data.source,
         "data.text_columns": ",".join(cfg.data.text_columns),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import queue
@@ -73,6 +74,7 @@ class NewsClassifier(mlflow.pyfunc.PythonModel):
 
         model_dir = Path(context.artifacts["classifier"])
         settings = json.loads((model_dir / SETTINGS_FILE).read_text(encoding="utf-8"))
+        verify_weights(model_dir, settings.get("weights_sha256"))
         self.max_length = int(settings["max_length"])
         self.batch_size = int(settings.get("batch_size", 64))
         self.max_batch = max_batch(settings)
@@ -283,9 +285,39 @@ def export_classifier(checkpoint: Path, target: Path, *, max_length: int, base_m
             shutil.copy2(checkpoint / name, target / name)
     if not (target / "model.safetensors").is_file():
         raise FileNotFoundError(f"{checkpoint}: no model.safetensors to serve")
-    settings = {"max_length": max_length, "base_model": base_model, "batch_size": 64, "max_batch": MAX_BATCH}
+    settings = {
+        "max_length": max_length,
+        "base_model": base_model,
+        "batch_size": 64,
+        "max_batch": MAX_BATCH,
+        "weights_sha256": file_sha256(target / "model.safetensors"),  # checked at every load
+    }
     (target / SETTINGS_FILE).write_text(json.dumps(settings, indent=2), encoding="utf-8")
     return target
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class CorruptModelError(MlflowException):
+    """The weights on disk are not the weights that were logged."""
+
+
+def verify_weights(model_dir: Path, expected: str | None) -> None:
+    """Refuse weights whose SHA-256 differs from the one recorded when the model was logged (a copy cut short)."""
+    if expected is None:  # logged before digests were recorded
+        return
+    actual = file_sha256(model_dir / "model.safetensors")
+    if actual != expected:
+        raise CorruptModelError(
+            f"{model_dir / 'model.safetensors'}: SHA-256 {actual[:12]}... differs from the logged {expected[:12]}...; "
+            "the artifact copy is incomplete or altered: download it again or re-log the model"
+        )
 
 
 def load(model_uri: str) -> Any:

@@ -16,6 +16,7 @@ from newscat import report
 from newscat.config import Config
 from newscat.evaluate import confusion
 from newscat.pyfunc import MODEL_FILES
+from newscat.recovery import Worker
 from newscat.train import eval_index, use_bf16
 
 if TYPE_CHECKING:
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 # A trial's checkpoint: the files the served model is made of, plus the Trainer's state (no pickles).
 CHECKPOINT_FILES = (*MODEL_FILES, "trainer_state.json")
+WORKER_TAG = "newscat.worker"  # host:pid:start time of the process that holds a RUNNING run
 
 
 def start_study_run(cfg: Config, *, resume_run_id: str | None) -> mlflow.ActiveRun:
@@ -104,13 +106,51 @@ def _source(source: str) -> str:
     return str(path.resolve()) if path.exists() else source
 
 
-def start_trial_run(number: int, study_name: str) -> mlflow.ActiveRun:
-    """A nested run for one trial, named after its number."""
-    return mlflow.start_run(
-        run_name=f"trial-{number}",
-        nested=True,
-        tags={"newscat.study": study_name, "newscat.trial": str(number), "newscat.role": "trial"},
+def start_trial_run(number: int, study_name: str, *, retry_of: int | None = None) -> mlflow.ActiveRun:
+    """A nested run for one trial, named after its number, tagged with the process that runs it."""
+    tags = {"newscat.study": study_name, "newscat.trial": str(number), "newscat.role": "trial", **_worker_tag()}
+    if retry_of is not None:
+        tags["newscat.retry_of_trial"] = str(retry_of)
+    return mlflow.start_run(run_name=f"trial-{number}", nested=True, tags=tags)
+
+
+def _worker_tag() -> dict[str, str]:
+    return {WORKER_TAG: Worker.current().tag()}
+
+
+def claim_study_run() -> None:
+    """Mark the active (parent) run as held by this process, so that a later resume can tell it was left behind."""
+    mlflow.set_tags(_worker_tag())
+
+
+def end_interrupted_run(run_id: str, reason: str) -> None:
+    """End a run left RUNNING by a process that died: FAILED, with the reason as a tag."""
+    client = MlflowClient()
+    try:
+        if client.get_run(run_id).info.status != "RUNNING":
+            return
+        client.set_tag(run_id, "newscat.fail_reason", reason[:5000])
+        client.set_terminated(run_id, status="FAILED")
+    except mlflow.exceptions.MlflowException:
+        pass  # the run is gone (deleted): nothing left to close
+
+
+def end_dead_workers_runs(study_name: str) -> list[str]:
+    """FAIL the study's runs (trials, refit, earlier parent runs) still RUNNING for a process on this host that is
+    gone. Runs in the active run's experiment are checked; returns the run ids ended."""
+    experiment_id = mlflow.active_run().info.experiment_id
+    running = MlflowClient().search_runs(
+        [experiment_id],
+        filter_string=f"tags.`newscat.study` = '{study_name}' and attributes.status = 'RUNNING'",
+        max_results=1000,
     )
+    ended = []
+    for run in running:
+        worker = Worker.parse(run.data.tags.get(WORKER_TAG, ""))
+        if worker is not None and worker.is_gone():
+            end_interrupted_run(run.info.run_id, f"interrupted: process {worker.pid} on {worker.host} stopped")
+            ended.append(run.info.run_id)
+    return ended
 
 
 def start_refit_run(trial_number: int, study_name: str) -> mlflow.ActiveRun:
@@ -118,7 +158,12 @@ def start_refit_run(trial_number: int, study_name: str) -> mlflow.ActiveRun:
     return mlflow.start_run(
         run_name=f"refit-trial-{trial_number}",
         nested=True,
-        tags={"newscat.study": study_name, "newscat.trial": str(trial_number), "newscat.role": "refit"},
+        tags={
+            "newscat.study": study_name,
+            "newscat.trial": str(trial_number),
+            "newscat.role": "refit",
+            **_worker_tag(),
+        },
     )
 
 

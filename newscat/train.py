@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from transformers import TrainerCallback
 
-from newscat.config import TrainConfig
+from newscat.config import ConfigError, TrainConfig
 from newscat.evaluate import accuracy_and_macro_f1
 from newscat.modeling import native_bf16
 
@@ -30,6 +30,21 @@ class TrialParams:
     epochs: float  # whole epochs for trials; a refit squeezed into a time budget may run a fraction
     warmup_ratio: float
     weight_decay: float
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            problems.append(f"learning_rate must be a positive number, got {self.learning_rate}")
+        if self.batch_size < 1:
+            problems.append(f"batch_size must be >= 1, got {self.batch_size}")
+        if not self.epochs > 0:
+            problems.append(f"epochs must be > 0, got {self.epochs}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            problems.append(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if not self.weight_decay >= 0.0:
+            problems.append(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if problems:
+            raise ConfigError("bad trial parameters: " + "; ".join(problems))
 
     @classmethod
     def from_values(cls, values: dict[str, Any], *, whole_epochs: bool = True) -> TrialParams:
@@ -83,6 +98,42 @@ class Checkpoints(TrainerCallback):
             control.should_save = True
 
 
+class TrainingDiverged(FloatingPointError):
+    """The training loss stopped being a finite number."""
+
+
+class DivergenceGuard(TrainerCallback):
+    """Fails the run as soon as a logged training loss is NaN or infinite (the Trainer would go on regardless)."""
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            raise TrainingDiverged(
+                f"training loss became {loss} at step {state.global_step} (epoch {state.epoch:.2f}) with "
+                f"learning_rate {args.learning_rate:g}: lower the learning rate (search space) or use more warm-up"
+            )
+
+
+def describe_failure(exc: BaseException, params: TrialParams | None, max_length: int) -> str:
+    """A one-line reason for a failed trial that says what to change."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if _out_of_memory(exc):
+        size = f"batch_size {params.batch_size}, " if params else ""
+        return f"out of memory ({size}max_length {max_length}): lower batch_size or max_length. {text[:300]}"
+    if isinstance(exc, (TrainingDiverged, ConfigError)):
+        return text
+    return f"{type(exc).__name__}: {text[:500]}"
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    message = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in message or "can't allocate memory" in message)
+
+
 def use_bf16(precision: str) -> bool:
     """Whether to train under bf16 autocast: asked for, or `auto` on hardware with native bf16 math."""
     return native_bf16() if precision == "auto" else precision == "bf16"
@@ -133,6 +184,7 @@ def train_classifier(
         save_steps=every,
         logging_strategy="steps",
         logging_steps=every,
+        logging_nan_inf_filter=False,  # a NaN loss must reach DivergenceGuard, not be averaged away
         save_only_model=True,  # trials are the unit of resume: no optimizer state on disk
         save_total_limit=1,
         load_best_model_at_end=evaluate,
@@ -159,7 +211,7 @@ def train_classifier(
         eval_dataset=tokenized["validation"],
         processing_class=tokenizer,
         compute_metrics=compute_metrics,
-        callbacks=[checkpoints, *callbacks],
+        callbacks=[checkpoints, DivergenceGuard(), *callbacks],
     )
     trainer.train()
     return _result(trainer, stopped_at_deadline=checkpoints.stopped_at_deadline)

@@ -11,6 +11,7 @@ import optuna
 from transformers import TrainerCallback
 
 from newscat.config import ConfigError, TuneConfig
+from newscat.recovery import OnInterrupted, fail_dead_workers_trials
 from newscat.train import TrialParams, eval_index
 
 log = logging.getLogger("newscat")
@@ -100,24 +101,48 @@ def suggest_params(trial: optuna.Trial, space: SearchSpace) -> TrialParams:
     return TrialParams.from_values(values)
 
 
-def open_study(cfg: TuneConfig, *, seed: int, max_evals: int) -> optuna.Study:
-    """Create the study, or load it when it exists (resume)."""
+def make_storage(cfg: TuneConfig, on_interrupted: OnInterrupted | None = None) -> optuna.storages.BaseStorage | str:
+    """An RDB storage with heartbeats (and a patient sqlite connection for concurrent processes); other URLs as is."""
+    if not cfg.storage.startswith(("sqlite:", "postgresql", "mysql")):
+        return cfg.storage
+    heartbeat = cfg.heartbeat_interval or None
     try:
-        existing = optuna.study.get_all_study_names(cfg.storage)
+        return optuna.storages.RDBStorage(
+            cfg.storage,
+            # sqlite: wait for another process's write instead of failing with "database is locked".
+            engine_kwargs={"connect_args": {"timeout": 60}} if cfg.storage.startswith("sqlite:") else None,
+            heartbeat_interval=heartbeat,
+            grace_period=4 * heartbeat if heartbeat else None,
+            heartbeat_stale_trial_callback=on_interrupted if heartbeat else None,
+        )
+    except Exception as exc:  # bad URL, missing driver, unreachable server
+        raise ConfigError(f"cannot open Optuna storage {cfg.storage!r}: {str(exc).splitlines()[0]}") from exc
+
+
+def open_study(
+    cfg: TuneConfig, *, seed: int, max_evals: int, on_interrupted: OnInterrupted | None = None
+) -> optuna.Study:
+    """Create the study, or load it when it exists (resume); trials of dead local workers are failed first."""
+    storage = make_storage(cfg, on_interrupted)
+    try:
+        existing = optuna.study.get_all_study_names(storage)
     except Exception as exc:  # bad URL, missing driver, unreachable server
         raise ConfigError(f"cannot open Optuna storage {cfg.storage!r}: {str(exc).splitlines()[0]}") from exc
     resumed = cfg.study_name in existing
-    n_done = len(optuna.load_study(study_name=cfg.study_name, storage=cfg.storage).trials) if resumed else 0
+    n_done = len(optuna.load_study(study_name=cfg.study_name, storage=storage).trials) if resumed else 0
     # Offset the seed by the trials already run, so a resumed study does not replay its first samples.
     sampler = optuna.samplers.TPESampler(seed=seed + n_done, multivariate=True)
-    return optuna.create_study(
+    study = optuna.create_study(
         study_name=cfg.study_name,
-        storage=cfg.storage,
+        storage=storage,
         direction="maximize",
         sampler=sampler,
         pruner=make_pruner(cfg, max_evals),
         load_if_exists=True,
     )
+    if resumed and on_interrupted is not None:
+        fail_dead_workers_trials(study, on_interrupted)
+    return study
 
 
 def make_pruner(cfg: TuneConfig, max_evals: int) -> optuna.pruners.BasePruner:
@@ -154,13 +179,15 @@ def run_trials(
         log.info("study %s already has %d finished trials; nothing to run", study.study_name, cfg.n_trials)
         return
     log.info("study %s: running up to %d trial(s) of %d", study.study_name, remaining, cfg.n_trials)
+    failures = FailureLimit(cfg.max_failed_trials)
     study.optimize(
         objective,
-        n_trials=remaining,
+        n_trials=remaining + cfg.max_failed_trials,  # failed trials are replaced, up to the failure limit
         catch=(Exception,),  # a failed trial is recorded (FAIL + reason) and the study goes on
         callbacks=[
-            optuna.study.MaxTrialsCallback(cfg.n_trials, states=FINISHED),
+            optuna.study.MaxTrialsCallback(cfg.n_trials, states=FINISHED),  # across workers and resumes
             ProgressReporter(cfg.n_trials),
+            failures,
             StopWhen(time_is_up),
         ],
         gc_after_trial=True,
@@ -188,6 +215,23 @@ class ProgressReporter:
             value,
             best,
         )
+
+
+class FailureLimit:
+    """Stops the study in this process after `limit` failed trials: something is wrong beyond one bad sample."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.failed = 0
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.state != optuna.trial.TrialState.FAIL:
+            return
+        self.failed += 1
+        log.warning("trial %d FAILED: %s", trial.number, trial.user_attrs.get("fail_reason", "no reason recorded"))
+        if self.failed >= self.limit:
+            log.error("%d trials failed in this process (tune.max_failed_trials); stopping the study", self.failed)
+            study.stop()
 
 
 class StopWhen:

@@ -141,3 +141,18 @@ def test_serving_precision_auto_and_bad_values(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("NEWSCAT_PRECISION", "fp8")
     with pytest.raises(MlflowException, match="NEWSCAT_PRECISION='fp8': use auto, fp32, bf16 or int8"):
         serving_precision()
+
+
+def test_weights_that_differ_from_the_logged_digest_are_refused(tmp_path) -> None:
+    from newscat.pyfunc import CorruptModelError, export_classifier, file_sha256, verify_weights
+
+    checkpoint = tmp_path / "checkpoint"
+    checkpoint.mkdir()
+    (checkpoint / "model.safetensors").write_bytes(b"\x08" * 4096)
+    model_dir = export_classifier(checkpoint, tmp_path / "model", max_length=32, base_model="x")
+    expected = file_sha256(model_dir / "model.safetensors")
+    verify_weights(model_dir, expected)  # intact: no error
+    with (model_dir / "model.safetensors").open("r+b") as handle:
+        handle.truncate(1000)  # a copy cut short by a kill
+    with pytest.raises(CorruptModelError, match=r"differs from the logged .* incomplete or altered"):
+        verify_weights(model_dir, expected)

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
 import pytest
 
-from newscat.config import DataConfig, TrainConfig
+from newscat.config import ConfigError, DataConfig, TrainConfig
 from newscat.data import load_news
 from newscat.features import load_tokenizer, tokenize_news
 from newscat.modeling import load_base_classifier, resolve_model_path
-from newscat.train import TrialParams, eval_every, eval_index, train_classifier
+from newscat.train import (
+    TrainingDiverged,
+    TrialParams,
+    describe_failure,
+    eval_every,
+    eval_index,
+    train_classifier,
+)
 
 PARAMS = TrialParams(learning_rate=1e-4, batch_size=4, epochs=2, warmup_ratio=0.0, weight_decay=0.0)
 
@@ -53,3 +61,37 @@ def test_deadline_stops_after_a_last_evaluation(tiny, tmp_path: Path) -> None:
     assert result.stopped_at_deadline
     assert [entry["epoch"] for entry in result.history if "eval_loss" in entry] == [0.25]  # after step 1 of 8
     assert result.best_metrics["eval_accuracy"] >= 0.0 and result.best_checkpoint is not None
+
+
+def test_a_diverging_loss_fails_the_run_with_advice(tiny, tmp_path: Path) -> None:
+    tokenizer, tokenized, base = tiny
+    cfg = TrainConfig(evals_per_epoch=2, precision="fp32")
+    exploding = dataclasses.replace(PARAMS, learning_rate=1e12)  # weights overflow to inf, the loss to NaN
+    with pytest.raises(TrainingDiverged, match=r"training loss became nan at step 2 .*lower the learning rate") as info:
+        train_classifier(base.fresh(0), tokenizer, tokenized, exploding, cfg, output_dir=tmp_path, seed=0)
+    assert describe_failure(info.value, exploding, 24) == str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"batch_size": 0}, "batch_size must be >= 1, got 0"),
+        ({"learning_rate": float("nan")}, "learning_rate must be a positive number, got nan"),
+        ({"epochs": 0, "warmup_ratio": 1.5}, "epochs must be > 0, got 0; warmup_ratio must be in"),
+    ],
+)
+def test_bad_trial_parameters_are_named(changes: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        dataclasses.replace(PARAMS, **changes)
+
+
+def test_out_of_memory_reasons_say_what_to_lower() -> None:
+    import torch
+
+    try:
+        torch.empty(1 << 62, dtype=torch.uint8)  # a real allocation failure of the CPU allocator
+    except RuntimeError as exc:
+        reason = describe_failure(exc, PARAMS, 128)
+    assert reason.startswith("out of memory (batch_size 4, max_length 128): lower batch_size or max_length")
+    assert describe_failure(torch.OutOfMemoryError("CUDA out of memory"), None, 64).startswith("out of memory (max")
+    assert describe_failure(KeyError("x"), PARAMS, 64) == "KeyError: 'x'"
