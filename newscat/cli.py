@@ -38,7 +38,42 @@ class OrUnset(click.ParamType):
 INT, FLOAT = OrUnset(click.INT), OrUnset(click.FLOAT)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Group(click.Group):
+    """Turns a tracking server's refusal (401/403) into one line that says what to set, instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return super().invoke(ctx)
+        except MlflowException as exc:
+            message = server_refusal(exc)
+            if message is None:
+                raise
+            raise click.ClickException(message) from exc
+
+
+def server_refusal(exc: Exception) -> str | None:
+    """A clear message for an authentication (401) or permission (403) error from the tracking server."""
+    import os
+
+    code = exc.get_http_status_code() if hasattr(exc, "get_http_status_code") else None
+    server = os.environ.get("MLFLOW_TRACKING_URI", "the tracking server")
+    if code == 401:
+        return (
+            f"{server} refused the request: not authenticated (HTTP 401). Set MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD to an account of that server (README: 'Tracking server with authentication')."
+        )
+    if code == 403:
+        user = os.environ.get("MLFLOW_TRACKING_USERNAME", "this user")
+        return (
+            f"{server} refused the request: {user} lacks the permission (HTTP 403). Ask an admin of the server "
+            "for EDIT or MANAGE on the experiment or registered model."
+        )
+    return None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="newscat")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def main(verbose: bool) -> None:

@@ -38,6 +38,11 @@ def resolve_model_path(name: str) -> str:
     return name
 
 
+def _only_pickled_weights(model_path: str) -> bool:
+    path = Path(model_path)
+    return path.is_dir() and not any(path.glob("*.safetensors")) and any(path.glob("*.bin"))
+
+
 def native_bf16() -> bool:
     """Whether this machine runs bf16 math natively (a bf16-capable GPU, or an AVX512-BF16 / AMX CPU).
 
@@ -89,9 +94,20 @@ def load_base_classifier(model_path: str, label_names: tuple[str, ...]) -> BaseC
             trust_remote_code=False,
         )
         model, info = AutoModelForSequenceClassification.from_pretrained(
-            model_path, config=config, output_loading_info=True, trust_remote_code=False
+            model_path, config=config, output_loading_info=True, trust_remote_code=False, use_safetensors=True
         )
     except (OSError, ValueError) as exc:
+        if "trust_remote_code" in str(exc):
+            raise ModelError(
+                f"model {model_path!r} needs its own Python code to load (auto_map); newscat never runs a model's "
+                "code: use a checkpoint of an architecture transformers ships (BERT, RoBERTa, DistilBERT, ...)"
+            ) from exc
+        if "safetensors" in str(exc).lower() or _only_pickled_weights(model_path):
+            raise ModelError(
+                f"model {model_path!r} has no safetensors weights; newscat loads no pickled weights (.bin files can "
+                "run code when unpickled). Convert them once where you trust the file: "
+                "AutoModel.from_pretrained(path).save_pretrained(path) writes model.safetensors"
+            ) from exc
         raise ModelError(
             f"cannot load model {model_path!r}: {str(exc).splitlines()[0]}. "
             "Give a local checkpoint directory, or a Hub id while the Hub is reachable."

@@ -34,7 +34,8 @@ def find_version(name: str, trial_run_id: str) -> ModelVersion | None:
     """The version already registered from this trial's run, if any (so a resume does not duplicate it)."""
     try:
         found = MlflowClient().search_model_versions(f"name='{name}' and tags.trial_run_id='{trial_run_id}'")
-    except MlflowException:
+    except MlflowException as exc:
+        _reraise_refusal(exc)
         return None
     return max(found, key=lambda v: int(v.version), default=None)
 
@@ -48,8 +49,15 @@ def alias_version(name: str, alias: str) -> ModelVersion | None:
     """The version `alias` points at, or None when the alias is not set."""
     try:
         return MlflowClient().get_model_version_by_alias(name, alias)
-    except MlflowException:
+    except MlflowException as exc:
+        _reraise_refusal(exc)
         return None
+
+
+def _reraise_refusal(exc: MlflowException) -> None:
+    """A server's 401/403 is not "not found": let it through to the CLI, which says what to set."""
+    if exc.get_http_status_code() in (401, 403):
+        raise exc
 
 
 def version_by_alias(name: str, alias: str) -> ModelVersion:
@@ -65,6 +73,7 @@ def version_by_number(name: str, version: str) -> ModelVersion:
     try:
         return MlflowClient().get_model_version(name, str(version))
     except MlflowException as exc:
+        _reraise_refusal(exc)
         raise RegistryError(f"registered model {name!r} has no version {version}: {exc.message}") from exc
 
 
@@ -146,7 +155,8 @@ def resolve_version(model_uri: str) -> ModelVersion | None:
             return MlflowClient().get_model_version_by_alias(name, alias)
         name, _, version = path.partition("/")
         return MlflowClient().get_model_version(name, version) if version.isdigit() else None
-    except MlflowException:
+    except MlflowException as exc:
+        _reraise_refusal(exc)
         return None
 
 
