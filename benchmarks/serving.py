@@ -49,12 +49,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(model_path: Path, log: Path) -> tuple[subprocess.Popen, str]:
+def start_server(model_path: Path, log: Path, extra_env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
     port = free_port()
     command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", str(model_path), "--env-manager", "local"]
     command += ["-h", "127.0.0.1"]
     # The server starts uvicorn by name: this interpreter's bin directory must be on PATH.
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    env.update(extra_env or {})
     process = subprocess.Popen([*command, "-p", str(port)], stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180

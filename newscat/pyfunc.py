@@ -40,6 +40,7 @@ MODEL_FILES = (
 # Serving limits, read when the model loads (environment of `mlflow models serve`), else the logged defaults.
 MAX_BATCH_ENV = "NEWSCAT_MAX_BATCH"
 MAX_BATCH = 1024  # texts per request; more is refused with a 400 that says to split the request
+SERVING_FLAG = "_MLFLOW_IS_IN_SERVING_ENVIRONMENT"  # set by `mlflow models serve` before the model loads
 # Characters kept per text before tokenizing: far beyond what max_length tokens can hold (WordPiece averages
 # under 6 characters a token), so nothing that the model would see is lost, but a 10 MB "headline" cannot tie up
 # the tokenizer.
@@ -77,7 +78,8 @@ class NewsClassifier(mlflow.pyfunc.PythonModel):
         verify_weights(model_dir, settings.get("weights_sha256"))
         self.max_length = int(settings["max_length"])
         self.batch_size = int(settings.get("batch_size", 64))
-        self.max_batch = max_batch(settings)
+        self.logged_max_batch = int(settings.get("max_batch", MAX_BATCH))
+        max_batch(self.logged_max_batch)  # a bad NEWSCAT_MAX_BATCH fails at startup, not on the first request
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
         self.model = AutoModelForSequenceClassification.from_pretrained(
             model_dir, use_safetensors=True, trust_remote_code=False
@@ -96,9 +98,10 @@ class NewsClassifier(mlflow.pyfunc.PythonModel):
     # over a dict of arrays or an array, as parsed from the JSON, which `_texts_from` checks.
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         texts = _texts_from(model_input)
-        if len(texts) > self.max_batch:
+        limit = max_batch(self.logged_max_batch)
+        if limit is not None and len(texts) > limit:
             raise _invalid(
-                f"{len(texts)} texts in one request; the limit is {self.max_batch} ({MAX_BATCH_ENV} on the server): "
+                f"{len(texts)} texts in one request; the limit is {limit} ({MAX_BATCH_ENV} on the server): "
                 "split them into smaller requests"
             )
         probabilities, truncated = self._batcher.submit(texts)
@@ -144,9 +147,16 @@ class NewsClassifier(mlflow.pyfunc.PythonModel):
         return out, np.array(truncated, dtype=bool)
 
 
-def max_batch(settings: dict[str, Any]) -> int:
-    """Texts allowed per request: `NEWSCAT_MAX_BATCH` on the server, else the logged setting, else 1024."""
-    raw = os.environ.get(MAX_BATCH_ENV, "").strip() or str(settings.get("max_batch", MAX_BATCH))
+def max_batch(logged: int = MAX_BATCH) -> int | None:
+    """Texts allowed per call: `NEWSCAT_MAX_BATCH`, else (behind MLflow's scoring server) the logged setting, 1024.
+
+    In-process callers (batch scoring, Spark UDFs, evaluation) have no limit unless the variable is set. Read per
+    call: the scoring server marks itself (`_MLFLOW_IS_IN_SERVING_ENVIRONMENT`) only after the model has loaded.
+    """
+    raw = os.environ.get(MAX_BATCH_ENV, "").strip()
+    if not raw and os.environ.get(SERVING_FLAG, "").lower() != "true":
+        return None
+    raw = raw or str(logged)
     if not raw.isdigit() or int(raw) < 1:
         raise MlflowException(f"{MAX_BATCH_ENV}={raw!r}: give a whole number >= 1", error_code=INVALID_PARAMETER_VALUE)
     return int(raw)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -107,14 +108,16 @@ def make_storage(cfg: TuneConfig, on_interrupted: OnInterrupted | None = None) -
         return cfg.storage
     heartbeat = cfg.heartbeat_interval or None
     try:
-        return optuna.storages.RDBStorage(
-            cfg.storage,
-            # sqlite: wait for another process's write instead of failing with "database is locked".
-            engine_kwargs={"connect_args": {"timeout": 60}} if cfg.storage.startswith("sqlite:") else None,
-            heartbeat_interval=heartbeat,
-            grace_period=4 * heartbeat if heartbeat else None,
-            heartbeat_stale_trial_callback=on_interrupted if heartbeat else None,
-        )
+        with warnings.catch_warnings():  # heartbeats are marked experimental since Optuna 2.8; newscat relies on them
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                cfg.storage,
+                # sqlite: wait for another process's write instead of failing with "database is locked".
+                engine_kwargs={"connect_args": {"timeout": 60}} if cfg.storage.startswith("sqlite:") else None,
+                heartbeat_interval=heartbeat,
+                grace_period=4 * heartbeat if heartbeat else None,
+                heartbeat_stale_trial_callback=on_interrupted if heartbeat else None,
+            )
     except Exception as exc:  # bad URL, missing driver, unreachable server
         raise ConfigError(f"cannot open Optuna storage {cfg.storage!r}: {str(exc).splitlines()[0]}") from exc
 

@@ -45,18 +45,21 @@ def test_signature_has_no_input_schema_and_names_every_output() -> None:
     assert SIGNATURE.outputs.input_names() == ["label", "score", "probabilities", "truncated"]
 
 
-@pytest.mark.parametrize(("value", "expected"), [("", 1024), ("7", 7)])
-def test_max_batch_comes_from_the_server_environment(
-    monkeypatch: pytest.MonkeyPatch, value: str, expected: int
+@pytest.mark.parametrize(
+    ("value", "serving", "expected"), [("", "true", 1024), ("7", "true", 7), ("7", "", 7), ("", "", None)]
+)
+def test_max_batch_applies_behind_the_scoring_server_or_when_set(
+    monkeypatch: pytest.MonkeyPatch, value: str, serving: str, expected: int | None
 ) -> None:
     monkeypatch.setenv(MAX_BATCH_ENV, value)
-    assert max_batch({"max_batch": 1024}) == expected
+    monkeypatch.setenv("_MLFLOW_IS_IN_SERVING_ENVIRONMENT", serving)
+    assert max_batch(1024) == expected
 
 
 def test_a_bad_max_batch_setting_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(MAX_BATCH_ENV, "lots")
     with pytest.raises(MlflowException, match="NEWSCAT_MAX_BATCH='lots': give a whole number"):
-        max_batch({})
+        max_batch()
 
 
 def test_long_texts_are_cut_to_max_length_and_flagged() -> None:
