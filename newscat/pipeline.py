@@ -38,13 +38,13 @@ class TuneOutcome:
     """What `newscat tune` reports at the end."""
 
     parent_run_id: str
-    best_trial: int
-    best_value: float
+    best_trial: int | None  # None (and no version) when other workers still run trials: the last one registers
+    best_value: float | None
     best_params: dict[str, Any]
     test_metrics: dict[str, float]
     model_uri: str
     registered_model: str
-    version: str
+    version: str | None
 
 
 @dataclass(frozen=True)
@@ -86,20 +86,21 @@ def tune_and_register(cfg: Config) -> TuneOutcome:
     """
     budget = Budget(cfg.tune.timeout)
     inputs = prepare(cfg)
+    tracking.prepare_store()
     study = tune.open_study(
         cfg.tune,
         seed=cfg.seed,
         max_evals=cfg.train.max_epochs * cfg.train.evals_per_epoch,
         on_interrupted=OnInterrupted(tracking.end_interrupted_run),
     )
-    tune.enqueue_first_trials(study, inputs.space)
-    with tracking.start_study_run(cfg, resume_run_id=study.user_attrs.get("mlflow_parent_run_id")) as parent:
+    with tune.study_lock(study):  # workers starting together agree on one parent run and one warm-start queue
+        tune.enqueue_first_trials(study, inputs.space)
+        parent_run_id = _study_run_id(cfg, study)
+    with tracking.start_study_run(parent_run_id) as parent:
         tracking.claim_study_run()
         left = tracking.end_dead_workers_runs(cfg.tune.study_name)
         if left:
             log.warning("ended %d run(s) left RUNNING by a process that died: FAILED (newscat.fail_reason)", len(left))
-        if "mlflow_parent_run_id" not in study.user_attrs:
-            study.set_user_attr("mlflow_parent_run_id", parent.info.run_id)
         digests = tracking.log_study_setup(cfg, inputs.data)
         reserve = _refit_reserve(inputs)
         tune.run_trials(
@@ -108,16 +109,35 @@ def tune_and_register(cfg: Config) -> TuneOutcome:
             cfg.tune,
             time_is_up=lambda: budget.tuning_over(reserve, len(inputs.data.test)),
         )
-        best = _best_trial(study)
-        tracking.log_study_summary(tune.study_summary(study), best)
-        tracking.log_study_report(study)
-        outcome, predictions = _finish(inputs, study, best, parent.info.run_id, digests, budget)
+        running = tune.others_running(study)
+        if running:  # the last worker out registers the model, with every trial's result in
+            log.info("trials %s still run in other workers; the last of them registers the best model", running)
+            return TuneOutcome(parent.info.run_id, None, None, {}, {}, "", cfg.registered_model, None)
+        with tune.study_lock(study):  # two workers finishing together: one registers, the other finds it done
+            best = _best_trial(study)
+            tracking.log_study_summary(tune.study_summary(study), best)
+            tracking.log_study_report(study)
+            outcome, predictions = _finish(inputs, study, best, parent.info.run_id, digests, budget)
     if cfg.promote.mode == "auto":  # after the study's run has ended: the decision gets a run of its own
         if predictions is None:
             log.info("promote=auto: version %s was registered (and gated) by an earlier process", outcome.version)
         else:
             _run_gate(cfg, predictions)
     return outcome
+
+
+def _study_run_id(cfg: Config, study: optuna.Study) -> str:
+    """The study's parent run, chosen once: the first worker's run (`mlflow run`'s, or a new `study-<name>` run).
+
+    Later workers and resumes log their trials under it; a later `mlflow run` worker's own run is tagged as a
+    worker of that study run. Call under `tune.study_lock`.
+    """
+    run_id = study.user_attrs.get("mlflow_parent_run_id")
+    if not (run_id and tracking.run_exists(run_id)):
+        run_id = tracking.create_study_run(cfg)
+        study.set_user_attr("mlflow_parent_run_id", run_id)
+    tracking.link_worker_run(run_id)
+    return run_id
 
 
 def _refit_reserve(inputs: StudyInputs) -> float:

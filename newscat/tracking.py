@@ -15,6 +15,7 @@ from transformers import TrainerCallback
 from newscat import report
 from newscat.config import Config
 from newscat.evaluate import confusion
+from newscat.locks import file_lock
 from newscat.pyfunc import MODEL_FILES
 from newscat.recovery import Worker
 from newscat.train import eval_index, use_bf16
@@ -31,17 +32,40 @@ CHECKPOINT_FILES = (*MODEL_FILES, "trainer_state.json")
 WORKER_TAG = "newscat.worker"  # host:pid:start time of the process that holds a RUNNING run
 
 
-def start_study_run(cfg: Config, *, resume_run_id: str | None) -> mlflow.ActiveRun:
-    """The parent run: the one `mlflow run` made (MLFLOW_RUN_ID), else the study's earlier run, else new."""
-    if not os.environ.get("MLFLOW_RUN_ID"):
-        if resume_run_id and _run_exists(resume_run_id):
-            return mlflow.start_run(run_id=resume_run_id)
-        mlflow.set_experiment(cfg.experiment)
-        return mlflow.start_run(run_name=f"study-{cfg.tune.study_name}")
-    return mlflow.start_run()
+def prepare_store() -> None:
+    """Create or upgrade a sqlite tracking database once, even when several workers start at the same moment:
+    MLflow's schema migration is not safe against concurrent first use ("duplicate column name")."""
+    uri = mlflow.get_tracking_uri()
+    if uri.startswith("sqlite:///"):
+        with file_lock(f"{uri[len('sqlite:///') :]}.newscat-lock"):
+            MlflowClient().search_experiments(max_results=1)
 
 
-def _run_exists(run_id: str) -> bool:
+def create_study_run(cfg: Config) -> str:
+    """A new parent run for a study: the one `mlflow run` made (MLFLOW_RUN_ID), else `study-<name>`."""
+    if os.environ.get("MLFLOW_RUN_ID"):
+        return os.environ["MLFLOW_RUN_ID"]
+    mlflow.set_experiment(cfg.experiment)
+    experiment_id = mlflow.get_experiment_by_name(cfg.experiment).experiment_id
+    return MlflowClient().create_run(experiment_id, run_name=f"study-{cfg.tune.study_name}").info.run_id
+
+
+def start_study_run(run_id: str) -> mlflow.ActiveRun:
+    """Open the study's parent run in this process (every worker and resume logs under the same one)."""
+    mlflow.set_experiment(experiment_id=MlflowClient().get_run(run_id).info.experiment_id)
+    return mlflow.start_run(run_id=run_id)
+
+
+def link_worker_run(study_run_id: str) -> None:
+    """Under `mlflow run`, a worker whose own run is not the study's run says where its trials went."""
+    own = os.environ.get("MLFLOW_RUN_ID")
+    if own and own != study_run_id:
+        MlflowClient().set_tag(own, "newscat.role", "worker")
+        MlflowClient().set_tag(own, "newscat.study_run_id", study_run_id)
+
+
+def run_exists(run_id: str) -> bool:
+    """Whether `run_id` names a run that is not deleted."""
     try:
         return MlflowClient().get_run(run_id).info.lifecycle_stage == "active"
     except mlflow.exceptions.MlflowException:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,6 +14,7 @@ import optuna
 from transformers import TrainerCallback
 
 from newscat.config import ConfigError, TuneConfig
+from newscat.locks import database_lock, file_lock
 from newscat.recovery import OnInterrupted, fail_dead_workers_trials
 from newscat.train import TrialParams, eval_index
 
@@ -145,7 +148,34 @@ def open_study(
     )
     if resumed and on_interrupted is not None:
         fail_dead_workers_trials(study, on_interrupted)
+        optuna.storages.fail_stale_trials(study)  # other hosts' silent workers (heartbeat); no-op without one
     return study
+
+
+@contextlib.contextmanager
+def study_lock(study: optuna.Study) -> Iterator[None]:
+    """Serializes the few study-wide decisions workers must agree on (which MLflow run is the study's parent, who
+    registers the model), through the study's own database: a PostgreSQL advisory lock, MySQL's GET_LOCK, or a
+    file lock beside a sqlite file. Other storages are single-process, so no lock is needed."""
+    storage = study._storage
+    url = getattr(storage, "url", "")
+    key = int.from_bytes(hashlib.sha256(f"newscat:{study.study_name}".encode()).digest()[:8], "big", signed=True)
+    if url.startswith("postgresql"):
+        with database_lock(storage.engine, "SELECT pg_advisory_lock(:key)", "SELECT pg_advisory_unlock(:key)", key):
+            yield
+    elif url.startswith("mysql"):
+        with database_lock(storage.engine, "SELECT GET_LOCK(:key, -1)", "SELECT RELEASE_LOCK(:key)", f"newscat:{key}"):
+            yield
+    elif url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        with file_lock(f"{url[len('sqlite:///') :]}.newscat-lock"):
+            yield
+    else:
+        yield
+
+
+def others_running(study: optuna.Study) -> list[int]:
+    """Numbers of trials RUNNING now (in other workers: call it outside a trial)."""
+    return [t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))]
 
 
 def make_pruner(cfg: TuneConfig, max_evals: int) -> optuna.pruners.BasePruner:
@@ -181,6 +211,9 @@ def run_trials(
     if remaining <= 0:
         log.info("study %s already has %d finished trials; nothing to run", study.study_name, cfg.n_trials)
         return
+    if remaining <= len(others_running(study)):
+        log.info("study %s: the missing trials are running in other workers; nothing to run here", study.study_name)
+        return
     log.info("study %s: running up to %d trial(s) of %d", study.study_name, remaining, cfg.n_trials)
     failures = FailureLimit(cfg.max_failed_trials)
     study.optimize(
@@ -188,7 +221,8 @@ def run_trials(
         n_trials=remaining + cfg.max_failed_trials,  # failed trials are replaced, up to the failure limit
         catch=(Exception,),  # a failed trial is recorded (FAIL + reason) and the study goes on
         callbacks=[
-            optuna.study.MaxTrialsCallback(cfg.n_trials, states=FINISHED),  # across workers and resumes
+            # Across workers and resumes; trials running elsewhere count, so workers do not overshoot n_trials.
+            optuna.study.MaxTrialsCallback(cfg.n_trials, states=(*FINISHED, optuna.trial.TrialState.RUNNING)),
             ProgressReporter(cfg.n_trials),
             failures,
             StopWhen(time_is_up),

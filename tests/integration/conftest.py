@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,3 +141,40 @@ def serve_model(model_uri: str, env: dict[str, str], log_path: Path) -> Abstract
     """A real `mlflow models serve` process for `model_uri`; the context gives its URL."""
     command = ["mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local", "-h", "127.0.0.1"]
     return running([*command, "-p", "{port}"], env, log_path, "/ping")
+
+
+POSTGRES = os.environ.get("NEWSCAT_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[Callable[[], str]]:
+    """A factory of fresh, empty PostgreSQL databases (dropped at the end) on the local server.
+
+    Skipped where no server answers, unless NEWSCAT_REQUIRE_POSTGRES=1 (CI) makes that a failure.
+    """
+    import uuid
+
+    import psycopg
+
+    try:
+        admin = psycopg.connect(POSTGRES, connect_timeout=5, autocommit=True)
+    except psycopg.OperationalError as exc:
+        if os.environ.get("NEWSCAT_REQUIRE_POSTGRES") == "1":
+            raise
+        pytest.skip(f"no PostgreSQL at {POSTGRES}: {exc}")
+    created: list[str] = []
+
+    def create() -> str:
+        name = f"newscat_test_{uuid.uuid4().hex[:10]}"
+        with admin.cursor() as cursor:
+            cursor.execute(f"CREATE DATABASE {name}")
+        created.append(name)
+        return POSTGRES.rsplit("/", 1)[0] + f"/{name}"
+
+    try:
+        yield create
+    finally:
+        with admin.cursor() as cursor:
+            for name in created:
+                cursor.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.close()

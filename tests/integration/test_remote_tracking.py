@@ -1,20 +1,22 @@
-"""A tracking server with authentication (`mlflow server --app-name basic-auth`): only accounts with the right
-permission can register or promote; newscat's whole flow works through it for an authenticated user."""
+"""A team's tracking server: `mlflow server --app-name basic-auth` with a PostgreSQL backend store and proxied
+artifacts (`--artifacts-destination`), reached only over HTTP. Only accounts with the right permission can register
+or promote; for an authenticated user the whole flow works through it: tune, register, promote, serve."""
 
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import requests
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from newscat.cli import server_refusal
-from tests.conftest import write_ag_news_dir
-from tests.integration.conftest import running, tool_env
+from tests.conftest import CLASSES, write_ag_news_dir
+from tests.integration.conftest import running, serve_model, tool_env
 
 pytestmark = pytest.mark.integration
 ADMIN = ("admin", "admin-password-for-tests")
@@ -42,7 +44,7 @@ class AuthServer:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthServer]:
+def server(tmp_path_factory: pytest.TempPathFactory, postgres_database: Callable[[], str]) -> Iterator[AuthServer]:
     root = tmp_path_factory.mktemp("auth")
     (root / "auth.ini").write_text(
         "[mlflow]\ndefault_permission = READ\n"
@@ -50,9 +52,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthServer]:
         f"admin_username = {ADMIN[0]}\nadmin_password = {ADMIN[1]}\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
     )
-    env = tool_env(f"sqlite:///{root}/mlflow.db")
+    backend = postgres_database()
+    env = tool_env(backend)
     env.update(MLFLOW_AUTH_CONFIG_PATH=str(root / "auth.ini"), MLFLOW_FLASK_SERVER_SECRET_KEY="test-secret-key")
-    command = ["mlflow", "server", "--app-name", "basic-auth", "--backend-store-uri", f"sqlite:///{root}/mlflow.db"]
+    command = ["mlflow", "server", "--app-name", "basic-auth", "--backend-store-uri", backend]
     command += ["--artifacts-destination", str(root / "artifacts"), "-h", "127.0.0.1", "-p", "{port}"]
     with running(command, env, root / "server.log", "/health") as url:
         yield AuthServer(url, root)
@@ -69,7 +72,9 @@ def _tune(server: AuthServer, account: tuple[str, str] | None) -> subprocess.Com
     )
 
 
-def test_only_authenticated_accounts_with_permission_register_and_promote(server: AuthServer) -> None:
+def test_only_authorized_accounts_register_and_promote_and_the_champion_serves_through_the_server(
+    server: AuthServer,
+) -> None:
     anonymous = _tune(server, None)
     assert anonymous.returncode != 0
     assert "not authenticated (HTTP 401). Set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD" in anonymous.stderr
@@ -110,3 +115,10 @@ def test_only_authenticated_accounts_with_permission_register_and_promote(server
         champion = admin.get_model_version_by_alias(MODEL, "champion")
         assert champion.version == version.version
         assert champion.tags["moved_to.champion"].endswith(f" by {ADMIN[0]}")
+
+    # Serving resolves models:/NAME@champion through the server and downloads the weights it proxies.
+    with serve_model(f"models:/{MODEL}@champion", server.env(ADMIN), server.root / "serve.log") as url:
+        answer = requests.post(f"{url}/invocations", json={"inputs": ["Lakers win the final"]}, timeout=60)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["predictions"][0]["label"] in CLASSES
+    assert not (server.root / "mlruns").exists()  # clients wrote nothing locally: all went over HTTP

@@ -1,0 +1,61 @@
+"""Two tuning workers on one study through PostgreSQL: one parent run, no trial collisions, n_trials respected,
+the model registered once."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from newscat.recovery import WORKER_ATTR, Worker
+from tests.conftest import write_ag_news_dir
+from tests.integration.conftest import tool_env
+
+pytestmark = pytest.mark.integration
+N_TRIALS = 4
+
+
+def test_two_workers_share_one_study_one_parent_run_and_one_registration(
+    tmp_path: Path, postgres_database: Callable[[], str]
+) -> None:
+    storage = postgres_database()
+    data = write_ag_news_dir(tmp_path / "data", n_train=10, n_test=2)
+    (tmp_path / "space.yaml").write_text("learning_rate: {low: 1.0e-4, high: 5.0e-4, log: true}\nbatch_size: 8\n")
+    (tmp_path / "config.yaml").write_text(f"train:\n  work_dir: {tmp_path / 'work'}\n  evals_per_epoch: 1\n")
+    command = ["newscat", "tune", "--data", str(data), "--n-trials", str(N_TRIALS), "--max-epochs", "2"]
+    command += ["--max-length", "24", "--max-eval-samples", "0", "--no-refit", "--pruner", "none"]
+    command += ["--study-name", "shared", "--storage", storage, "--experiment", "distributed"]
+    command += ["--registered-model", "newscat-dist", "--search-space", str(tmp_path / "space.yaml")]
+    command += ["--config", str(tmp_path / "config.yaml")]
+    env = tool_env(f"sqlite:///{tmp_path}/mlflow.db")
+    workers = [
+        subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(2)
+    ]
+    outputs = [worker.communicate(timeout=900)[0] for worker in workers]
+    for worker, output in zip(workers, outputs, strict=True):
+        assert worker.returncode == 0, output[-4000:]
+
+    study = optuna.load_study(study_name="shared", storage=storage)
+    trials = study.get_trials()
+    assert sorted(t.number for t in trials) == list(range(N_TRIALS))  # numbers never collide, none extra
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    pids = {Worker.parse(t.user_attrs[WORKER_ATTR]).pid for t in trials}
+    assert pids == {worker.pid for worker in workers}  # both workers ran trials
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    parent_id = study.user_attrs["mlflow_parent_run_id"]
+    parents = {client.get_run(t.user_attrs["mlflow_run_id"]).data.tags["mlflow.parentRunId"] for t in trials}
+    assert parents == {parent_id}  # one parent run, whichever worker created it
+    (version,) = client.search_model_versions("name='newscat-dist'")  # registered once
+    assert version.tags["parent_run_id"] == parent_id
+    assert version.tags["trial"] == str(study.best_trial.number)
+    registered = [output for output in outputs if "registered newscat-dist version 1" in output]
+    assert len(registered) == 1
+    other = outputs[1 - outputs.index(registered[0])]
+    assert "still run in other workers" in other or "is already registered" in other
