@@ -353,13 +353,51 @@ def check(model_uri: str, strict: bool) -> None:
     help="Where to write one JSON line per text: label, score, probabilities.",
 )
 @click.option("--text-column", default="text", show_default=True, help="Text column of CSV/JSONL input.")
+@click.option(
+    "--layout",
+    type=click.Choice(["table", "ag_news"]),
+    default="table",
+    show_default=True,
+    help="ag_news: a headerless AG News CSV (label, title, description); the text is title + description.",
+)
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=256, show_default=True, help="Texts per batch.")
-def predict(model_uri: str, source: str, output: str, text_column: str, batch_size: int) -> None:
+@click.option(
+    "--spark",
+    is_flag=True,
+    help="Score on Spark with mlflow.pyfunc.spark_udf (needs pyspark and Java); -o is then a folder of JSON parts "
+    "with a `row` column in input order; -i may be CSV (header), Parquet or JSON lines, a file or a folder.",
+)
+@click.option("--master", default="local[*]", show_default=True, help="Spark master URL (with --spark).")
+@click.option("--partitions", type=click.IntRange(1), help="Repartition the input into this many tasks (with --spark).")
+def predict(
+    model_uri: str,
+    source: str,
+    output: str,
+    text_column: str,
+    layout: str,
+    batch_size: int,
+    spark: bool,
+    master: str,
+    partitions: int | None,
+) -> None:
     """Score texts with any model URI, e.g. models:/newscat@champion or runs:/<id>/model."""
     from newscat.predict import InputError, predict_texts, read_texts
 
+    if spark:
+        from newscat.spark import SparkInputError, predict_with_spark
+
+        if source == "-" or output == "-":
+            raise click.UsageError("--spark reads -i PATH and writes -o FOLDER (no stdin/stdout)")
+        try:
+            count = predict_with_spark(
+                model_uri, source, output, text_column=text_column, layout=layout, master=master, partitions=partitions
+            )
+        except SparkInputError as exc:
+            raise click.ClickException(str(exc)) from exc
+        click.echo(f"scored {count} text(s) on Spark ({master}) into {output}", err=True)
+        return
     try:
-        texts = read_texts(source, text_column)
+        texts = read_texts(source, text_column, layout)
     except InputError as exc:
         raise click.ClickException(str(exc)) from exc
     with click.open_file(output, "w", encoding="utf-8") as out:

@@ -15,8 +15,11 @@ class InputError(ValueError):
     """The input to score is unusable."""
 
 
-def read_texts(source: str, text_column: str) -> list[str]:
-    """Texts from a CSV (with `text_column`), a JSONL file, or plain lines ('-' is stdin)."""
+def read_texts(source: str, text_column: str, layout: str = "table") -> list[str]:
+    """Texts from a CSV (with `text_column`), a JSONL file, or plain lines ('-' is stdin); with `layout="ag_news"`
+    a headerless AG News CSV (label, title, description), whose text is title + " " + description, as in training."""
+    if layout == "ag_news":
+        return _ag_news_texts(source)
     if source == "-":
         raw, suffix = sys.stdin.read(), ""
     else:
@@ -34,6 +37,20 @@ def read_texts(source: str, text_column: str) -> list[str]:
     if text_column not in frame.columns:
         raise InputError(f"{source}: no column {text_column!r}; columns: {', '.join(map(str, frame.columns))}")
     return frame[text_column].fillna("").astype(str).tolist()
+
+
+def _ag_news_texts(source: str) -> list[str]:
+    import csv
+
+    try:
+        with open(source, encoding="utf-8", newline="") as handle:
+            rows = list(csv.reader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"{source}: cannot read it as an AG News CSV ({exc})") from exc
+    bad = next((i for i, row in enumerate(rows, start=1) if len(row) != 3), None)
+    if bad is not None:
+        raise InputError(f"{source}: line {bad} has {len(rows[bad - 1])} fields; AG News has label, title, description")
+    return [f"{title} {description}".strip() for _, title, description in rows]
 
 
 def predict_texts(model_uri: str, texts: list[str], *, batch_size: int, out: IO[str]) -> int:

@@ -52,6 +52,9 @@ def create_study_run(cfg: Config) -> str:
 
 def start_study_run(run_id: str) -> mlflow.ActiveRun:
     """Open the study's parent run in this process (every worker and resume logs under the same one)."""
+    # `mlflow run`'s MLFLOW_RUN_ID has been read (create_study_run, link_worker_run); MLflow would otherwise resume
+    # that run in the next start_run, i.e. the first trial's nested run.
+    os.environ.pop("MLFLOW_RUN_ID", None)
     mlflow.set_experiment(experiment_id=MlflowClient().get_run(run_id).info.experiment_id)
     return mlflow.start_run(run_id=run_id)
 

@@ -1,0 +1,57 @@
+"""`newscat predict --spark` on a local Spark session gives the single-process predictions, row for row."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CLASSES, write_ag_news_dir
+from tests.integration.conftest import MODEL_NAME, ROOT, TrackedStudy, tool_env
+
+pytestmark = pytest.mark.integration
+
+
+def _ag_news_test_split(tmp_path: Path) -> Path:
+    """The official AG News test split beside the repository when present, else generated rows in its layout."""
+    for candidate in (os.environ.get("NEWSCAT_AG_NEWS_TEST", ""), ROOT.parent / "shared/data/ag_news/test.csv"):
+        if candidate and Path(candidate).is_file():
+            return Path(candidate)
+    return write_ag_news_dir(tmp_path / "generated", n_train=1, n_test=500) / "test.csv"
+
+
+@pytest.mark.skipif(shutil.which("java") is None, reason="Spark needs Java")
+def test_spark_scoring_matches_single_process_scoring(tracked_study: TrackedStudy, tmp_path: Path) -> None:
+    source = _ag_news_test_split(tmp_path)
+    env = tool_env(tracked_study.tracking_uri)
+    env["NEWSCAT_PRECISION"] = "fp32"  # bf16 sums depend on how texts are batched, which differs between the two
+    model = f"models:/{MODEL_NAME}@champion"
+    common = ["--layout", "ag_news", "-i", str(source)]
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        result = subprocess.run(
+            ["newscat", "predict", model, *common, *args], env=env, capture_output=True, text=True, timeout=900
+        )
+        assert result.returncode == 0, result.stderr[-4000:]
+        return result
+
+    run("-o", str(tmp_path / "single.jsonl"))
+    spark = run("--spark", "--master", "local[2]", "--partitions", "2", "-o", str(tmp_path / "spark"))
+
+    single = [json.loads(line) for line in (tmp_path / "single.jsonl").read_text().splitlines()]
+    parts = sorted((tmp_path / "spark").glob("part-*.json"))
+    rows = (json.loads(line) for part in parts for line in part.read_text().splitlines())
+    scored = sorted(rows, key=lambda r: r["row"])
+    with source.open(encoding="utf-8", newline="") as handle:
+        n_rows = sum(1 for _ in csv.reader(handle))
+    assert len(single) == len(scored) == n_rows and f"scored {n_rows} text(s) on Spark" in spark.stderr
+    assert [r["text"] for r in scored] == [r["text"] for r in single]  # same rows, same order
+    assert [r["label"] for r in scored] == [r["label"] for r in single]
+    assert max(abs(a["score"] - b["score"]) for a, b in zip(scored, single, strict=True)) < 1e-4
+    assert set(scored[0]["probabilities"]) == set(CLASSES)
+    assert [r["truncated"] for r in scored] == [r["truncated"] for r in single]
