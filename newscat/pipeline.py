@@ -85,8 +85,8 @@ def tune_and_register(cfg: Config) -> TuneOutcome:
     With `tune.timeout` the whole job (loading, trials, refit, test scoring) is fitted into that many seconds.
     """
     budget = Budget(cfg.tune.timeout)
+    tracking.prepare_store()  # first: a refused login or an unreachable server fails before any loading
     inputs = prepare(cfg)
-    tracking.prepare_store()
     study = tune.open_study(
         cfg.tune,
         seed=cfg.seed,

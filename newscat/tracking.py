@@ -33,12 +33,15 @@ WORKER_TAG = "newscat.worker"  # host:pid:start time of the process that holds a
 
 
 def prepare_store() -> None:
-    """Create or upgrade a sqlite tracking database once, even when several workers start at the same moment:
-    MLflow's schema migration is not safe against concurrent first use ("duplicate column name")."""
+    """Reach the tracking store once, before any work: a server that refuses the credentials fails here. A sqlite
+    database is created or upgraded under a file lock, since MLflow's schema migration is not safe against several
+    workers starting at the same moment ("duplicate column name")."""
     uri = mlflow.get_tracking_uri()
     if uri.startswith("sqlite:///"):
         with file_lock(f"{uri[len('sqlite:///') :]}.newscat-lock"):
             MlflowClient().search_experiments(max_results=1)
+    else:
+        MlflowClient().search_experiments(max_results=1)
 
 
 def create_study_run(cfg: Config) -> str:
