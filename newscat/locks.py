@@ -19,6 +19,13 @@ def file_lock(path: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def beside_sqlite(url: str) -> contextlib.AbstractContextManager[None]:
+    """A file lock beside the database file of a `sqlite:///PATH` URL; no lock for other URLs (or in-memory)."""
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        return file_lock(f"{url[len('sqlite:///') :]}.newscat-lock")
+    return contextlib.nullcontext()
+
+
 @contextlib.contextmanager
 def database_lock(engine: Any, acquire: str, release: str, key: Any) -> Iterator[None]:
     """A database session lock (`acquire`/`release` SQL with a :key parameter) held on one connection."""

@@ -247,7 +247,7 @@ def _finish(
         model_dir = pyfunc.export_classifier(
             checkpoint, Path(tmp) / "classifier", max_length=cfg.model.max_length, base_model=cfg.model.name
         )
-        weights_sha256 = pyfunc.file_sha256(model_dir / "model.safetensors")
+        weights_sha256 = pyfunc.logged_weights_sha256(model_dir)
         info = pyfunc.log_pyfunc(model_dir)
     # Loading the logged copy checks its weights' SHA-256, so a model cut short by a kill is never registered.
     log.info("scoring the final model (%d training rows) on %d test rows", train_rows, len(data.test))

@@ -37,10 +37,10 @@ MODEL_FILES = (
     "vocab.txt",
 )
 
-# Serving limits, read when the model loads (environment of `mlflow models serve`), else the logged defaults.
+# Serving limits: the environment of `mlflow models serve`, else the defaults logged with the model.
 MAX_BATCH_ENV = "NEWSCAT_MAX_BATCH"
 MAX_BATCH = 1024  # texts per request; more is refused with a 400 that says to split the request
-SERVING_FLAG = "_MLFLOW_IS_IN_SERVING_ENVIRONMENT"  # set by `mlflow models serve` before the model loads
+SERVING_FLAG = "_MLFLOW_IS_IN_SERVING_ENVIRONMENT"  # set by MLflow's scoring server (after the model has loaded)
 # Characters kept per text before tokenizing: far beyond what max_length tokens can hold (WordPiece averages
 # under 6 characters a token), so nothing that the model would see is lost, but a 10 MB "headline" cannot tie up
 # the tokenizer.
@@ -304,6 +304,11 @@ def export_classifier(checkpoint: Path, target: Path, *, max_length: int, base_m
     }
     (target / SETTINGS_FILE).write_text(json.dumps(settings, indent=2), encoding="utf-8")
     return target
+
+
+def logged_weights_sha256(model_dir: Path) -> str:
+    """The SHA-256 of `model.safetensors` that `export_classifier` recorded in the model's settings."""
+    return json.loads((model_dir / SETTINGS_FILE).read_text(encoding="utf-8"))["weights_sha256"]
 
 
 def file_sha256(path: Path) -> str:

@@ -15,9 +15,9 @@ from transformers import TrainerCallback
 from newscat import report
 from newscat.config import Config
 from newscat.evaluate import confusion
-from newscat.locks import file_lock
+from newscat.locks import beside_sqlite
 from newscat.pyfunc import MODEL_FILES
-from newscat.recovery import Worker
+from newscat.recovery import Worker, describe
 from newscat.train import eval_index, use_bf16
 
 if TYPE_CHECKING:
@@ -36,11 +36,7 @@ def prepare_store() -> None:
     """Reach the tracking store once, before any work: a server that refuses the credentials fails here. A sqlite
     database is created or upgraded under a file lock, since MLflow's schema migration is not safe against several
     workers starting at the same moment ("duplicate column name")."""
-    uri = mlflow.get_tracking_uri()
-    if uri.startswith("sqlite:///"):
-        with file_lock(f"{uri[len('sqlite:///') :]}.newscat-lock"):
-            MlflowClient().search_experiments(max_results=1)
-    else:
+    with beside_sqlite(mlflow.get_tracking_uri()):
         MlflowClient().search_experiments(max_results=1)
 
 
@@ -176,9 +172,10 @@ def end_dead_workers_runs(study_name: str) -> list[str]:
     )
     ended = []
     for run in running:
-        worker = Worker.parse(run.data.tags.get(WORKER_TAG, ""))
+        tag = run.data.tags.get(WORKER_TAG, "")
+        worker = Worker.parse(tag)
         if worker is not None and worker.is_gone():
-            end_interrupted_run(run.info.run_id, f"interrupted: process {worker.pid} on {worker.host} stopped")
+            end_interrupted_run(run.info.run_id, f"interrupted: {describe(tag)} stopped")
             ended.append(run.info.run_id)
     return ended
 

@@ -14,7 +14,7 @@ import optuna
 from transformers import TrainerCallback
 
 from newscat.config import ConfigError, TuneConfig
-from newscat.locks import database_lock, file_lock
+from newscat.locks import beside_sqlite, database_lock
 from newscat.recovery import OnInterrupted, fail_dead_workers_trials
 from newscat.train import TrialParams, eval_index
 
@@ -156,7 +156,7 @@ def open_study(
 def study_lock(study: optuna.Study) -> Iterator[None]:
     """Serializes the few study-wide decisions workers must agree on (which MLflow run is the study's parent, who
     registers the model), through the study's own database: a PostgreSQL advisory lock, MySQL's GET_LOCK, or a
-    file lock beside a sqlite file. Other storages are single-process, so no lock is needed."""
+    file lock beside a sqlite file."""
     storage = study._storage
     url = getattr(storage, "url", "")
     key = int.from_bytes(hashlib.sha256(f"newscat:{study.study_name}".encode()).digest()[:8], "big", signed=True)
@@ -166,11 +166,9 @@ def study_lock(study: optuna.Study) -> Iterator[None]:
     elif url.startswith("mysql"):
         with database_lock(storage.engine, "SELECT GET_LOCK(:key, -1)", "SELECT RELEASE_LOCK(:key)", f"newscat:{key}"):
             yield
-    elif url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-        with file_lock(f"{url[len('sqlite:///') :]}.newscat-lock"):
+    else:  # sqlite: a file lock; in-memory and journal storages serve one process
+        with beside_sqlite(url):
             yield
-    else:
-        yield
 
 
 def others_running(study: optuna.Study) -> list[int]:

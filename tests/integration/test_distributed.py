@@ -70,6 +70,8 @@ def test_two_workers_share_one_study_one_parent_run_and_one_registration(
     if project_run.info.run_id != parent_id:  # `mlflow run` came second: its run points at the study's run
         assert project_run.data.tags["newscat.role"] == "worker"
         assert project_run.data.tags["newscat.study_run_id"] == parent_id
+    else:  # `mlflow run` came first: its run is the study's run
+        assert project_run.data.tags["newscat.role"] == "study"
     (version,) = client.search_model_versions("name='newscat-dist'")  # registered once
     assert version.tags["parent_run_id"] == parent_id
     assert version.tags["trial"] == str(study.best_trial.number)

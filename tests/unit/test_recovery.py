@@ -53,8 +53,8 @@ def test_trials_of_dead_local_processes_fail_with_a_reason_and_are_retried(tmp_p
     on_interrupted = OnInterrupted(lambda run_id, reason: ended.update({run_id: reason}))
     study = _study(tmp_path, on_interrupted)
     dead = _running_trial(study, _dead_worker())
-    alive = _running_trial(study, Worker.current())
-    remote = _running_trial(study, Worker("another-machine", 1, 0.0))
+    _running_trial(study, Worker.current())
+    _running_trial(study, Worker("another-machine", 1, 0.0))
 
     assert fail_dead_workers_trials(study, on_interrupted) == [dead.number]
     trials = study.get_trials()
@@ -66,7 +66,6 @@ def test_trials_of_dead_local_processes_fail_with_a_reason_and_are_retried(tmp_p
     assert retry.state == TrialState.WAITING and retry.params == dead.params
     assert retry.system_attrs["failed_trial"] == dead.number
     assert "fail_reason" not in retry.user_attrs and "mlflow_run_id" not in retry.user_attrs
-    assert {alive.number, remote.number} == {1, 2}
 
 
 def test_the_heartbeat_fails_trials_of_silent_workers_on_any_host(tmp_path: Path) -> None:
