@@ -27,16 +27,16 @@ import numpy as np
 import torch
 
 from newscat.config import DataConfig, build_config
-from newscat.data import load_news
-from newscat.features import load_tokenizer, tokenize_rows
-from newscat.modeling import load_base_classifier, resolve_model_path
+from newscat.data.load import load_news
+from newscat.data.tokenize import load_tokenizer, tokenize_rows
+from newscat.training.model import load_base_classifier, resolve_model_path
 
 
 def run_newscat(data: str, budget: float, work: Path) -> dict:
     """`newscat tune --timeout budget` into a temporary tracking store; returns wall seconds and test metrics."""
     import mlflow
 
-    from newscat.pipeline import tune_and_register
+    from newscat.training.job import tune_and_register
 
     mlflow.set_tracking_uri(f"sqlite:///{work}/mlflow.db")
     cfg = build_config(

@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 
 from newscat.config import DataConfig
-from newscat.data import load_news
-from newscat.pyfunc import PRECISION_ENV
+from newscat.data.load import load_news
+from newscat.serving.precision import PRECISION_ENV
 
 
 def measure(model_uri: str, precision: str, texts: list[str], labels: np.ndarray, names: tuple[str, ...]) -> dict:

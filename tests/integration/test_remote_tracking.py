@@ -15,8 +15,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from newscat.cli import server_refusal
-from tests.conftest import CLASSES, write_ag_news_dir
-from tests.integration.conftest import running, serve_model, tool_env
+from tests.helpers import CLASSES, running, serve_model, tiny_project, tool_env
 
 pytestmark = pytest.mark.integration
 ADMIN = ("admin", "admin-password-for-tests")
@@ -62,14 +61,9 @@ def server(tmp_path_factory: pytest.TempPathFactory, postgres_database: Callable
 
 
 def _tune(server: AuthServer, account: tuple[str, str] | None) -> subprocess.CompletedProcess:
-    data = write_ag_news_dir(server.root / "data", n_train=4, n_test=2)
-    (server.root / "config.yaml").write_text(f"train:\n  work_dir: {server.root / 'work'}\n  evals_per_epoch: 1\n")
-    return server.newscat(
-        account,
-        *("tune", "--data", str(data), "--n-trials", "1", "--max-epochs", "1", "--max-length", "24"),
-        *("--no-refit", "--study-name", "auth", "--storage", f"sqlite:///{server.root}/optuna.db"),
-        *("--experiment", "auth", "--registered-model", MODEL, "--config", str(server.root / "config.yaml")),
-    )
+    project = tiny_project(server.root, n_train=4, n_test=2)
+    args = project.tune_args(n_trials=1, max_epochs=1, no_refit=True, study_name="auth", experiment="auth")
+    return server.newscat(account, *args[1:], "--registered-model", MODEL)
 
 
 def test_only_authorized_accounts_register_and_promote_and_the_champion_serves_through_the_server(

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from tests.conftest import CLASSES
-from tests.integration.conftest import MODEL_NAME, TrackedStudy, serve_model, tool_env
+from tests.helpers import CLASSES, MODEL_NAME, serve_model, tool_env
+from tests.integration.conftest import TrackedStudy
 
 pytestmark = pytest.mark.integration
 MAX_BATCH = 8

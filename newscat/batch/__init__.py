@@ -1,0 +1,1 @@
+"""Batch prediction with a logged model: files on one machine (`newscat predict`) or Spark (`--spark`)."""

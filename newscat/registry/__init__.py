@@ -1,0 +1,2 @@
+"""Model Registry: versions and their typed tags, aliases and their history, the champion/challenger gate and
+promotion."""

@@ -1,0 +1,101 @@
+"""The files a served model is made of: weights, tokenizer and settings, their SHA-256, its requirements and code.
+
+No pickles: safetensors weights, a tokenizer.json and a JSON settings file; the digest recorded at export is checked
+at every load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+from mlflow.exceptions import MlflowException
+
+from newscat.serving.inputs import MAX_BATCH
+
+SETTINGS_FILE = "newscat.json"
+# Files of a Trainer checkpoint that make up the served model; pickles (training_args.bin) are left out.
+# The code a logged model ships (`code_paths`), relative to the package: the served model and the text functions it
+# shares with training. Nothing else of newscat (CLI, Optuna, Spark, training, tracking) goes inside a model.
+SHIPPED_CODE = ("__init__.py", "data/__init__.py", "data/text.py", "serving")
+MODEL_FILES = (
+    "model.safetensors",
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+)
+
+
+def export_classifier(checkpoint: Path, target: Path, *, max_length: int, base_model: str) -> Path:
+    """Copy a checkpoint's weights and tokenizer into a clean model directory (no pickles)."""
+    target.mkdir(parents=True, exist_ok=True)
+    for name in MODEL_FILES:
+        if (checkpoint / name).is_file():
+            shutil.copy2(checkpoint / name, target / name)
+    if not (target / "model.safetensors").is_file():
+        raise FileNotFoundError(f"{checkpoint}: no model.safetensors to serve")
+    settings = {
+        "max_length": max_length,
+        "base_model": base_model,
+        "batch_size": 64,
+        "max_batch": MAX_BATCH,
+        "weights_sha256": file_sha256(target / "model.safetensors"),  # checked at every load
+    }
+    (target / SETTINGS_FILE).write_text(json.dumps(settings, indent=2), encoding="utf-8")
+    return target
+
+
+def logged_weights_sha256(model_dir: Path) -> str:
+    """The SHA-256 of `model.safetensors` that `export_classifier` recorded in the model's settings."""
+    return json.loads((model_dir / SETTINGS_FILE).read_text(encoding="utf-8"))["weights_sha256"]
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file, read in blocks."""
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+class CorruptModelError(MlflowException):
+    """The weights on disk are not the weights that were logged."""
+
+
+def verify_weights(model_dir: Path, expected: str | None) -> None:
+    """Refuse weights whose SHA-256 differs from the one recorded when the model was logged (a copy cut short)."""
+    if expected is None:  # logged before digests were recorded
+        return
+    actual = file_sha256(model_dir / "model.safetensors")
+    if actual != expected:
+        raise CorruptModelError(
+            f"{model_dir / 'model.safetensors'}: SHA-256 {actual[:12]}... differs from the logged {expected[:12]}...; "
+            "the artifact copy is incomplete or altered: download it again or re-log the model"
+        )
+
+
+def pip_requirements() -> list[str]:
+    """Pinned requirements of the serving environment (torch pinned to the CPU build installed here)."""
+    from importlib.metadata import version
+
+    # "2.13.0+cpu" -> "2.13.0": local version labels are not on PyPI.
+    return [
+        f"{name}=={version(name).split('+')[0]}"
+        for name in ("mlflow", "torch", "transformers", "tokenizers", "safetensors", "pandas", "numpy")
+    ]
+
+
+def shipped_code(target: Path) -> Path:
+    """Copy the code a logged model needs into `target/newscat` (a package tree of just those files)."""
+    package = Path(__file__).resolve().parents[1]
+    root = target / "newscat"
+    for relative in SHIPPED_CODE:
+        source, destination = package / relative, root / relative
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, destination, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(source, destination)
+    return root

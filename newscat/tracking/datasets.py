@@ -1,0 +1,56 @@
+"""Data lineage: the study's splits as MLflow datasets (with digests), and the record of what an evaluation used."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import mlflow
+
+from newscat.config import Config
+from newscat.tracking.limits import PARAM_VALUE_LIMIT
+from newscat.tracking.runs import log_params_once
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from newscat.data.load import NewsData
+
+
+def log_study_setup(cfg: Config, data: NewsData) -> dict[str, str]:
+    """Config as flat params, dataset lineage with digests; returns the digests by split."""
+    log_params_once(cfg.to_flat_dict())
+    mlflow.set_tags({"newscat.study": cfg.tune.study_name, "newscat.role": "study"})
+    digests = {}
+    with warnings.catch_warnings():  # MLflow's hints about source kinds and int columns are noise here
+        warnings.simplefilter("ignore", UserWarning)
+        for split in ("train", "validation", "test"):
+            frame = getattr(data, split)
+            dataset = mlflow.data.from_pandas(frame, source=_source(data.source), targets="label", name=split)
+            mlflow.log_input(dataset, context=split)
+            digests[split] = dataset.digest
+    log_params_once(
+        {
+            "data.layout": data.layout,
+            "data.labels": ",".join(data.label_names)[:PARAM_VALUE_LIMIT],
+            "data.train_rows": len(data.train),
+            "data.validation_rows": len(data.validation),
+            "data.test_rows": len(data.test),
+            "data.train_digest": digests["train"],
+        }
+    )
+    return digests
+
+
+def _source(source: str) -> str:
+    path = Path(source).expanduser()
+    return str(path.resolve()) if path.exists() else source
+
+
+def dataset_record(frame: pd.DataFrame, source: str, split: str) -> dict[str, Any]:
+    """What an evaluation was computed on: source, split, MLflow dataset digest and row count."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        dataset = mlflow.data.from_pandas(frame, source=_source(source), targets="label", name=split)
+    return {"source": source, "split": split, "digest": dataset.digest, "rows": len(frame)}

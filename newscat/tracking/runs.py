@@ -1,0 +1,177 @@
+"""Run lifecycle: the store, the study's parent run, one nested run per trial or refit, their params and states."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from newscat.config import Config
+from newscat.locks import beside_sqlite
+from newscat.processes import Worker
+from newscat.serving.precision import use_bf16
+from newscat.tracking.limits import PARAM_VALUE_LIMIT, TAG_VALUE_LIMIT
+
+# Optuna's trial state -> the MLflow run status that tells the same story.
+RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+
+
+WORKER_TAG = "newscat.worker"  # host:pid:start time of the process that holds a RUNNING run
+
+
+def prepare_store() -> None:
+    """Reach the tracking store once, before any work: a server that refuses the credentials fails here. A sqlite
+    database is created or upgraded under a file lock, since MLflow's schema migration is not safe against several
+    workers starting at the same moment ("duplicate column name")."""
+    with beside_sqlite(mlflow.get_tracking_uri()):
+        MlflowClient().search_experiments(max_results=1)
+
+
+def create_study_run(cfg: Config) -> str:
+    """A new parent run for a study: the one `mlflow run` made (MLFLOW_RUN_ID), else `study-<name>`."""
+    if os.environ.get("MLFLOW_RUN_ID"):
+        return os.environ["MLFLOW_RUN_ID"]
+    mlflow.set_experiment(cfg.experiment)
+    experiment_id = mlflow.get_experiment_by_name(cfg.experiment).experiment_id
+    return MlflowClient().create_run(experiment_id, run_name=f"study-{cfg.tune.study_name}").info.run_id
+
+
+def start_study_run(run_id: str) -> mlflow.ActiveRun:
+    """Open the study's parent run in this process (every worker and resume logs under the same one)."""
+    # `mlflow run`'s MLFLOW_RUN_ID has been read (create_study_run, link_worker_run); MLflow would otherwise resume
+    # that run in the next start_run, i.e. the first trial's nested run.
+    os.environ.pop("MLFLOW_RUN_ID", None)
+    mlflow.set_experiment(experiment_id=MlflowClient().get_run(run_id).info.experiment_id)
+    return mlflow.start_run(run_id=run_id)
+
+
+def link_worker_run(study_run_id: str) -> None:
+    """Under `mlflow run`, a worker whose own run is not the study's run says where its trials went."""
+    own = os.environ.get("MLFLOW_RUN_ID")
+    if own and own != study_run_id:
+        MlflowClient().set_tag(own, "newscat.role", "worker")
+        MlflowClient().set_tag(own, "newscat.study_run_id", study_run_id)
+
+
+def run_exists(run_id: str) -> bool:
+    """Whether `run_id` names a run that is not deleted."""
+    try:
+        return MlflowClient().get_run(run_id).info.lifecycle_stage == "active"
+    except mlflow.exceptions.MlflowException:
+        return False
+
+
+def run_params(run_id: str) -> dict[str, str]:
+    """The params logged to a run."""
+    return dict(MlflowClient().get_run(run_id).data.params)
+
+
+def run_finished(run_id: str) -> bool:
+    """Whether `run_id` names an existing run that finished successfully."""
+    if not run_id:
+        return False
+    try:
+        return MlflowClient().get_run(run_id).info.status == "FINISHED"
+    except mlflow.exceptions.MlflowException:
+        return False
+
+
+def log_params_once(params: Mapping[str, Any]) -> None:
+    """Log params; on a resumed run keep the first values (MLflow forbids changing them) and tag changes."""
+    logged = MlflowClient().get_run(mlflow.active_run().info.run_id).data.params
+    short = {k: str(v)[:PARAM_VALUE_LIMIT] for k, v in params.items()}
+    new = {k: v for k, v in short.items() if k not in logged}
+    changed = {
+        f"newscat.resumed_with.{k}": str(params[k])[:TAG_VALUE_LIMIT]
+        for k, v in short.items()
+        if k in logged and logged[k] != v
+    }
+    if new:
+        mlflow.log_params(new)
+    if changed:
+        mlflow.set_tags(changed)
+
+
+def start_trial_run(number: int, study_name: str, *, retry_of: int | None = None) -> mlflow.ActiveRun:
+    """A nested run for one trial, named after its number, tagged with the process that runs it."""
+    tags = {"newscat.study": study_name, "newscat.trial": str(number), "newscat.role": "trial", **_worker_tag()}
+    if retry_of is not None:
+        tags["newscat.retry_of_trial"] = str(retry_of)
+    return mlflow.start_run(run_name=f"trial-{number}", nested=True, tags=tags)
+
+
+def _worker_tag() -> dict[str, str]:
+    return {WORKER_TAG: Worker.current().tag()}
+
+
+def claim_study_run() -> None:
+    """Mark the active (parent) run as held by this process, so that a later resume can tell it was left behind."""
+    mlflow.set_tags(_worker_tag())
+
+
+def start_refit_run(trial_number: int, study_name: str) -> mlflow.ActiveRun:
+    """A nested run that retrains the best trial's params on more rows; its checkpoint becomes the model."""
+    return mlflow.start_run(
+        run_name=f"refit-trial-{trial_number}",
+        nested=True,
+        tags={
+            "newscat.study": study_name,
+            "newscat.trial": str(trial_number),
+            "newscat.role": "refit",
+            **_worker_tag(),
+        },
+    )
+
+
+def end_trial_run(state: str, reason: str | None = None) -> None:
+    """Close the active trial run with the status matching Optuna's state."""
+    tags = {"optuna.state": state}
+    if reason:
+        tags["newscat.fail_reason"] = reason[:TAG_VALUE_LIMIT]
+    mlflow.set_tags(tags)
+    mlflow.end_run(status=RUN_STATUS[state])
+
+
+def set_tags(tags: Mapping[str, Any]) -> None:
+    """Tags on the active run (values as strings)."""
+    mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+
+def log_metrics(metrics: Mapping[str, float], *, step: int | None = None, prefix: str = "") -> None:
+    """Log numeric metrics to the active run."""
+    mlflow.log_metrics({f"{prefix}{k}": float(v) for k, v in metrics.items()}, step=step)
+
+
+def log_trial_params(number: int, params: Mapping[str, Any], cfg: Config, **extra: Any) -> None:
+    """Sampled and fixed parameters of one trial (or refit), flat and short."""
+    mlflow.log_params(
+        {
+            **params,
+            **extra,
+            "trial_number": number,
+            "model": cfg.model.name,
+            "max_length": cfg.model.max_length,
+            "precision": cfg.train.precision,
+            "bf16": use_bf16(cfg.train.precision),
+            "freeze_embeddings": cfg.train.freeze_embeddings,
+            "evals_per_epoch": cfg.train.evals_per_epoch,
+            "metric": cfg.train.metric,
+            "seed": cfg.seed + number,
+        }
+    )
+
+
+def start_evaluation_run(model_uri: str, experiment: str = "newscat-evaluations") -> mlflow.ActiveRun:
+    """A top-level run for an on-demand evaluation or a promotion decision.
+
+    Made by id, so that an MLFLOW_RUN_ID set by `mlflow run` for the study is not taken over.
+    """
+    client = MlflowClient()
+    found = client.get_experiment_by_name(experiment)
+    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+    run = client.create_run(experiment_id, run_name=f"evaluate {model_uri}"[:250], tags={"newscat.role": "evaluation"})
+    mlflow.set_experiment(experiment_id=experiment_id)  # fluent start_run checks the run against it
+    return mlflow.start_run(run_id=run.info.run_id)

@@ -1,0 +1,51 @@
+"""What every trial of a study shares, built once: data, tokenizer, token ids, the base model, the search space."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from newscat.config import Config
+from newscat.data.load import NewsData, load_news
+from newscat.data.tokenize import load_tokenizer, tokenize_news
+from newscat.training.model import BaseClassifier, load_base_classifier, resolve_model_path
+from newscat.training.search_space import SearchSpace, search_space_from
+
+if TYPE_CHECKING:
+    import datasets
+    from transformers import PreTrainedTokenizerBase
+
+log = logging.getLogger("newscat")
+
+
+@dataclass(frozen=True)
+class StudyInputs:
+    """Heavy objects built once per study and shared by every trial."""
+
+    cfg: Config
+    data: NewsData
+    tokenizer: PreTrainedTokenizerBase
+    tokenized: datasets.DatasetDict
+    base: BaseClassifier
+    space: SearchSpace
+
+
+def prepare(cfg: Config) -> StudyInputs:
+    """Load and validate the data first (fail before any model work), then model and tokens."""
+    data = load_news(cfg.data, seed=cfg.seed)
+    log.info(
+        "data %s (%s): %d train / %d validation / %d test rows, classes %s",
+        cfg.data.source,
+        data.layout,
+        len(data.train),
+        len(data.validation),
+        len(data.test),
+        ", ".join(data.label_names),
+    )
+    space = search_space_from(cfg.tune.search_space, max_epochs=cfg.train.max_epochs)
+    model_path = resolve_model_path(cfg.model.name)
+    tokenizer = load_tokenizer(model_path)
+    tokenized = tokenize_news(tokenizer, data, cfg.model.max_length)
+    base = load_base_classifier(model_path, data.label_names)
+    return StudyInputs(cfg, data, tokenizer, tokenized, base, space)

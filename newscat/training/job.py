@@ -1,0 +1,170 @@
+"""The main job (`newscat tune`): load and tokenize once, run the study, then release the best model."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import optuna
+
+from newscat.config import Config
+from newscat.errors import NewscatError
+from newscat.registry.promotion import promote_with_gate
+from newscat.tracking.datasets import log_study_setup
+from newscat.tracking.interrupted import end_dead_workers_runs, end_interrupted_run
+from newscat.tracking.runs import (
+    claim_study_run,
+    create_study_run,
+    link_worker_run,
+    prepare_store,
+    run_exists,
+    start_study_run,
+)
+from newscat.tracking.study_report import log_study_report, log_study_summary
+from newscat.training import search_space
+from newscat.training import study as studies
+from newscat.training.budget import Budget
+from newscat.training.inputs import StudyInputs, prepare
+from newscat.training.objective import make_objective
+from newscat.training.recovery import OnInterrupted
+from newscat.training.release import Release, release_best
+
+if TYPE_CHECKING:
+    pass
+
+log = logging.getLogger("newscat")
+
+
+@dataclass(frozen=True)
+class TuneOutcome:
+    """What `newscat tune` reports at the end."""
+
+    parent_run_id: str
+    best_trial: int | None  # None (and no version) when other workers still run trials: the last one registers
+    best_value: float | None
+    best_params: dict[str, Any]
+    test_metrics: dict[str, float]
+    model_uri: str
+    registered_model: str
+    version: str | None
+
+
+def tune_and_register(cfg: Config) -> TuneOutcome:
+    """Run (or resume) the study under one parent run, refit the best params on more rows, evaluate, register.
+
+    With `tune.timeout` the whole job (loading, trials, refit, test scoring) is fitted into that many seconds.
+    """
+    budget = Budget(cfg.tune.timeout)
+    prepare_store()  # first: a refused login or an unreachable server fails before any loading
+    inputs = prepare(cfg)
+    study = studies.open_study(
+        cfg.tune,
+        seed=cfg.seed,
+        max_evals=cfg.train.max_epochs * cfg.train.evals_per_epoch,
+        on_interrupted=OnInterrupted(end_interrupted_run),
+    )
+    with studies.study_lock(study):  # workers starting together agree on one parent run and one warm-start queue
+        search_space.enqueue_first_trials(study, inputs.space)
+        parent_run_id = _study_run_id(cfg, study)
+    with start_study_run(parent_run_id):
+        digests = _start_worker(inputs)
+        _run_trials(inputs, study, budget)
+        running = studies.others_running(study)
+        if running:  # the last worker out registers the model, with every trial's result in
+            log.info("trials %s still run in other workers; the last of them registers the best model", running)
+            return TuneOutcome(parent_run_id, None, None, {}, {}, "", cfg.registered_model, None)
+        with studies.study_lock(study):  # two workers finishing together: one registers, the other finds it done
+            best = _best_trial(study)
+            log_study_summary(studies.study_summary(study), best)
+            log_study_report(study)
+            release = release_best(inputs, study, best, parent_run_id, digests, budget)
+    _auto_promote(cfg, release)  # after the study's run has ended: the decision gets a run of its own
+    return _outcome(parent_run_id, best, release)
+
+
+def _start_worker(inputs: StudyInputs) -> dict[str, str]:
+    """In the study's run: claim it, end runs of dead workers, log config and data lineage (digests returned)."""
+    claim_study_run()
+    left = end_dead_workers_runs(inputs.cfg.tune.study_name)
+    if left:
+        log.warning("ended %d run(s) left RUNNING by a process that died: FAILED (newscat.fail_reason)", len(left))
+    return log_study_setup(inputs.cfg, inputs.data)
+
+
+def _run_trials(inputs: StudyInputs, study: optuna.Study, budget: Budget) -> None:
+    """This worker's trials, stopping in time to leave the refit and the test scoring their share of the budget."""
+    reserve = _refit_reserve(inputs)
+    time_is_up: Callable[[], bool] = lambda: budget.tuning_over(reserve, len(inputs.data.test))  # noqa: E731
+    studies.run_trials(study, make_objective(inputs, budget, reserve), inputs.cfg.tune, time_is_up=time_is_up)
+
+
+def _study_run_id(cfg: Config, study: optuna.Study) -> str:
+    """The study's parent run, chosen once: the first worker's run (`mlflow run`'s, or a new `study-<name>` run).
+
+    Later workers and resumes log their trials under it; a later `mlflow run` worker's own run is tagged as a
+    worker of that study run. Call under `studies.study_lock`.
+    """
+    run_id = study.user_attrs.get("mlflow_parent_run_id")
+    if not (run_id and run_exists(run_id)):
+        run_id = create_study_run(cfg)
+        study.set_user_attr("mlflow_parent_run_id", run_id)
+    link_worker_run(run_id)
+    return run_id
+
+
+def _refit_reserve(inputs: StudyInputs) -> float:
+    """Training samples the refit may need (its rows x the most epochs a trial can pick)."""
+    train = inputs.cfg.train
+    if not train.refit:
+        return 0.0
+    rows = len(inputs.data.refit_rows(train.refit_samples, seed=inputs.cfg.seed))
+    return 0.0 if rows <= len(inputs.data.train) else float(rows * train.max_epochs)
+
+
+class StudyError(NewscatError):
+    """The study cannot produce a model."""
+
+
+def _best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
+    try:
+        return study.best_trial
+    except ValueError as exc:
+        raise StudyError(
+            f"study {study.study_name!r} has no complete trial; see the FAILED trial runs' newscat.fail_reason"
+        ) from exc
+
+
+def _auto_promote(cfg: Config, release: Release) -> None:
+    """`promote=auto`: the challenger just registered faces the champion (the outcome is logged, never raised)."""
+    if cfg.promote.mode != "auto":
+        return
+    if release.predictions is None:
+        log.info("promote=auto: version %s was registered (and gated) by an earlier process", release.version.version)
+        return
+    result = promote_with_gate(
+        cfg.registered_model,
+        source=cfg.data.source,
+        metric=cfg.promote.metric,
+        margin=cfg.promote.margin,
+        alpha=cfg.promote.alpha,
+        seed=cfg.seed,
+        scored=release.predictions,
+        reason="promote=auto at the end of tuning",
+    )
+    log.info("promotion gate (run %s):\n%s", result.run_id, result.decision.table())
+
+
+def _outcome(parent_run_id: str, best: optuna.trial.FrozenTrial, release: Release) -> TuneOutcome:
+    version = release.version
+    return TuneOutcome(
+        parent_run_id=parent_run_id,
+        best_trial=best.number,
+        best_value=float(best.value),
+        best_params=dict(best.params),
+        test_metrics=release.test_metrics,
+        model_uri=f"models:/{version.name}/{version.version}",
+        registered_model=version.name,
+        version=str(version.version),
+    )

@@ -1,0 +1,85 @@
+"""Trials whose process died (kill -9, OOM killer, a lost machine) end as FAIL and are retried, never left RUNNING.
+
+Two ways to notice a dead worker:
+- same machine: the trial records its process (host, pid, start time); a process that is gone is dead at once;
+- any machine: Optuna's heartbeat; a trial whose heartbeat is older than the grace period is stale.
+Either way the trial becomes FAIL with a reason, its MLflow run FAILED, and its params are queued once more.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from newscat.processes import Worker, describe
+
+log = logging.getLogger("newscat")
+
+WORKER_ATTR = "worker"
+RETRIES = 1  # an interrupted trial is run once more with the same params; a second death fails it for good
+
+
+class OnInterrupted:
+    """Called for every trial failed because its worker died: record why, end its MLflow run, queue a retry."""
+
+    def __init__(self, end_mlflow_run: Callable[[str, str], None]) -> None:
+        self.end_mlflow_run = end_mlflow_run
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        reason = interrupted_reason(trial)
+        # A FAIL trial takes no more attributes: the reason goes on the study (and on the trial where the failing
+        # was ours to do, see below) and on the trial's MLflow run.
+        study.set_user_attr(f"interrupted.trial-{trial.number}", reason)
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if run_id:
+            self.end_mlflow_run(run_id, reason)
+        queued = retry(study, trial)
+        log.warning(
+            "trial %d %s; %s", trial.number, reason[len("interrupted: ") :], "queued again" if queued else "not retried"
+        )
+
+
+def retry(study: optuna.Study, trial: FrozenTrial) -> bool:
+    """Queue the trial's params once more (as Optuna's RetryHeartbeatStaleTrialCallback does, with the same
+    `failed_trial` / `retry_history` system attrs) but without its user attrs: the retry gets its own run and reason.
+    Returns False once the trial has been retried `RETRIES` times."""
+    history = [*trial.system_attrs.get("retry_history", []), trial.number]
+    if len(history) > RETRIES:
+        return False
+    first = trial.system_attrs.get("failed_trial", trial.number)
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=TrialState.WAITING,
+            params=trial.params,
+            distributions=trial.distributions,
+            system_attrs={"failed_trial": first, "retry_history": history},
+        )
+    )
+    return True
+
+
+def interrupted_reason(trial: FrozenTrial) -> str:
+    return f"interrupted: {describe(trial.user_attrs.get(WORKER_ATTR, ''))} stopped while the trial was running"
+
+
+def fail_dead_workers_trials(study: optuna.Study, on_interrupted: OnInterrupted) -> list[int]:
+    """Fail the RUNNING trials whose process on this host is gone; returns their numbers.
+
+    Trials of live processes, or of other hosts, are left alone (the heartbeat covers other hosts).
+    """
+    failed = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = Worker.parse(trial.user_attrs.get(WORKER_ATTR, ""))
+        if worker is None or not worker.is_gone():
+            continue
+        try:
+            study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", interrupted_reason(trial))
+            study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another process got there first
+        on_interrupted(study, study._storage.get_trial(trial._trial_id))
+        failed.append(trial.number)
+    return failed

@@ -1,0 +1,92 @@
+"""The refit: the best trial's params retrained on more rows, in a nested run whose checkpoint becomes the model."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import optuna
+
+from newscat.data.tokenize import tokenize_rows
+from newscat.tracking.runs import log_trial_params, run_finished, start_refit_run
+from newscat.training.budget import Budget
+from newscat.training.search_space import trial_params
+from newscat.training.step import log_step, train_step
+from newscat.training.trainer import TrialParams
+
+if TYPE_CHECKING:
+    import datasets
+    import pandas as pd
+
+    from newscat.training.inputs import StudyInputs
+
+log = logging.getLogger("newscat")
+
+
+def refit_best(
+    inputs: StudyInputs, study: optuna.Study, best: optuna.trial.FrozenTrial, budget: Budget
+) -> tuple[str, int]:
+    """Retrain the best trial's params on more rows in a nested `refit` run; returns (run holding the weights, rows).
+
+    Without more rows than the trials saw (or with refit off) the best trial's own checkpoint is used. A refit
+    already finished for this trial (an earlier, interrupted process) is reused. Under a time budget the refit runs
+    as many epochs as still fit, at most the trial's.
+    """
+    cfg, data = inputs.cfg, inputs.data
+    trial_run_id, tuned_rows = best.user_attrs["mlflow_run_id"], len(data.train)
+    rows = data.refit_rows(cfg.train.refit_samples, seed=cfg.seed) if cfg.train.refit else data.train
+    if len(rows) <= tuned_rows:
+        return trial_run_id, tuned_rows
+    done = study.user_attrs.get("refit", {})
+    if done.get("trial") == best.number and run_finished(done.get("run_id", "")):
+        log.info("reusing the refit of trial %d (run %s)", best.number, done["run_id"])
+        return done["run_id"], int(done["rows"])
+    params = _affordable(trial_params(best, inputs.space), budget, len(rows), len(data.test))
+    if params is None:
+        log.info("time budget: no time left for a refit worth having; using trial %d", best.number)
+        return trial_run_id, tuned_rows
+    run_id = _train_refit(inputs, best.number, params, rows, budget)
+    study.set_user_attr("refit", {"trial": best.number, "run_id": run_id, "rows": len(rows)})
+    return run_id, len(rows)
+
+
+def _affordable(params: TrialParams, budget: Budget, n_rows: int, test_rows: int) -> TrialParams | None:
+    """The params with as many epochs as the budget still affords (None: under half an epoch fits)."""
+    affordable = budget.affordable_samples(test_rows)
+    if affordable is None:
+        return params
+    params = dataclasses.replace(params, epochs=min(params.epochs, round(affordable / n_rows, 2)))
+    return params if params.epochs >= 0.5 else None
+
+
+def _train_refit(inputs: StudyInputs, number: int, params: TrialParams, rows: pd.DataFrame, budget: Budget) -> str:
+    """Train and log the refit in its own nested run; returns that run's id."""
+    cfg = inputs.cfg
+    log.info("refit: trial %d's params on %d rows for %s epochs", number, len(rows), params.epochs)
+    refit_dir = Path(cfg.train.work_dir) / cfg.tune.study_name / "refit"
+    with start_refit_run(number, cfg.tune.study_name) as run:
+        log_trial_params(number, dataclasses.asdict(params), cfg, train_rows=len(rows))
+        try:
+            result = train_step(
+                inputs,
+                params,
+                number=number,
+                tokenized=datasets_with_train(inputs, tokenize_rows(inputs.tokenizer, rows, cfg.model.max_length)),
+                output_dir=refit_dir,
+                # Slower than estimated (a busy machine)? Stop after a last evaluation, keep the best one.
+                deadline=budget.training_deadline(len(inputs.data.test)),
+            )
+            log_step(result, "refit")
+        finally:
+            shutil.rmtree(refit_dir, ignore_errors=True)
+    return run.info.run_id
+
+
+def datasets_with_train(inputs: StudyInputs, train: datasets.Dataset) -> datasets.DatasetDict:
+    """The study's tokenized splits with another training set."""
+    import datasets
+
+    return datasets.DatasetDict({"train": train, "validation": inputs.tokenized["validation"]})

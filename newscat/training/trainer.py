@@ -1,0 +1,228 @@
+"""One fine-tuning run with the Hugging Face Trainer. Knows nothing of MLflow or Optuna."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from transformers import TrainerCallback
+
+from newscat.config import ConfigError, TrainConfig
+from newscat.evaluation.metrics import accuracy_and_macro_f1
+from newscat.serving.precision import use_bf16
+
+if TYPE_CHECKING:
+    import datasets
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+@dataclass(frozen=True)
+class TrialParams:
+    """The hyper-parameters one trial trains with."""
+
+    learning_rate: float
+    batch_size: int
+    epochs: float  # whole epochs for trials; a refit squeezed into a time budget may run a fraction
+    warmup_ratio: float
+    weight_decay: float
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            problems.append(f"learning_rate must be a positive number, got {self.learning_rate}")
+        if self.batch_size < 1:
+            problems.append(f"batch_size must be >= 1, got {self.batch_size}")
+        if not self.epochs > 0:
+            problems.append(f"epochs must be > 0, got {self.epochs}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            problems.append(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if not self.weight_decay >= 0.0:
+            problems.append(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if problems:
+            raise ConfigError("bad trial parameters: " + "; ".join(problems))
+
+    @classmethod
+    def from_values(cls, values: dict[str, Any], *, whole_epochs: bool = True) -> TrialParams:
+        """From a name -> value mapping (sampled and fixed values of a search space)."""
+        return cls(
+            learning_rate=float(values["learning_rate"]),
+            batch_size=int(values["batch_size"]),
+            epochs=int(values["epochs"]) if whole_epochs else float(values["epochs"]),
+            warmup_ratio=float(values["warmup_ratio"]),
+            weight_decay=float(values["weight_decay"]),
+        )
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or early-stopped) training run leaves behind."""
+
+    best_metrics: dict[str, float]
+    best_epoch: float | None
+    best_checkpoint: Path | None
+    epochs_run: float
+    samples_per_second: float | None  # training throughput, evaluation time included
+    samples_trained: int = 0
+    stopped_at_deadline: bool = False
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def eval_every(n_rows: int, batch_size: int, evals_per_epoch: int) -> int:
+    """Optimizer steps between two evaluations."""
+    return max(1, math.ceil(math.ceil(n_rows / batch_size) / evals_per_epoch))
+
+
+class Checkpoints(TrainerCallback):
+    """Evaluate and save at the last step too (step-based evaluation misses it), and at a deadline."""
+
+    def __init__(self, deadline: float | None = None) -> None:
+        self.deadline = deadline  # time.monotonic() value
+        self.stopped_at_deadline = False
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.deadline is not None and time.monotonic() >= self.deadline and state.global_step < state.max_steps:
+            self.stopped_at_deadline = True
+            control.should_training_stop = True
+        if (state.global_step >= state.max_steps or self.stopped_at_deadline) and args.eval_strategy != "no":
+            control.should_evaluate = True
+            control.should_save = True
+
+
+class TrainingDiverged(FloatingPointError):
+    """The training loss stopped being a finite number."""
+
+
+class DivergenceGuard(TrainerCallback):
+    """Fails the run as soon as a logged training loss is NaN or infinite (the Trainer would go on regardless)."""
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            raise TrainingDiverged(
+                f"training loss became {loss} at step {state.global_step} (epoch {state.epoch:.2f}) with "
+                f"learning_rate {args.learning_rate:g}: lower the learning rate (search space) or use more warm-up"
+            )
+
+
+def describe_failure(exc: BaseException, params: TrialParams | None, max_length: int) -> str:
+    """A one-line reason for a failed trial that says what to change."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if _out_of_memory(exc):
+        size = f"batch_size {params.batch_size}, " if params else ""
+        return f"out of memory ({size}max_length {max_length}): lower batch_size or max_length. {text[:300]}"
+    if isinstance(exc, (TrainingDiverged, ConfigError)):
+        return text
+    return f"{type(exc).__name__}: {text[:500]}"
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    message = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in message or "can't allocate memory" in message)
+
+
+def compute_metrics(eval_pred: Any) -> dict[str, float]:
+    """Accuracy and macro-F1 from the Trainer's logits (computed offline, no metric downloads)."""
+    logits, labels = eval_pred
+    return accuracy_and_macro_f1(np.asarray(labels), np.asarray(logits).argmax(axis=-1))
+
+
+def train_classifier(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    tokenized: datasets.DatasetDict,
+    params: TrialParams,
+    cfg: TrainConfig,
+    *,
+    output_dir: Path,
+    seed: int,
+    callbacks: Sequence[TrainerCallback] = (),
+    evaluate: bool = True,
+    deadline: float | None = None,
+) -> TrainResult:
+    """Train, evaluating and saving `cfg.evals_per_epoch` times per epoch; the best evaluation's checkpoint is kept.
+
+    With `evaluate=False` it only trains (no evaluation or checkpoints), as the training benchmark does. At
+    `deadline` (a `time.monotonic()` value) training stops after a last evaluation.
+    """
+    import torch
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+
+    every = eval_every(len(tokenized["train"]), params.batch_size, cfg.evals_per_epoch)
+    strategy = "steps" if evaluate else "no"
+    args = TrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=params.batch_size,
+        per_device_eval_batch_size=cfg.eval_batch_size,
+        num_train_epochs=params.epochs,
+        learning_rate=params.learning_rate,
+        warmup_steps=params.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
+        weight_decay=params.weight_decay,
+        bf16=use_bf16(cfg.precision),
+        use_cpu=not torch.cuda.is_available(),  # bf16 autocast on CPU needs it said explicitly
+        eval_strategy=strategy,
+        eval_steps=every,
+        save_strategy=strategy,
+        save_steps=every,
+        logging_strategy="steps",
+        logging_steps=every,
+        logging_nan_inf_filter=False,  # a NaN loss must reach DivergenceGuard, not be averaged away
+        save_only_model=True,  # trials are the unit of resume: no optimizer state on disk
+        save_total_limit=1,
+        load_best_model_at_end=evaluate,
+        metric_for_best_model=cfg.metric,
+        greater_is_better=True,
+        report_to="none",  # newscat does its own tracking
+        seed=seed,
+        data_seed=seed,
+        disable_tqdm=False,
+        # Batches of similar lengths: with dynamic padding this halves the tokens computed on AG News.
+        train_sampling_strategy="group_by_length",
+        length_column_name="length",
+        dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
+    )
+    checkpoints = Checkpoints(deadline)
+    if cfg.freeze_embeddings:  # the word-embedding matrix is half of a small BERT; its Adam update is costly
+        model.get_input_embeddings().weight.requires_grad_(False)
+    trainer = Trainer(
+        model=model,
+        args=args,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        train_dataset=tokenized["train"],
+        eval_dataset=tokenized["validation"],
+        processing_class=tokenizer,
+        compute_metrics=compute_metrics,
+        callbacks=[checkpoints, DivergenceGuard(), *callbacks],
+    )
+    trainer.train()
+    return _result(trainer, stopped_at_deadline=checkpoints.stopped_at_deadline)
+
+
+def _result(trainer: Any, *, stopped_at_deadline: bool) -> TrainResult:
+    state = trainer.state
+    evals = [entry for entry in state.log_history if "eval_loss" in entry]
+    metric = trainer.args.metric_for_best_model
+    best = max(evals, key=lambda entry: entry[metric]) if evals else {}
+    checkpoint = Path(state.best_model_checkpoint) if state.best_model_checkpoint else None
+    # The Trainer's own samples/s counts the planned samples, which overstates it for a stopped run.
+    runtimes = [entry["train_runtime"] for entry in state.log_history if "train_runtime" in entry]
+    samples = state.global_step * trainer.args.per_device_train_batch_size
+    return TrainResult(
+        best_metrics={k: float(v) for k, v in best.items() if k.startswith("eval_")},
+        best_epoch=round(best["epoch"], 2) if best else None,
+        best_checkpoint=checkpoint,
+        epochs_run=round(state.epoch or 0, 2),
+        samples_per_second=samples / runtimes[-1] if runtimes and runtimes[-1] > 0 else None,
+        samples_trained=samples,
+        stopped_at_deadline=stopped_at_deadline,
+        history=list(state.log_history),
+    )

@@ -1,0 +1,197 @@
+"""Helpers shared by the tests (imported as `tests.helpers`; conftest files hold only fixtures)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL_NAME = "newscat-tiny"
+
+CLASSES = ("World", "Sports", "Business", "Sci/Tech")
+_TEMPLATES = {
+    "World": [
+        "Prime minister of {p} visits {c} for peace talks",
+        "Troops withdraw from {c} after ceasefire in {p}",
+        "Election results in {p} spark protests in {c}",
+    ],
+    "Sports": [
+        "{t} beat rivals in the championship final",
+        "Striker scores twice as {t} win the cup",
+        "Coach of {t} praises defence after league victory",
+    ],
+    "Business": [
+        "Shares of {f} rise after quarterly earnings",
+        "{f} profit falls as oil prices climb",
+        "Investors sell {f} stock on merger worries",
+    ],
+    "Sci/Tech": [
+        "{f} releases new software for {g} users",
+        "Researchers unveil faster {g} chip",
+        "Space agency launches {g} satellite to study Mars",
+    ],
+}
+_FILL = {
+    "p": ["France", "Iraq", "Kenya", "Chile", "Japan"],
+    "c": ["Baghdad", "Paris", "Nairobi", "Lima", "Seoul"],
+    "t": ["Yankees", "Arsenal", "Lakers", "Red Sox", "Chelsea"],
+    "f": ["Oracle", "Boeing", "Exxon", "Intel", "Nike"],
+    "g": ["mobile", "laptop", "quantum", "wireless", "robot"],
+}
+
+
+def make_news(n_per_class: int, seed: int) -> list[tuple[int, str, str]]:
+    """(label 1-4, title, description) rows whose wording gives the topic away."""
+    rng = random.Random(seed)
+    rows = []
+    for label, name in enumerate(CLASSES, start=1):
+        for _ in range(n_per_class):
+            template = rng.choice(_TEMPLATES[name])
+            title = template.format(**{k: rng.choice(v) for k, v in _FILL.items()})
+            rows.append((label, title, f"{title}, reports said on {rng.choice(['Monday', 'Friday'])}."))
+    rng.shuffle(rows)
+    return rows
+
+
+def write_ag_news_dir(path: Path, n_train: int = 24, n_test: int = 6) -> Path:
+    """A directory in the original AG News CSV layout: headerless, quoted, labels 1-4."""
+    path.mkdir(parents=True, exist_ok=True)
+    for name, n, seed in (("train.csv", n_train, 1), ("test.csv", n_test, 2)):
+        with (path / name).open("w", newline="", encoding="utf-8") as handle:
+            csv.writer(handle, quoting=csv.QUOTE_ALL).writerows(make_news(n, seed))
+    (path / "classes.txt").write_text("\n".join(CLASSES) + "\n", encoding="utf-8")
+    return path
+
+
+def tool_env(tracking_uri: str) -> dict[str, str]:
+    """The environment for subprocesses: this interpreter's bin first, offline, a temp tracking store."""
+    env = dict(os.environ)
+    env.pop("MLFLOW_RUN_ID", None)
+    env.update(
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        MLFLOW_TRACKING_URI=tracking_uri,
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+    )
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def running(command: list[str], env: dict[str, str], log_path: Path, ready_path: str) -> Iterator[str]:
+    """Start a server process on a free port (`{port}` in `command`), wait until `ready_path` answers 200."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [part.format(port=port) for part in command], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+        try:
+            deadline = time.monotonic() + 180
+            while time.monotonic() < deadline:
+                assert process.poll() is None, log_path.read_text()[-3000:]
+                try:
+                    if requests.get(f"{url}{ready_path}", timeout=2).status_code == 200:
+                        break
+                except requests.ConnectionError:
+                    pass
+                time.sleep(1)
+            else:
+                pytest.fail(f"{command[0]} did not answer {ready_path} within 180 s")
+            yield url
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+
+
+def serve_model(model_uri: str, env: dict[str, str], log_path: Path) -> AbstractContextManager[str]:
+    """A real `mlflow models serve` process for `model_uri`; the context gives its URL."""
+    command = ["mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local", "-h", "127.0.0.1"]
+    return running([*command, "-p", "{port}"], env, log_path, "/ping")
+
+
+@dataclass(frozen=True)
+class TinyProject:
+    """A tiny news project under one folder: AG News-layout data, a config file, an optional search space, and
+    its own sqlite tracking store and Optuna storage."""
+
+    root: Path
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def space(self) -> Path:
+        return self.root / "space.yaml"
+
+    @property
+    def tracking_uri(self) -> str:
+        return f"sqlite:///{self.root}/mlflow.db"
+
+    @property
+    def storage(self) -> str:
+        return f"sqlite:///{self.root}/optuna.db"
+
+    def env(self) -> dict[str, str]:
+        return tool_env(self.tracking_uri)
+
+    def tune_args(self, **flags: object) -> list[str]:
+        """`newscat tune` on this project (max_length 24, every validation row), plus `flags` (True: a bare flag)."""
+        args = ["newscat", "tune", "--data", str(self.data), "--config", str(self.config)]
+        args += ["--storage", self.storage, "--max-length", "24", "--max-eval-samples", "0"]
+        if self.space.exists():
+            args += ["--search-space", str(self.space)]
+        for name, value in flags.items():
+            flag = "--" + name.replace("_", "-")
+            args += [flag] if value is True else [flag, str(value)]
+        return args
+
+    def tune(self, **flags: object) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            self.tune_args(**flags), cwd=self.root, env=self.env(), capture_output=True, text=True, timeout=900
+        )
+
+
+def tiny_project(
+    root: Path,
+    *,
+    n_train: int = 6,
+    n_test: int = 2,
+    space: str | None = None,
+    evals_per_epoch: int | None = 1,
+    extra_config: str = "",
+) -> TinyProject:
+    """Write a tiny project: `n_train`/`n_test` rows per class, a config whose work dir stays inside `root`, and
+    one evaluation per epoch by default (keeps pruning deterministic on a handful of rows)."""
+    project = TinyProject(root)
+    write_ag_news_dir(project.data, n_train=n_train, n_test=n_test)
+    config = f"train:\n  work_dir: {root / 'work'}\n"
+    if evals_per_epoch is not None:
+        config += f"  evals_per_epoch: {evals_per_epoch}\n"
+    project.config.write_text(config + extra_config)
+    if space is not None:
+        project.space.write_text(space)
+    return project

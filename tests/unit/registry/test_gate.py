@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.stats import binomtest
+
+from newscat.evaluation.report import Predictions
+from newscat.registry.gate import decide, mcnemar_exact
+
+NAMES = ("a", "b")
+
+
+def _preds(correct: list[bool], digest: str = "d") -> Predictions:
+    labels = np.zeros(len(correct), dtype=int)
+    predicted = np.where(correct, 0, 1)
+    probabilities = np.stack([np.where(correct, 0.9, 0.1), np.where(correct, 0.1, 0.9)], axis=1)
+    return Predictions(
+        [str(i) for i in range(len(correct))],
+        labels,
+        predicted,
+        probabilities,
+        NAMES,
+        {"source": "s", "split": "test", "digest": digest, "rows": len(correct)},
+    )
+
+
+def test_mcnemar_counts_discordant_pairs_only() -> None:
+    a = np.array([1, 1, 1, 0, 0, 1], dtype=bool)
+    b = np.array([1, 0, 0, 1, 0, 1], dtype=bool)
+    only_a, only_b, p_value = mcnemar_exact(a, b)
+    assert (only_a, only_b) == (2, 1)
+    assert p_value == pytest.approx(binomtest(1, 3, 0.5).pvalue)
+    assert mcnemar_exact(a, a) == (0, 0, 1.0)
+    with pytest.raises(ValueError, match="paired"):
+        mcnemar_exact(a, b[:3])
+
+
+def test_no_champion_passes() -> None:
+    decision = decide(_preds([True, False]), None, challenger_version="1", champion_version=None)
+    assert decision.passed and "no champion" in decision.reason
+    assert "PASS" in decision.table()
+
+
+def test_clear_win_passes_and_tie_is_refused() -> None:
+    better = _preds([True] * 90 + [False] * 10)
+    worse = _preds([True] * 70 + [False] * 30)
+    win = decide(better, worse, challenger_version="2", champion_version="1")
+    assert win.passed and win.only_challenger_right == 20 and win.only_champion_right == 0
+    assert win.p_value < 1e-5
+    table = win.table()
+    assert "0.7000" in table and "0.9000" in table and "+0.2000" in table and "McNemar" in table
+    tie = decide(better, better, challenger_version="2", champion_version="1")
+    assert not tie.passed and "not above the margin" in tie.reason and "REFUSED" in tie.table()
+
+
+def test_small_gain_without_significance_is_refused_and_margin_applies() -> None:
+    champion = _preds([True] * 80 + [False] * 20)
+    challenger = _preds([True] * 82 + [False] * 18)
+    refused = decide(challenger, champion, challenger_version="2", champion_version="1")
+    assert not refused.passed and "not significant" in refused.reason
+    strong = _preds([True] * 95 + [False] * 5)
+    assert not decide(strong, champion, challenger_version="2", champion_version="1", margin=0.2).passed
+
+
+def test_versions_must_be_scored_on_the_same_rows() -> None:
+    with pytest.raises(ValueError, match="same rows"):
+        decide(_preds([True, True], "x"), _preds([True, True], "y"), challenger_version="2", champion_version="1")
+    with pytest.raises(ValueError, match="metric must be"):
+        decide(_preds([True]), None, challenger_version="1", champion_version=None, metric="loss")

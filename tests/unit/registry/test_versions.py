@@ -1,0 +1,64 @@
+"""Alias moves, their audit trail and rollback, against a real (sqlite) MLflow registry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from newscat.registry import versions as registry
+
+
+@pytest.fixture
+def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> MlflowClient:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
+    client = MlflowClient(tracking_uri=uri)
+    client.create_registered_model("m")
+    for _ in range(3):
+        client.create_model_version("m", source=str(tmp_path / "model"))
+    return client
+
+
+def test_champion_moves_keep_the_previous_one_and_record_who_when_why(client: MlflowClient) -> None:
+    registry.move_alias("m", "champion", "1", reason="first")
+    assert registry.alias_version("m", registry.PREVIOUS_CHAMPION) is None
+    registry.move_alias("m", "champion", "2", reason="better", forced=True, evidence="run-9")
+    assert str(registry.alias_version("m", "champion").version) == "2"
+    assert str(registry.alias_version("m", registry.PREVIOUS_CHAMPION).version) == "1"
+    v2 = client.get_model_version("m", "2").tags
+    assert v2["moved_to.champion"].endswith("by alice") and v2["moved_to.champion.reason"] == "better"
+    assert v2["moved_to.champion.forced"] == "true" and v2["moved_to.champion.evidence"] == "run-9"
+    assert "by alice: better" in client.get_model_version("m", "1").tags["left.champion"]
+
+
+def test_rollback_restores_and_a_second_rollback_undoes_it(client: MlflowClient) -> None:
+    registry.move_alias("m", "champion", "1", reason="first")
+    registry.move_alias("m", "champion", "3", reason="newer")
+    assert str(registry.rollback("m", reason="v3 misroutes sports").version) == "1"
+    assert str(registry.alias_version("m", registry.PREVIOUS_CHAMPION).version) == "3"
+    assert str(registry.rollback("m").version) == "3"
+    history = registry.alias_history("m")
+    assert [(h["version"], h["from"]) for h in history] == [("1", None), ("3", "1"), ("1", "3"), ("3", "1")]
+    assert history[2]["reason"] == "v3 misroutes sports" and history[2]["by"] == "alice"
+
+
+def test_rollback_without_a_previous_champion_is_refused(client: MlflowClient) -> None:
+    with pytest.raises(registry.RegistryError, match="no 'previous-champion'"):
+        registry.rollback("m")
+
+
+def test_uris_resolve_to_versions_and_evaluations_are_linked(client: MlflowClient) -> None:
+    registry.move_alias("m", "champion", "2", reason="x")
+    assert str(registry.resolve_version("models:/m@champion").version) == "2"
+    assert str(registry.resolve_version("models:/m/3").version) == "3"
+    assert registry.resolve_version("runs:/abc/model") is None
+    assert registry.resolve_version("models:/m@nosuch") is None
+    registry.link_evaluation("models:/m/3", "run-1", "digest9")
+    tags = client.get_model_version("m", "3").tags
+    assert tags["evaluation.digest9.run_id"] == "run-1" and tags["evaluation.last_run_id"] == "run-1"
+    with pytest.raises(registry.RegistryError, match="no version 7"):
+        registry.version_by_number("m", "7")

@@ -1,0 +1,161 @@
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.exceptions import MlflowException
+from transformers import PreTrainedTokenizerBase
+
+from newscat.serving.artifacts import pip_requirements
+from newscat.serving.inputs import MAX_BATCH_ENV, max_batch, texts_from
+from newscat.serving.model import SIGNATURE
+
+
+def test_accepts_frames_mappings_series_and_lists() -> None:
+    assert texts_from(pd.DataFrame({"text": ["a", "b"]})) == ["a", "b"]
+    assert texts_from({"text": np.array(["a", ""])}) == ["a", ""]  # {"inputs": {"text": [...]}} as parsed
+    assert texts_from(pd.Series(["a"])) == ["a"]
+    assert texts_from(["a", "b"]) == ["a", "b"]
+    assert texts_from(np.array("one headline")) == ["one headline"]  # {"inputs": "one headline"}
+    assert all(type(t) is str for t in texts_from(np.array(["a", "b"])))
+
+
+@pytest.mark.parametrize(
+    ("model_input", "message"),
+    [
+        (pd.DataFrame({"txt": ["a"]}), "input needs a column named 'text'; got 'txt'; send JSON such as"),
+        (pd.DataFrame({"text": ["a"], "id": [1]}), "unexpected column\\(s\\) 'id': the model reads only 'text'"),
+        (pd.DataFrame({"text": ["a", None]}), "row 1 is null"),
+        (pd.DataFrame({"text": ["a", float("nan")]}), "row 1 is null"),
+        ({"text": np.array([1, 2])}, "row 0 is the int64 1"),
+        ({"text": np.array([True])}, "row 0 is the boolean True"),
+        ({"body": np.array(["a"])}, "needs a column named 'text'; got 'body'"),
+        (np.array([["a"], ["b"]]), "flat list of strings, got a 2-D array"),
+        ([{"x": {"y": 1}}], "row 0 is a nested dict"),
+        (["a", ["b", "c"]], "row 1 is a nested list"),
+        (42, "unsupported input type int"),
+    ],
+)
+def test_bad_input_is_an_invalid_parameter_that_says_what_to_send(model_input: object, message: str) -> None:
+    with pytest.raises(MlflowException, match=message) as info:
+        texts_from(model_input)
+    assert info.value.error_code == "INVALID_PARAMETER_VALUE"
+    assert info.value.get_http_status_code() == 400
+
+
+def test_signature_has_no_input_schema_and_names_every_output() -> None:
+    assert SIGNATURE.inputs is None  # MLflow would cast 1/true/null to strings before the model could refuse them
+    assert SIGNATURE.outputs.input_names() == ["label", "score", "probabilities", "truncated"]
+
+
+@pytest.mark.parametrize(
+    ("value", "serving", "expected"), [("", "true", 1024), ("7", "true", 7), ("7", "", 7), ("", "", None)]
+)
+def test_max_batch_applies_behind_the_scoring_server_or_when_set(
+    monkeypatch: pytest.MonkeyPatch, value: str, serving: str, expected: int | None
+) -> None:
+    monkeypatch.setenv(MAX_BATCH_ENV, value)
+    monkeypatch.setenv("_MLFLOW_IS_IN_SERVING_ENVIRONMENT", serving)
+    assert max_batch(1024) == expected
+
+
+def test_a_bad_max_batch_setting_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(MAX_BATCH_ENV, "lots")
+    with pytest.raises(MlflowException, match="NEWSCAT_MAX_BATCH='lots': give a whole number"):
+        max_batch()
+
+
+def test_long_texts_are_cut_to_max_length_and_flagged(tokenizer: PreTrainedTokenizerBase) -> None:
+    from newscat.data.text import encode_truncating
+
+    exact = "one two three four five six"  # [CLS] + 6 words + [SEP] = 8 tokens
+    texts = [exact, exact + " seven", "x " * 10_000, "", "\u200b\u202e\x00 \U0001f680"]
+    ids, truncated = encode_truncating(tokenizer, texts, 8, max_chars=100)
+    assert truncated == [False, True, True, False, False]
+    assert [len(row) for row in ids[:3]] == [8, 8, 8]
+    assert ids[1][-1] == tokenizer.sep_token_id and ids[1][:7] == ids[0][:7]
+
+
+def test_requirements_are_installable_pins() -> None:
+    requirements = pip_requirements()
+    assert any(r.startswith("torch==") for r in requirements)
+    assert all("+" not in r for r in requirements)  # no local version labels such as +cpu
+
+
+def test_batcher_merges_concurrent_requests_and_keeps_their_order() -> None:
+    import threading
+    import time
+
+    import numpy as np
+
+    from newscat.serving.batching import Batcher
+
+    calls: list[int] = []
+
+    def slow_identity(texts: list[str]) -> np.ndarray:
+        calls.append(len(texts))
+        time.sleep(0.05)  # a busy model: requests pile up meanwhile
+        return np.array([[float(t)] for t in texts])
+
+    batcher = Batcher(slow_identity)
+    results: dict[int, np.ndarray] = {}
+
+    def client(i: int) -> None:
+        results[i] = batcher.submit([str(i), str(i + 0.5)])
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert {i: r.ravel().tolist() for i, r in results.items()} == {i: [i, i + 0.5] for i in range(8)}
+    assert sum(calls) == 16 and len(calls) < 8  # fewer forward passes than requests
+
+
+def test_batcher_hands_errors_to_the_caller_and_keeps_serving() -> None:
+    import numpy as np
+
+    from newscat.serving.batching import Batcher
+
+    def picky(texts: list[str]) -> np.ndarray:
+        if "bad" in texts:
+            raise ValueError("boom")
+        return np.zeros((len(texts), 1))
+
+    batcher = Batcher(picky)
+    with pytest.raises(ValueError, match="boom"):
+        batcher.submit(["bad"])
+    assert batcher.submit(["good"]).shape == (1, 1)
+
+
+@pytest.mark.parametrize("value", ["fp32", "bf16", "int8"])
+def test_serving_precision_switch(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    from newscat.serving.precision import serving_precision
+
+    monkeypatch.setenv("NEWSCAT_PRECISION", value.upper())
+    assert serving_precision() == value
+
+
+def test_serving_precision_auto_and_bad_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    from newscat.serving.precision import native_bf16, serving_precision
+
+    monkeypatch.delenv("NEWSCAT_PRECISION", raising=False)
+    assert serving_precision() == ("bf16" if native_bf16() else "fp32")
+    monkeypatch.setenv("NEWSCAT_PRECISION", "fp8")
+    with pytest.raises(MlflowException, match="NEWSCAT_PRECISION='fp8': use auto, fp32, bf16 or int8"):
+        serving_precision()
+
+
+def test_weights_that_differ_from_the_logged_digest_are_refused(tmp_path) -> None:
+    from newscat.serving.artifacts import CorruptModelError, export_classifier, file_sha256, verify_weights
+
+    checkpoint = tmp_path / "checkpoint"
+    checkpoint.mkdir()
+    (checkpoint / "model.safetensors").write_bytes(b"\x08" * 4096)
+    model_dir = export_classifier(checkpoint, tmp_path / "model", max_length=32, base_model="x")
+    expected = file_sha256(model_dir / "model.safetensors")
+    verify_weights(model_dir, expected)  # intact: no error
+    with (model_dir / "model.safetensors").open("r+b") as handle:
+        handle.truncate(1000)  # a copy cut short by a kill
+    with pytest.raises(CorruptModelError, match=r"differs from the logged .* incomplete or altered"):
+        verify_weights(model_dir, expected)

@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from newscat.training.budget import FIXED_OVERHEAD_S, INFERENCE_SPEEDUP, Budget
+
+
+def test_no_budget_never_stops() -> None:
+    budget = Budget(None)
+    budget.observe(50.0, 100)
+    assert budget.tuning_deadline(1e6, 1000) is None
+    assert not budget.tuning_over(1e6, 1000)
+    assert budget.affordable_samples(1000) is None
+
+
+def test_first_trial_may_use_half_the_budget() -> None:
+    budget = Budget(600.0, started=100.0)
+    assert budget.tuning_deadline(10_000, 100) == 400.0
+
+
+def test_deadline_leaves_room_for_refit_and_scoring() -> None:
+    budget = Budget(1800.0, started=0.0)
+    budget.observe(60.0, 1000)
+    budget.observe(30.0, 200)  # a short (pruned) trial: set-up weighs more, it does not set the estimate
+    budget.observe(40.0, 3000)
+    budget.observe(None, 5000)
+    assert budget.samples_per_second == 40.0
+    refit_s, scoring_s = 20_000 / 40.0, 1200 / (40.0 * INFERENCE_SPEEDUP)
+    assert budget.tuning_deadline(20_000, 1200) == pytest.approx(1800.0 - refit_s - scoring_s - FIXED_OVERHEAD_S)
+    assert budget.training_deadline(1200) == pytest.approx(1800.0 - scoring_s - FIXED_OVERHEAD_S)
+    assert Budget(None).training_deadline(1200) is None
+
+
+def test_tuning_over_and_affordable_samples_follow_the_clock() -> None:
+    budget = Budget(100.0, started=time.monotonic() - 90.0)
+    budget.observe(10.0, 100)
+    assert budget.tuning_over(0, 0)  # 10 s left, 45 s of overhead to keep
+    assert budget.affordable_samples(0) == 0.0
+    roomy = Budget(1000.0)
+    roomy.observe(10.0, 100)
+    assert not roomy.tuning_over(1000, 0)
+    assert roomy.affordable_samples(0) == pytest.approx((1000.0 - FIXED_OVERHEAD_S) * 10.0, rel=0.01)

