@@ -140,6 +140,13 @@ def tune(config_file: str | None, **values: Any) -> None:
 )
 @click.option("--margin", type=float, default=0.0, show_default=True, help="Required gain over the current holder.")
 @click.option("--alpha", type=float, default=0.05, show_default=True, help="Significance level of McNemar's test.")
+@click.option(
+    "--min-accuracy",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.0,
+    show_default=True,
+    help="With no champion yet, the test accuracy the new version must reach to become champion.",
+)
 @click.option("--force", is_flag=True, help="Move the alias even if the gate refuses (recorded on the version).")
 @click.option("--reason", default="", help="Why you are moving it; recorded with the move.")
 def promote(name: str, from_alias: str, version: str | None, to_alias: str, **gate_options: Any) -> None:
@@ -183,6 +190,23 @@ def rollback(name: str, reason: str) -> None:
 
     version = roll_back(name, reason=reason)
     click.echo(f"{name}@champion -> version {version.version} (rolled back)")
+
+
+@main.command()
+@click.argument("name")
+def audit(name: str) -> None:
+    """Report alias moves of registered model NAME that newscat did not make.
+
+    Every alias newscat sets (challenger, champion, previous-champion) is recorded on the registered
+    model. An alias moved in the MLflow UI (the alias editor, *Promote model*) or through the REST API
+    bypasses the gate and its audit trail; this lists each such alias and exits with status 1.
+    """
+    from newscat.registry.audit import audit as audit_model
+
+    report = audit_model(name)
+    click.echo(report.text())
+    if report.findings:
+        raise click.ClickException(f"{len(report.findings)} alias move(s) of {name} bypassed newscat's gate")
 
 
 @main.command()

@@ -142,6 +142,7 @@ class PromoteConfig:
     metric: str = "accuracy"
     margin: float = 0.0  # the challenger must beat the champion's metric by more than this
     alpha: float = 0.05  # ... and McNemar's exact test must give p below this
+    min_accuracy: float = 0.0  # with no champion yet, the challenger must reach this test accuracy
 
     def __post_init__(self) -> None:
         if self.mode not in PROMOTE_MODES:
@@ -152,6 +153,8 @@ class PromoteConfig:
             raise ConfigError(f"promote alpha must be in (0, 1], got {self.alpha}")
         if not -1.0 < self.margin < 1.0:
             raise ConfigError(f"promote margin must be in (-1, 1), got {self.margin}")
+        if not 0.0 <= self.min_accuracy <= 1.0:
+            raise ConfigError(f"promote min_accuracy must be in [0, 1], got {self.min_accuracy}")
 
 
 @dataclass(frozen=True)
@@ -370,6 +373,12 @@ TUNE_OPTIONS: tuple[Option, ...] = (
         "auto: run the champion/challenger gate (see `newscat promote`) on the new version.",
         "choice",
         PROMOTE_MODES,
+    ),
+    Option(
+        "min_accuracy",
+        "promote.min_accuracy",
+        "With promote=auto and no champion yet, the test accuracy the new version must reach to become champion.",
+        "float",
     ),
     Option("registered_model", "registered_model", "Model Registry name."),
     Option("experiment", "experiment", "MLflow experiment when not under `mlflow run`.", "str", (), False),

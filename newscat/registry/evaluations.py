@@ -12,7 +12,7 @@ from newscat.data.load import NewsData, load_news
 from newscat.evaluation.checks import CheckReport, run_checks
 from newscat.evaluation.report import Predictions, predict_split, report_metrics
 from newscat.registry.tags import VersionTags
-from newscat.registry.versions import RegistryError, link_checks, link_evaluation, resolve_version
+from newscat.registry.versions import RegistryError, link_checks, link_evaluation, model_id_of, resolve_version
 from newscat.tracking.datasets import dataset_record
 from newscat.tracking.evaluations import log_checks, log_evaluation
 from newscat.tracking.models import load_model
@@ -55,7 +55,7 @@ def evaluate_uri(model_uri: str, cfg: DataConfig, *, seed: int = 42) -> tuple[di
     predictions = score(model_uri, news, record)
     metrics = report_metrics(predictions)
     with start_evaluation_run(model_uri) as run:
-        log_evaluation(predictions, metrics)
+        log_evaluation(predictions, metrics, model_id=model_id_of(model_uri))
     link_evaluation(model_uri, run.info.run_id, record["digest"])
     return metrics, run.info.run_id
 
@@ -64,6 +64,6 @@ def check_uri(model_uri: str) -> tuple[CheckReport, str]:
     """Run the behavioural checks on `model_uri`; the report goes to a new run (returned)."""
     report = run_checks(load_model(model_uri))
     with start_evaluation_run(model_uri) as run:
-        log_checks(report)
+        log_checks(report, model_id=model_id_of(model_uri))
     link_checks(model_uri, run.info.run_id, report.failed)
     return report, run.info.run_id

@@ -29,6 +29,8 @@ class GateDecision:
     passed: bool = False
     reason: str = ""
     data: dict[str, Any] = field(default_factory=dict)
+    min_accuracy: float = 0.0  # the floor a first champion must reach
+    baseline_accuracy: float | None = None  # always predicting the most frequent class, on the same rows
 
     def table(self) -> str:
         """The comparison as a fixed-width text table, followed by the verdict."""
@@ -43,6 +45,11 @@ class GateDecision:
             f"data {self.data.get('source', '?')} [{self.data.get('split', '?')}], {self.data.get('rows', '?')} rows, "
             f"digest {self.data.get('digest', '?')}"
         )
+        if self.baseline_accuracy is not None:
+            lines.append(
+                f"floor for a first champion: accuracy >= {self.min_accuracy}; "
+                f"majority-class baseline {self.baseline_accuracy:.4f}"
+            )
         if self.champion is not None:
             lines.append(
                 f"McNemar exact: only challenger right {self.only_challenger_right}, only champion right "
@@ -80,8 +87,10 @@ def decide(
     metric: str = "accuracy",
     margin: float = 0.0,
     alpha: float = 0.05,
+    min_accuracy: float = 0.0,
 ) -> GateDecision:
-    """Pass when there is no champion, or the challenger beats it by more than `margin` and p < `alpha`."""
+    """Pass when there is no champion and the challenger reaches `min_accuracy`, or when it beats the champion by
+    more than `margin` and McNemar's p < `alpha`."""
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
     new = report_metrics(challenger)
@@ -93,9 +102,11 @@ def decide(
         "alpha": alpha,
         "challenger_metrics": new,
         "data": challenger.data,
+        "min_accuracy": min_accuracy,
+        "baseline_accuracy": majority_baseline(challenger.labels),
     }
     if champion is None:
-        return GateDecision(**common, passed=True, reason="no champion yet: the challenger becomes champion")
+        return _first_champion(common, new["accuracy"], min_accuracy)
     if champion.data.get("digest") != challenger.data.get("digest") or not np.array_equal(
         champion.labels, challenger.labels
     ):
@@ -118,3 +129,18 @@ def decide(
         passed=passed,
         reason=reason,
     )
+
+
+def majority_baseline(labels: np.ndarray) -> float:
+    """The accuracy of always answering the most frequent label."""
+    labels = np.asarray(labels)
+    return float(np.bincount(labels).max() / len(labels)) if len(labels) else 0.0
+
+
+def _first_champion(common: dict[str, Any], accuracy: float, min_accuracy: float) -> GateDecision:
+    """No champion yet: the challenger takes over if it reaches the floor."""
+    if accuracy < min_accuracy:
+        reason = f"no champion yet, but accuracy {accuracy:.4f} is below the floor {min_accuracy}"
+        return GateDecision(**common, passed=False, reason=reason)
+    reason = f"no champion yet: the challenger becomes champion (accuracy {accuracy:.4f} >= floor {min_accuracy})"
+    return GateDecision(**common, passed=True, reason=reason)

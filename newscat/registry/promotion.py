@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 
 import mlflow
+from mlflow.entities.model_registry import ModelVersion
 
 from newscat.evaluation.report import Predictions
 from newscat.registry.evaluations import load_test_split, score
@@ -14,13 +15,14 @@ from newscat.registry.tags import VersionTags
 from newscat.registry.versions import (
     RegistryError,
     alias_version,
+    model_id_of,
     move_alias,
     version_by_alias,
     version_by_number,
 )
 from newscat.tracking.evaluations import log_evaluation
 from newscat.tracking.limits import TAG_VALUE_LIMIT
-from newscat.tracking.runs import log_metrics, start_evaluation_run
+from newscat.tracking.runs import log_metrics, start_evaluation_run, start_nested_evaluation_run
 
 log = logging.getLogger("newscat")
 
@@ -45,6 +47,7 @@ def promote_with_gate(
     metric: str = "accuracy",
     margin: float = 0.0,
     alpha: float = 0.05,
+    min_accuracy: float = 0.0,
     force: bool = False,
     reason: str = "",
     seed: int = 42,
@@ -59,6 +62,36 @@ def promote_with_gate(
     champion = alias_version(name, to_alias)
     if champion is not None and str(champion.version) == str(challenger.version):
         raise RegistryError(f"{name}@{to_alias} is already version {challenger.version}")
+    attacking, defending = _score_both(name, challenger, champion, source, seed, scored)
+    decision = decide(
+        attacking,
+        defending,
+        challenger_version=str(challenger.version),
+        champion_version=str(champion.version) if champion else None,
+        metric=metric,
+        margin=margin,
+        alpha=alpha,
+        min_accuracy=min_accuracy,
+    )
+    moved, forced = decision.passed or force, force and not decision.passed
+    run_id = _record(name, decision, attacking, defending, forced=forced)
+    if moved:
+        why = reason or decision.reason
+        if forced:
+            why = f"forced past the gate ({decision.reason}): {reason or 'no reason given'}"
+        move_alias(name, to_alias, str(challenger.version), reason=why, forced=forced, evidence=run_id)
+    return PromotionResult(decision, moved, forced, run_id)
+
+
+def _score_both(
+    name: str,
+    challenger: ModelVersion,
+    champion: ModelVersion | None,
+    source: str | None,
+    seed: int,
+    scored: Predictions | None,
+) -> tuple[Predictions, Predictions | None]:
+    """Both versions' predictions on the same test rows: the data the challenger was trained on, or `source`."""
     data = VersionTags.from_tags(challenger.tags).data_config(source)
     if data is None:
         raise RegistryError(f"{name} version {challenger.version} records no data source; pass --data")
@@ -66,25 +99,23 @@ def promote_with_gate(
     if scored is None or scored.data.get("digest") != record["digest"]:
         scored = score(f"models:/{name}/{challenger.version}", news, record)
     defending = score(f"models:/{name}/{champion.version}", news, record) if champion else None
-    decision = decide(
-        scored,
-        defending,
-        challenger_version=str(challenger.version),
-        champion_version=str(champion.version) if champion else None,
-        metric=metric,
-        margin=margin,
-        alpha=alpha,
-    )
-    moved, forced = decision.passed or force, force and not decision.passed
-    with start_evaluation_run(f"models:/{name}/{challenger.version}", experiment="newscat-promotions") as run:
+    return scored, defending
+
+
+def _record(
+    name: str, decision: GateDecision, attacking: Predictions, defending: Predictions | None, *, forced: bool
+) -> str:
+    """The decision's run in `newscat-promotions`; each version's scores also go to its own LoggedModel, linked to
+    the test set's digest (the champion's in a nested run). Returns the decision's run id."""
+    challenger_uri = f"models:/{name}/{decision.challenger}"
+    with start_evaluation_run(challenger_uri, experiment="newscat-promotions") as run:
         log_gate_decision(decision, forced=forced)
-        log_evaluation(scored, decision.challenger_metrics)
-    if moved:
-        why = reason or decision.reason
-        if forced:
-            why = f"forced past the gate ({decision.reason}): {reason or 'no reason given'}"
-        move_alias(name, to_alias, str(challenger.version), reason=why, forced=forced, evidence=run.info.run_id)
-    return PromotionResult(decision, moved, forced, run.info.run_id)
+        log_evaluation(attacking, decision.challenger_metrics, model_id=model_id_of(challenger_uri))
+        if defending is not None:
+            champion_uri = f"models:/{name}/{decision.champion}"
+            with start_nested_evaluation_run(champion_uri):
+                log_evaluation(defending, decision.champion_metrics, model_id=model_id_of(champion_uri))
+    return run.info.run_id
 
 
 def log_gate_decision(decision: GateDecision, *, forced: bool) -> None:
@@ -96,7 +127,10 @@ def log_gate_decision(decision: GateDecision, *, forced: bool) -> None:
         "mcnemar_only_champion_right": decision.only_champion_right,
         "mcnemar_p_value": decision.p_value,
         "gate_passed": float(decision.passed),
+        "gate_min_accuracy": decision.min_accuracy,
     }
+    if decision.baseline_accuracy is not None:
+        metrics["baseline_accuracy"] = decision.baseline_accuracy
     log_metrics(metrics)
     mlflow.log_text(decision.table() + "\n", "gate/comparison.txt")
     mlflow.set_tags(
@@ -107,5 +141,7 @@ def log_gate_decision(decision: GateDecision, *, forced: bool) -> None:
             "gate.passed": str(decision.passed).lower(),
             "gate.forced": str(forced).lower(),
             "gate.reason": decision.reason[:TAG_VALUE_LIMIT],
+            "gate.min_accuracy": str(decision.min_accuracy),
+            "gate.dataset_digest": str(decision.data.get("digest", "")),
         }
     )

@@ -19,6 +19,7 @@ EVALUATION_LAST = "evaluation.last_run_id"
 CHECKS_LAST = "checks.last_run_id"
 CHECKS_FAILED = "checks.failed"
 HISTORY_TAG = "newscat.alias_history"  # on the registered model: the recorded alias moves, JSON
+ALIASES_TAG = "newscat.aliases"  # on the registered model: alias -> version as newscat last set it, JSON
 
 
 @dataclass(frozen=True)

@@ -8,12 +8,14 @@ import os
 from datetime import UTC, datetime
 
 import mlflow
-from mlflow.entities.model_registry import ModelVersion
+from mlflow.entities.model_registry import ModelVersion, RegisteredModel
 from mlflow.exceptions import MlflowException
+from mlflow.store.artifact.utils.models import _parse_model_id_if_present
 from mlflow.tracking import MlflowClient
 
 from newscat.errors import NewscatError
 from newscat.registry.tags import (
+    ALIASES_TAG,
     CHECKS_FAILED,
     CHECKS_LAST,
     EVALUATION_LAST,
@@ -39,7 +41,7 @@ def register_version(
     client = MlflowClient()
     client.update_model_version(name, version.version, description=description)
     if alias:
-        client.set_registered_model_alias(name, alias, version.version)
+        set_alias(client, name, alias, str(version.version))
     return client.get_model_version(name, version.version)
 
 
@@ -107,10 +109,10 @@ def move_alias(
     if leaving is not None and str(leaving.version) == str(version):
         return leaving
     if leaving is not None and alias == "champion":
-        client.set_registered_model_alias(name, PREVIOUS_CHAMPION, str(leaving.version))
+        set_alias(client, name, PREVIOUS_CHAMPION, str(leaving.version))
         note = f"{when} by {who}: {reason}"[:TAG_VALUE_LIMIT]
         client.set_model_version_tag(name, str(leaving.version), left_tag(alias), note)
-    client.set_registered_model_alias(name, alias, str(version))
+    set_alias(client, name, alias, str(version))
     tags = move_tags(alias, when_by=f"{when} by {who}", reason=reason, forced=forced, evidence=evidence)
     for key, value in tags.items():
         client.set_model_version_tag(name, str(version), key, value)
@@ -128,6 +130,19 @@ def move_alias(
         },
     )
     return client.get_model_version(name, str(version))
+
+
+def set_alias(client: MlflowClient, name: str, alias: str, version: str) -> None:
+    """Point `alias` at `version` and record it (`newscat.aliases`), so that `newscat audit` can tell newscat's moves
+    from moves made elsewhere."""
+    client.set_registered_model_alias(name, alias, version)
+    recorded = recorded_aliases(client.get_registered_model(name))
+    client.set_registered_model_tag(name, ALIASES_TAG, json.dumps({**recorded, alias: version}, sort_keys=True))
+
+
+def recorded_aliases(model: RegisteredModel) -> dict[str, str]:
+    """alias -> version as newscat last set them."""
+    return json.loads(model.tags.get(ALIASES_TAG, "{}"))
 
 
 def rollback(name: str, *, reason: str = "rollback") -> ModelVersion:
@@ -164,6 +179,16 @@ def resolve_version(model_uri: str) -> ModelVersion | None:
         return MlflowClient().get_model_version(name, version) if version.isdigit() else None
     except MlflowException as exc:
         _reraise_refusal(exc)
+        return None
+
+
+def model_id_of(model_uri: str) -> str | None:
+    """The LoggedModel behind a URI: `models:/<model_id>`, or a registered version created from one (its source)."""
+    version = resolve_version(model_uri)
+    source = version.source if version is not None else model_uri
+    try:
+        return _parse_model_id_if_present(source)
+    except MlflowException:
         return None
 
 

@@ -18,8 +18,8 @@ if TYPE_CHECKING:
     from newscat.data.load import NewsData
 
 
-def log_study_setup(cfg: Config, data: NewsData) -> dict[str, str]:
-    """Config as flat params, dataset lineage with digests; returns the digests by split."""
+def log_study_setup(cfg: Config, data: NewsData) -> None:
+    """Config as flat params, and the splits as the run's dataset inputs (with digests)."""
     log_params_once(cfg.to_flat_dict())
     mlflow.set_tags({"newscat.study": cfg.tune.study_name, "newscat.role": "study"})
     digests = {}
@@ -40,7 +40,6 @@ def log_study_setup(cfg: Config, data: NewsData) -> dict[str, str]:
             "data.train_digest": digests["train"],
         }
     )
-    return digests
 
 
 def _source(source: str) -> str:

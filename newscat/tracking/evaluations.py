@@ -8,18 +8,25 @@ from typing import TYPE_CHECKING
 import mlflow
 
 from newscat.evaluation import report
+from newscat.evaluation.checks import CASES_RECORD
 from newscat.evaluation.metrics import confusion
 from newscat.tracking.limits import TAG_VALUE_LIMIT
+from newscat.tracking.models import log_model_metrics
 from newscat.tracking.runs import log_metrics
 
 if TYPE_CHECKING:
     from newscat.evaluation.checks import CheckReport
 
 
-def log_evaluation(p: report.Predictions, metrics: Mapping[str, float], *, prefix: str = "test_") -> None:
+def log_evaluation(
+    p: report.Predictions, metrics: Mapping[str, float], *, model_id: str | None = None, prefix: str = "test_"
+) -> None:
     """An evaluation report in the active run: metrics, per-class table, confusion matrix and reliability PNGs,
     the most confident mistakes, the data it used (under `evaluation/`) and a markdown summary."""
-    log_metrics(metrics, prefix=prefix)
+    if model_id:  # the metrics belong to the model, on the dataset they were computed on
+        log_model_metrics(model_id, metrics, p.data, prefix=prefix)
+    else:
+        log_metrics(metrics, prefix=prefix)
     folder = "evaluation"
     per_class = report.per_class_table(p, dict(metrics))
     mistakes = report.confident_mistakes(p)
@@ -35,9 +42,13 @@ def log_evaluation(p: report.Predictions, metrics: Mapping[str, float], *, prefi
     mlflow.set_tags({"evaluation.digest": p.data["digest"], "evaluation.source": source})
 
 
-def log_checks(report_: CheckReport) -> None:
-    """Behavioural check results in the active run: pass rates, failure counts, the report and every failure."""
-    log_metrics(report_.metrics())
+def log_checks(report_: CheckReport, *, model_id: str | None = None) -> None:
+    """Behavioural check results in the active run: pass rates, failure counts, the report and every failure; with
+    `model_id`, the metrics also belong to that model, linked to the built-in cases as a dataset."""
+    if model_id:
+        log_model_metrics(model_id, report_.metrics(), CASES_RECORD)
+    else:
+        log_metrics(report_.metrics())
     mlflow.log_text(report_.text() + "\n", "checks/report.txt")
     mlflow.log_dict({"results": report_.results, "failures": report_.failures}, "checks/report.json")
     mlflow.set_tags({"newscat.role": "checks", "checks.failed": str(report_.failed)})

@@ -1,4 +1,9 @@
-"""Logged models: the served pyfunc with its card, and trial checkpoints (weights, tokenizer, trainer state)."""
+"""LoggedModels: every complete trial's and refit's best checkpoint as a servable pyfunc with the params that made it,
+metrics linked to the dataset they were computed on, and the model card as its description.
+
+Models are built with MLflow 3's LoggedModel calls (initialize, upload, finalize) rather than `pyfunc.log_model`,
+which would copy the run's params and step metrics onto the model unlinked to any dataset.
+"""
 
 from __future__ import annotations
 
@@ -9,62 +14,144 @@ from typing import Any
 
 import mlflow
 import pandas as pd
+from mlflow.entities import Dataset as DatasetEntity
+from mlflow.entities import LoggedModelOutput, LoggedModelStatus
 from mlflow.tracking import MlflowClient
 
-from newscat.serving.artifacts import MODEL_FILES, pip_requirements, shipped_code
+from newscat.serving.artifacts import export_classifier, logged_weights_sha256, pip_requirements, shipped_code
 from newscat.serving.inputs import TEXT_COLUMN
 from newscat.serving.model import SIGNATURE
-from newscat.tracking.runs import log_metrics
 
-# A trial's checkpoint: the files the served model is made of, plus the Trainer's state (no pickles).
-CHECKPOINT_FILES = (*MODEL_FILES, "trainer_state.json")
+MODEL_TYPE = "news-topic-classifier"
+WEIGHTS_TAG = "newscat.weights_sha256"  # the SHA-256 of model.safetensors inside the model
+DESCRIPTION_TAG = "mlflow.note.content"  # what the MLflow UI shows as a model's description
+EXAMPLE = pd.DataFrame({TEXT_COLUMN: ["Stocks rally as oil prices fall", "Striker scores twice in cup final win"]})
 
 
-def log_pyfunc(model_dir: Path, *, name: str = "model") -> Any:
-    """Log the classifier as a pyfunc model in the active run; returns MLflow's ModelInfo."""
-    example = pd.DataFrame({TEXT_COLUMN: ["Stocks rally as oil prices fall", "Striker scores twice in cup final win"]})
+def save_pyfunc(model_dir: Path, target: Path) -> Path:
+    """Save a classifier folder as a pyfunc model at `target`: models-from-code, only the serving code inside."""
     with tempfile.TemporaryDirectory(prefix="newscat-code-") as tmp:
-        code = shipped_code(Path(tmp))  # only the serving code goes inside the model
-        return mlflow.pyfunc.log_model(
-            name=name,
-            python_model=str(code / "serving" / "entry.py"),  # models-from-code: nothing pickled
+        code = shipped_code(Path(tmp))
+        mlflow.pyfunc.save_model(
+            path=str(target),
+            python_model=str(code / "serving" / "entry.py"),  # nothing pickled
             artifacts={"classifier": str(model_dir)},
             code_paths=[str(code)],
             signature=SIGNATURE,
-            input_example=example,
+            input_example=EXAMPLE,
             pip_requirements=pip_requirements(),
         )
+    return target
+
+
+def log_checkpoint_model(
+    checkpoint: Path,
+    *,
+    name: str,
+    step: int,
+    params: Mapping[str, Any],
+    tags: Mapping[str, str],
+    max_length: int,
+    base_model: str,
+) -> str:
+    """A READY LoggedModel of a Trainer checkpoint, output of the active run at `step`; returns its id.
+
+    A failure on the way (a full disk, a refused upload) leaves the model FAILED, never PENDING.
+    """
+    run_id = mlflow.active_run().info.run_id
+    with tempfile.TemporaryDirectory(prefix="newscat-model-") as tmp:
+        model_dir = export_classifier(
+            checkpoint, Path(tmp) / "classifier", max_length=max_length, base_model=base_model
+        )
+        model = mlflow.initialize_logged_model(
+            name=name,
+            source_run_id=run_id,
+            params={k: str(v) for k, v in params.items()},
+            model_type=MODEL_TYPE,
+            tags={**tags, WEIGHTS_TAG: logged_weights_sha256(model_dir)},
+        )
+        try:
+            client = MlflowClient()
+            client.log_model_artifacts(model.model_id, str(save_pyfunc(model_dir, Path(tmp) / "model")))
+            client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=step)])
+        except BaseException:
+            mlflow.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
+            raise
+    mlflow.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+    return model.model_id
+
+
+def log_model_metrics(
+    model_id: str, metrics: Mapping[str, float], record: Mapping[str, Any], *, step: int = 0, prefix: str = ""
+) -> None:
+    """Metrics of `model_id`, linked to the dataset of `record` (split name and digest), in the active run."""
+    dataset = DatasetEntity(
+        name=str(record["split"]), digest=str(record["digest"]), source_type="local", source=str(record["source"])
+    )
+    values = {f"{prefix}{k}": float(v) for k, v in metrics.items()}
+    mlflow.log_metrics(values, step=step, model_id=model_id, dataset=dataset)
+
+
+def fail_pending_models(run_id: str) -> list[str]:
+    """End as FAILED the models a dead process left PENDING in `run_id`; returns their ids."""
+    found = mlflow.search_logged_models(
+        filter_string=f"source_run_id = '{run_id}'",
+        experiment_ids=[MlflowClient().get_run(run_id).info.experiment_id],
+        output_format="list",
+    )
+    # Status is filtered here: MLflow 3.17's sqlite store compares `status = 'PENDING'` with its integer column.
+    pending = [model for model in found if model.status == LoggedModelStatus.PENDING]
+    for model in pending:
+        mlflow.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
+    return [model.model_id for model in pending]
+
+
+def best_model(experiment_id: str, study: str, metric: str) -> Any | None:
+    """The study's READY trial model with the highest `metric` on the validation set (earliest first on ties)."""
+    found = mlflow.search_logged_models(
+        experiment_ids=[experiment_id],
+        filter_string=f"tags.`newscat.study` = '{study}' AND tags.`newscat.role` = 'trial'",
+        order_by=[
+            {"field_name": f"metrics.{metric}", "ascending": False, "dataset_name": "validation"},
+            {"field_name": "creation_timestamp", "ascending": True},
+        ],
+        output_format="list",
+    )
+    return next((model for model in found if model.status == LoggedModelStatus.READY), None)
+
+
+def logged_params(model_id: str) -> dict[str, str]:
+    """The params a LoggedModel was logged with."""
+    return dict(mlflow.get_logged_model(model_id).params)
+
+
+def weights_sha256(model_id: str) -> str:
+    """The weights digest recorded on a LoggedModel when it was logged."""
+    return mlflow.get_logged_model(model_id).tags.get(WEIGHTS_TAG, "")
 
 
 def load_model(model_uri: str) -> Any:
-    """Load a logged or registered model as a pyfunc (any URI MLflow understands)."""
-    return mlflow.pyfunc.load_model(model_uri)
+    """Load a logged or registered model as a pyfunc (any URI MLflow understands).
+
+    MLflow makes a loaded model the "active model" for later metrics; newscat always says which model a metric
+    belongs to, so that is undone here.
+    """
+    model = mlflow.pyfunc.load_model(model_uri)
+    mlflow.clear_active_model()
+    return model
 
 
 def log_model_card(model_id: str, card: str) -> None:
-    """The model card as README.md inside the logged model, and in the active run."""
+    """The model card: the LoggedModel's description, README.md inside it, and `model_card.md` in the active run."""
     with tempfile.TemporaryDirectory(prefix="newscat-card-") as tmp:
         path = Path(tmp) / "README.md"
         path.write_text(card, encoding="utf-8")
         MlflowClient().log_model_artifact(model_id, str(path))
+    mlflow.set_logged_model_tags(model_id, {DESCRIPTION_TAG: card})
     mlflow.log_text(card, "model_card.md")
 
 
-def log_trial_result(best_metrics: Mapping[str, float], best_epoch: float | None, checkpoint: Path | None) -> None:
-    """A complete trial's best-epoch metrics and its checkpoint."""
-    log_metrics({**best_metrics, "epoch": best_epoch or 0}, prefix="best_")
-    if checkpoint is not None:
-        log_checkpoint(checkpoint)
-
-
-def log_checkpoint(checkpoint: Path, artifact_path: str = "checkpoint") -> None:
-    """Log the best epoch's weights, tokenizer and trainer state (no pickles) to the active run."""
-    for name in CHECKPOINT_FILES:
-        if (checkpoint / name).is_file():
-            mlflow.log_artifact(str(checkpoint / name), artifact_path=artifact_path)
-
-
-def download_checkpoint(run_id: str, target: Path, artifact_path: str = "checkpoint") -> Path:
-    """Fetch a trial's logged checkpoint (it may come from an earlier process or another worker)."""
+def download_model(model_uri: str, target: Path) -> Path:
+    """A local copy of a logged model's files."""
     target.mkdir(parents=True, exist_ok=True)
-    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=str(target)))
+    return Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=str(target)))

@@ -20,6 +20,8 @@ RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 
 
 WORKER_TAG = "newscat.worker"  # host:pid:start time of the process that holds a RUNNING run
+# MLflow 3's experiment kinds: the UI shows a model-training experiment's runs and models, not agent views.
+EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 
 
 def prepare_store() -> None:
@@ -44,8 +46,17 @@ def start_study_run(run_id: str) -> mlflow.ActiveRun:
     # `mlflow run`'s MLFLOW_RUN_ID has been read (create_study_run, link_worker_run); MLflow would otherwise resume
     # that run in the next start_run, i.e. the first trial's nested run.
     os.environ.pop("MLFLOW_RUN_ID", None)
-    mlflow.set_experiment(experiment_id=MlflowClient().get_run(run_id).info.experiment_id)
+    experiment_id = MlflowClient().get_run(run_id).info.experiment_id
+    mark_model_training(experiment_id)
+    mlflow.set_experiment(experiment_id=experiment_id)
     return mlflow.start_run(run_id=run_id)
+
+
+def mark_model_training(experiment_id: str) -> None:
+    """Mark an experiment as model training, so that MLflow 3's UI treats it as one (runs and models, not agents)."""
+    client = MlflowClient()
+    if client.get_experiment(experiment_id).tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING:
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
 
 
 def link_worker_run(study_run_id: str) -> None:
@@ -54,6 +65,11 @@ def link_worker_run(study_run_id: str) -> None:
     if own and own != study_run_id:
         MlflowClient().set_tag(own, "newscat.role", "worker")
         MlflowClient().set_tag(own, "newscat.study_run_id", study_run_id)
+
+
+def active_experiment_id() -> str:
+    """The experiment of the active run."""
+    return mlflow.active_run().info.experiment_id
 
 
 def run_exists(run_id: str) -> bool:
@@ -172,6 +188,12 @@ def start_evaluation_run(model_uri: str, experiment: str = "newscat-evaluations"
     client = MlflowClient()
     found = client.get_experiment_by_name(experiment)
     experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+    mark_model_training(experiment_id)
     run = client.create_run(experiment_id, run_name=f"evaluate {model_uri}"[:250], tags={"newscat.role": "evaluation"})
     mlflow.set_experiment(experiment_id=experiment_id)  # fluent start_run checks the run against it
     return mlflow.start_run(run_id=run.info.run_id)
+
+
+def start_nested_evaluation_run(model_uri: str) -> mlflow.ActiveRun:
+    """A nested run, under the active evaluation run, for the evaluation of another model (the defending champion)."""
+    return mlflow.start_run(run_name=f"evaluate {model_uri}"[:250], nested=True, tags={"newscat.role": "evaluation"})

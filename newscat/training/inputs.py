@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from newscat.config import Config
 from newscat.data.load import NewsData, load_news
 from newscat.data.tokenize import load_tokenizer, tokenize_news
+from newscat.tracking.datasets import dataset_record
 from newscat.training.model import BaseClassifier, load_base_classifier, resolve_model_path
 from newscat.training.search_space import SearchSpace, search_space_from
 
@@ -17,6 +19,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger("newscat")
+SPLITS = ("train", "validation", "test")
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,11 @@ class StudyInputs:
     tokenized: datasets.DatasetDict
     base: BaseClassifier
     space: SearchSpace
+    records: Mapping[str, dict[str, Any]]  # per split: source, split name, MLflow dataset digest, rows
+
+    @property
+    def digests(self) -> dict[str, str]:
+        return {split: record["digest"] for split, record in self.records.items()}
 
 
 def prepare(cfg: Config) -> StudyInputs:
@@ -48,4 +56,5 @@ def prepare(cfg: Config) -> StudyInputs:
     tokenizer = load_tokenizer(model_path)
     tokenized = tokenize_news(tokenizer, data, cfg.model.max_length)
     base = load_base_classifier(model_path, data.label_names)
-    return StudyInputs(cfg, data, tokenizer, tokenized, base, space)
+    records = {split: dataset_record(getattr(data, split), cfg.data.source, split) for split in SPLITS}
+    return StudyInputs(cfg, data, tokenizer, tokenized, base, space, records)

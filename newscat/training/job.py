@@ -14,7 +14,9 @@ from newscat.errors import NewscatError
 from newscat.registry.promotion import promote_with_gate
 from newscat.tracking.datasets import log_study_setup
 from newscat.tracking.interrupted import end_dead_workers_runs, end_interrupted_run
+from newscat.tracking.models import best_model
 from newscat.tracking.runs import (
+    active_experiment_id,
     claim_study_run,
     create_study_run,
     link_worker_run,
@@ -69,28 +71,28 @@ def tune_and_register(cfg: Config) -> TuneOutcome:
         search_space.enqueue_first_trials(study, inputs.space)
         parent_run_id = _study_run_id(cfg, study)
     with start_study_run(parent_run_id):
-        digests = _start_worker(inputs)
+        _start_worker(inputs)
         _run_trials(inputs, study, budget)
         running = studies.others_running(study)
         if running:  # the last worker out registers the model, with every trial's result in
             log.info("trials %s still run in other workers; the last of them registers the best model", running)
             return TuneOutcome(parent_run_id, None, None, {}, {}, "", cfg.registered_model, None)
         with studies.study_lock(study):  # two workers finishing together: one registers, the other finds it done
-            best = _best_trial(study)
+            best = _best_trial(study, inputs.cfg.train.metric)
             log_study_summary(studies.study_summary(study), best)
             log_study_report(study)
-            release = release_best(inputs, study, best, parent_run_id, digests, budget)
+            release = release_best(inputs, study, best, parent_run_id, budget)
     _auto_promote(cfg, release)  # after the study's run has ended: the decision gets a run of its own
     return _outcome(parent_run_id, best, release)
 
 
-def _start_worker(inputs: StudyInputs) -> dict[str, str]:
-    """In the study's run: claim it, end runs of dead workers, log config and data lineage (digests returned)."""
+def _start_worker(inputs: StudyInputs) -> None:
+    """In the study's run: claim it, end runs of dead workers, log config and data lineage."""
     claim_study_run()
     left = end_dead_workers_runs(inputs.cfg.tune.study_name)
     if left:
         log.warning("ended %d run(s) left RUNNING by a process that died: FAILED (newscat.fail_reason)", len(left))
-    return log_study_setup(inputs.cfg, inputs.data)
+    log_study_setup(inputs.cfg, inputs.data)
 
 
 def _run_trials(inputs: StudyInputs, study: optuna.Study, budget: Budget) -> None:
@@ -127,13 +129,14 @@ class StudyError(NewscatError):
     """The study cannot produce a model."""
 
 
-def _best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
-    try:
-        return study.best_trial
-    except ValueError as exc:
+def _best_trial(study: optuna.Study, metric: str) -> optuna.trial.FrozenTrial:
+    """The trial whose LoggedModel scores best on the validation set (`mlflow.search_logged_models`)."""
+    model = best_model(active_experiment_id(), study.study_name, metric)
+    if model is None:
         raise StudyError(
             f"study {study.study_name!r} has no complete trial; see the FAILED trial runs' newscat.fail_reason"
-        ) from exc
+        )
+    return study.trials[int(model.tags["newscat.trial"])]
 
 
 def _auto_promote(cfg: Config, release: Release) -> None:
@@ -149,6 +152,7 @@ def _auto_promote(cfg: Config, release: Release) -> None:
         metric=cfg.promote.metric,
         margin=cfg.promote.margin,
         alpha=cfg.promote.alpha,
+        min_accuracy=cfg.promote.min_accuracy,
         seed=cfg.seed,
         scored=release.predictions,
         reason="promote=auto at the end of tuning",

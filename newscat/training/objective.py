@@ -48,7 +48,7 @@ def make_objective(
             params = suggest_params(trial, inputs.space)
             again = f" (retry of interrupted trial {retry_of})" if retry_of is not None else ""
             log.info("trial %d of %d%s: %s", trial.number, cfg.tune.n_trials, again, _short(dataclasses.asdict(params)))
-            log_trial_params(trial.number, dataclasses.asdict(params), cfg)
+            log_trial_params(trial.number, dataclasses.asdict(params), cfg, train_rows=len(inputs.data.train))
             pruning = PruningCallback(trial, cfg.train.metric, cfg.train.evals_per_epoch)
             deadline = budget.tuning_deadline(reserve, len(inputs.data.test))
             result = train_step(
@@ -62,7 +62,10 @@ def make_objective(
             )
             budget.observe(result.samples_per_second, result.samples_trained)
             _raise_if_pruned(result, pruning)
-            log_step(result, f"trial {trial.number}")
+            model_id = log_step(
+                inputs, result, role="trial", number=trial.number, params=params, rows=len(inputs.data.train)
+            )
+            trial.set_user_attr("mlflow_model_id", model_id)
             end_trial_run("COMPLETE")
             return result.best_metrics[cfg.train.metric]
         except optuna.TrialPruned:

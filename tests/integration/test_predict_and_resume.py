@@ -6,8 +6,10 @@ import json
 import subprocess
 from pathlib import Path
 
+import mlflow
 import optuna
 import pytest
+from mlflow.entities import LoggedModelStatus
 from mlflow.tracking import MlflowClient
 
 from tests.helpers import CLASSES, MODEL_NAME, TinyProject, tiny_project, tool_env
@@ -87,8 +89,9 @@ def test_rerun_resumes_the_study_instead_of_starting_over(tmp_path: Path) -> Non
         assert refit.data.tags["mlflow.parentRunId"] in parents
         assert refit.data.params["train_rows"] == version.tags["train_rows"] == "12"
         assert refit.info.status == "FINISHED"
-        logged = {a.path for a in client.list_artifacts(refit.info.run_id, "checkpoint")}
-        assert "checkpoint/model.safetensors" in logged
+        model = client.get_logged_model(version.source.removeprefix("models:/"))
+        assert model.name == f"refit-trial-{version.tags['trial']}" and model.source_run_id == refit.info.run_id
+        assert model.params["train_rows"] == "12" and model.status == LoggedModelStatus.READY
     assert "refit: trial" in first.stderr and "refit: trial" not in third.stderr
     # promote=auto: every new version faced the gate; the champion is the last version that passed it.
     gate_runs = client.search_runs(
@@ -99,3 +102,9 @@ def test_rerun_resumes_the_study_instead_of_starting_over(tmp_path: Path) -> Non
     passed = [r.data.tags["gate.challenger"] for r in gate_runs if r.data.tags["gate.passed"] == "true"]
     assert str(client.get_model_version_by_alias("newscat-resume", "champion").version) == passed[-1]
     assert "promotion gate (run" in first.stderr and "PASS: no champion yet" in first.stderr
+    # Resumes add the missing trials' models, never duplicates: one READY model per complete trial and refit.
+    experiment = client.get_experiment_by_name("resume").experiment_id
+    names = sorted(m.name for m in mlflow.search_logged_models(experiment_ids=[experiment], output_format="list"))
+    complete = [t.number for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    refits = sorted(f"refit-trial-{v.tags['trial']}" for v in versions)
+    assert names == sorted([*(f"trial-{n}" for n in complete), *refits])

@@ -23,8 +23,7 @@ import requests
 from mlflow.tracking import MlflowClient
 
 from newscat.registry.versions import move_alias
-from newscat.serving.artifacts import export_classifier
-from newscat.tracking.models import download_checkpoint, load_model, log_pyfunc
+from newscat.tracking.models import download_model, load_model, log_checkpoint_model
 from tests.helpers import MODEL_NAME, running, serve_model, tool_env
 from tests.integration.conftest import TrackedStudy
 
@@ -45,16 +44,16 @@ def ui_model(tracked_study: TrackedStudy) -> MlflowClient:
     first = client.get_model_version_by_alias(MODEL_NAME, "challenger")
     client.create_registered_model(UI_MODEL)
     client.create_model_version(UI_MODEL, source=first.source, run_id=first.run_id)
-    work = tracked_study.root / "ui-model"
-    checkpoint = download_checkpoint(first.tags["weights_run_id"], work / "download")
-    weights = load_file(checkpoint / "model.safetensors")
+    classifier = download_model(first.source, tracked_study.root / "ui-model") / "artifacts" / "classifier"
+    weights = load_file(classifier / "model.safetensors")
     weights = {k: v * 0.5 if k.startswith("classifier.") else v for k, v in weights.items()}
-    save_file(weights, checkpoint / "model.safetensors", metadata={"format": "pt"})
-    model_dir = export_classifier(checkpoint, work / "classifier", max_length=32, base_model="tiny")
+    save_file(weights, classifier / "model.safetensors", metadata={"format": "pt"})
     mlflow.set_experiment("ui")
     with mlflow.start_run(run_name="scaled-classifier"):
-        info = log_pyfunc(model_dir)
-    mlflow.register_model(info.model_uri, UI_MODEL)
+        scaled = log_checkpoint_model(
+            classifier, name="scaled", step=1, params={}, tags={}, max_length=32, base_model="tiny"
+        )
+    mlflow.register_model(f"models:/{scaled}", UI_MODEL)
     move_alias(UI_MODEL, "champion", "1", reason="initial champion")
     return client
 
@@ -150,3 +149,74 @@ def test_champion_set_in_the_ui_is_what_gets_served(
     env = tool_env(tracked_study.tracking_uri)
     with serve_model(f"models:/{UI_MODEL}@champion", env, tracked_study.root / "ui-serve.log") as url:
         assert _served_score(url) == pytest.approx(expected["2"], abs=1e-6)
+
+
+def _cells(browser, column: str) -> list[str]:
+    """The texts of one column of the Models tab's grid, top to bottom (ag-grid splits a row over containers)."""
+    from selenium.webdriver.common.by import By
+
+    cells = browser.find_elements(
+        By.XPATH, f"//div[@role='row'][@row-index]/div[@role='gridcell'][contains(@col-id, '{column}')]"
+    )
+    by_row = {int(cell.find_element(By.XPATH, "..").get_attribute("row-index")): cell.text for cell in cells}
+    return [by_row[index].splitlines()[-1] if by_row[index] else "" for index in sorted(by_row)]
+
+
+def _scrolled_cells(browser, column: str) -> list[str]:
+    """A column's texts, scrolling the grid to the right until ag-grid renders it (it draws visible columns only)."""
+    scroll = (
+        "for (const e of document.querySelectorAll('.ag-body-horizontal-scroll-viewport, .ag-center-cols-viewport,"
+        " .ag-header-viewport')) e.scrollLeft = arguments[0];"
+    )
+    for left in range(0, 40_000, 600):
+        browser.execute_script(scroll, left)
+        time.sleep(0.3)
+        found = _cells(browser, column)
+        if found:
+            return found
+    return []
+
+
+def test_the_models_tab_lists_every_trial_model_and_one_registered_from_its_page_serves(
+    tracked_study: TrackedStudy, ui_model: MlflowClient, ui_server: str, browser, tmp_path: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    shots = _screenshots(tmp_path)
+    experiment = ui_model.get_experiment_by_name("tiny").experiment_id
+    logged = mlflow.search_logged_models(experiment_ids=[experiment], output_format="list")
+    accuracy = {m.name: next(x.value for x in m.metrics if x.key == "eval_accuracy") for m in logged}
+    browser.get(f"{ui_server}/#/experiments/{experiment}/models?workflowType=machine_learning")
+    browser.find_element(By.XPATH, "//div[@role='gridcell'][@col-id='name']//a[contains(., 'trial-0')]")
+    _close_assistant(browser)
+    time.sleep(2)
+    browser.save_screenshot(str(shots / "ui-models-tab.png"))
+    names, shown = _cells(browser, "name"), _scrolled_cells(browser, "eval_accuracy")
+    assert sorted(names) == sorted(accuracy)  # every complete trial's model, nothing else
+    assert {n: float(v) for n, v in zip(names, shown, strict=True)} == pytest.approx(accuracy, abs=0.005)
+    browser.find_element(By.XPATH, "//div[@role='columnheader'][contains(., 'validation')]")  # linked to the set
+
+    best = max(accuracy, key=accuracy.get)
+    browser.find_element(By.XPATH, f"//div[@role='gridcell'][@col-id='name']//a[normalize-space()='{best}']").click()
+    browser.find_element(By.XPATH, "//*[normalize-space()='Datasets used']")
+    browser.find_element(By.XPATH, "//button[normalize-space()='Register model']").click()
+    browser.find_element(By.ID, "selectedModel").click()
+    browser.find_element(
+        By.XPATH, "//div[contains(@class,'select-item-option')][contains(., 'Create New Model')]"
+    ).click()
+    browser.find_element(By.ID, "modelName").send_keys("newscat-from-ui")
+    browser.find_element(By.XPATH, "//button[@data-testid='confirm-register-model']").click()
+    deadline = time.monotonic() + 30
+    while not ui_model.search_model_versions("name='newscat-from-ui'"):
+        assert time.monotonic() < deadline, "the UI did not register the model"
+        time.sleep(0.5)
+    _close_assistant(browser)
+    time.sleep(2)
+    browser.save_screenshot(str(shots / "ui-logged-model.png"))
+    model_id = next(m.model_id for m in logged if m.name == best)
+    version = ui_model.get_model_version("newscat-from-ui", "1")
+    assert version.source == f"models:/{model_id}"
+    expected = load_model(f"models:/{model_id}").predict(pd.DataFrame({"text": [HEADLINE]}))["score"][0]
+    env = tool_env(tracked_study.tracking_uri)
+    with serve_model("models:/newscat-from-ui/1", env, tracked_study.root / "ui-serve-registered.log") as url:
+        assert _served_score(url) == pytest.approx(expected, abs=1e-6)

@@ -8,7 +8,9 @@ from click.testing import CliRunner
 from newscat.cli import main
 
 
-@pytest.mark.parametrize("command", [[], ["tune"], ["promote"], ["rollback"], ["evaluate"], ["check"], ["predict"]])
+@pytest.mark.parametrize(
+    "command", [[], ["tune"], ["promote"], ["rollback"], ["audit"], ["evaluate"], ["check"], ["predict"]]
+)
 def test_every_command_explains_itself(command: list[str]) -> None:
     result = CliRunner().invoke(main, [*command, "--help"])
     assert result.exit_code == 0

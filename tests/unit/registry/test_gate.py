@@ -41,6 +41,15 @@ def test_no_champion_passes() -> None:
     assert "PASS" in decision.table()
 
 
+def test_a_first_champion_must_reach_the_floor() -> None:
+    challenger = _preds([True, True, True, False])  # accuracy 0.75; all labels 0: the majority baseline is 1.0
+    refused = decide(challenger, None, challenger_version="1", champion_version=None, min_accuracy=0.8)
+    assert not refused.passed and refused.reason == "no champion yet, but accuracy 0.7500 is below the floor 0.8"
+    assert refused.baseline_accuracy == 1.0 and "floor for a first champion: accuracy >= 0.8" in refused.table()
+    passed = decide(challenger, None, challenger_version="1", champion_version=None, min_accuracy=0.75)
+    assert passed.passed and "accuracy 0.7500 >= floor 0.75" in passed.reason
+
+
 def test_clear_win_passes_and_tie_is_refused() -> None:
     better = _preds([True] * 90 + [False] * 10)
     worse = _preds([True] * 70 + [False] * 30)

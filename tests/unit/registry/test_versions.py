@@ -62,3 +62,25 @@ def test_uris_resolve_to_versions_and_evaluations_are_linked(client: MlflowClien
     assert tags["evaluation.digest9.run_id"] == "run-1" and tags["evaluation.last_run_id"] == "run-1"
     with pytest.raises(registry.RegistryError, match="no version 7"):
         registry.version_by_number("m", "7")
+
+
+def test_audit_finds_alias_moves_newscat_did_not_make(client: MlflowClient) -> None:
+    from newscat.registry.audit import audit
+
+    registry.set_alias(client, "m", "challenger", "3")
+    registry.move_alias("m", "champion", "1", reason="first")
+    registry.move_alias("m", "champion", "2", reason="better")  # previous-champion -> 1, recorded too
+    clean = audit("m")
+    assert clean.findings == [] and clean.aliases == {"challenger": "3", "champion": "2", "previous-champion": "1"}
+    assert "every alias is where newscat's recorded moves put it" in clean.text()
+
+    client.set_registered_model_alias("m", "champion", "3")  # as the UI's alias editor or the REST API would
+    client.set_registered_model_alias("m", "staging", "1")
+    client.delete_registered_model_alias("m", "challenger")
+    report = audit("m")
+    assert [(f.alias, f.registry, f.recorded) for f in report.findings] == [
+        ("challenger", None, "3"),
+        ("champion", "3", "2"),
+        ("staging", "1", None),
+    ]
+    assert "champion -> version 3: moved outside newscat (newscat last pointed it at version 2)" in report.text()
