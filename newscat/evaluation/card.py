@@ -73,8 +73,8 @@ Fine-tuned **{facts.base_model}** (BERT family) to sort news into {len(facts.lab
 | --- | --- | --- | --- | --- |
 {per_class}
 
-The run that registered this version holds the confusion matrix, the reliability diagram and the most confident
-mistakes under `evaluation/`.
+The study's run (the version's `parent_run_id` tag) holds the confusion matrix, the reliability diagram and the
+most confident mistakes under `evaluation/`.
 
 ## Intended use
 Routing and tagging English news headlines and short articles into the topics above, where an occasional wrong

@@ -7,6 +7,7 @@ import logging
 import shutil
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +20,7 @@ from newscat.training.recovery import WORKER_ATTR
 from newscat.training.search_space import suggest_params
 from newscat.training.step import log_step, train_step
 from newscat.training.study import PruningCallback
-from newscat.training.trainer import TrainResult, describe_failure
+from newscat.training.trainer import TrainResult, TrialParams, describe_failure
 
 if TYPE_CHECKING:
     from newscat.training.inputs import StudyInputs
@@ -34,10 +35,19 @@ def make_objective(
 
     `reserve`: training samples the refit after the study may need (the budget keeps time for them).
     """
-    cfg = inputs.cfg
-    budget = budget or Budget(None)
+    return Objective(inputs, budget or Budget(None), reserve)
 
-    def objective(trial: optuna.Trial) -> float:
+
+@dataclass(frozen=True)
+class Objective:
+    """One trial: a nested run whose end state mirrors Optuna's (COMPLETE, PRUNED, FAIL with the reason)."""
+
+    inputs: StudyInputs
+    budget: Budget
+    reserve: float = 0.0
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        cfg = self.inputs.cfg
         trial.set_user_attr(WORKER_ATTR, Worker.current().tag())  # lets a resume tell a dead process's trial
         retry_of = trial.study._storage.get_trial(trial._trial_id).system_attrs.get("failed_trial")
         trial_dir = Path(cfg.train.work_dir) / cfg.tune.study_name / f"trial-{trial.number}"
@@ -45,29 +55,10 @@ def make_objective(
         trial.set_user_attr("mlflow_run_id", run.info.run_id)
         params = None
         try:
-            params = suggest_params(trial, inputs.space)
+            params = suggest_params(trial, self.inputs.space)
             again = f" (retry of interrupted trial {retry_of})" if retry_of is not None else ""
             log.info("trial %d of %d%s: %s", trial.number, cfg.tune.n_trials, again, _short(dataclasses.asdict(params)))
-            log_trial_params(trial.number, dataclasses.asdict(params), cfg, train_rows=len(inputs.data.train))
-            pruning = PruningCallback(trial, cfg.train.metric, cfg.train.evals_per_epoch)
-            deadline = budget.tuning_deadline(reserve, len(inputs.data.test))
-            result = train_step(
-                inputs,
-                params,
-                number=trial.number,
-                tokenized=inputs.tokenized,
-                output_dir=trial_dir,
-                deadline=deadline,
-                callbacks=[pruning],
-            )
-            budget.observe(result.samples_per_second, result.samples_trained)
-            _raise_if_pruned(result, pruning)
-            model_id = log_step(
-                inputs, result, role="trial", number=trial.number, params=params, rows=len(inputs.data.train)
-            )
-            trial.set_user_attr("mlflow_model_id", model_id)
-            end_trial_run("COMPLETE")
-            return result.best_metrics[cfg.train.metric]
+            return self._train(trial, params, trial_dir)
         except optuna.TrialPruned:
             end_trial_run("PRUNED")
             raise
@@ -79,7 +70,27 @@ def make_objective(
         finally:
             shutil.rmtree(trial_dir, ignore_errors=True)  # bounded disk: the checkpoint lives in MLflow
 
-    return objective
+    def _train(self, trial: optuna.Trial, params: TrialParams, trial_dir: Path) -> float:
+        """Train with the pruner listening, log the trial's model; the trial's value is its best evaluation."""
+        inputs, cfg = self.inputs, self.inputs.cfg
+        rows = len(inputs.data.train)
+        log_trial_params(trial.number, dataclasses.asdict(params), cfg, train_rows=rows)
+        pruning = PruningCallback(trial, cfg.train.metric, cfg.train.evals_per_epoch)
+        result = train_step(
+            inputs,
+            params,
+            number=trial.number,
+            tokenized=inputs.tokenized,
+            output_dir=trial_dir,
+            deadline=self.budget.tuning_deadline(self.reserve, len(inputs.data.test)),
+            callbacks=[pruning],
+        )
+        self.budget.observe(result.samples_per_second, result.samples_trained)
+        _raise_if_pruned(result, pruning)
+        model_id = log_step(inputs, result, role="trial", number=trial.number, params=params, rows=rows)
+        trial.set_user_attr("mlflow_model_id", model_id)
+        end_trial_run("COMPLETE")
+        return result.best_metrics[cfg.train.metric]
 
 
 def _raise_if_pruned(result: TrainResult, pruning: PruningCallback) -> None:

@@ -6,7 +6,6 @@ import json
 import subprocess
 from pathlib import Path
 
-import mlflow
 import optuna
 import pytest
 from mlflow.entities import LoggedModelStatus
@@ -104,7 +103,7 @@ def test_rerun_resumes_the_study_instead_of_starting_over(tmp_path: Path) -> Non
     assert "promotion gate (run" in first.stderr and "PASS: no champion yet" in first.stderr
     # Resumes add the missing trials' models, never duplicates: one READY model per complete trial and refit.
     experiment = client.get_experiment_by_name("resume").experiment_id
-    names = sorted(m.name for m in mlflow.search_logged_models(experiment_ids=[experiment], output_format="list"))
+    names = sorted(m.name for m in client.search_logged_models(experiment_ids=[experiment]))
     complete = [t.number for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     refits = sorted(f"refit-trial-{v.tags['trial']}" for v in versions)
     assert names == sorted([*(f"trial-{n}" for n in complete), *refits])

@@ -189,9 +189,11 @@ def test_the_models_tab_lists_every_trial_model_and_one_registered_from_its_page
     browser.get(f"{ui_server}/#/experiments/{experiment}/models?workflowType=machine_learning")
     browser.find_element(By.XPATH, "//div[@role='gridcell'][@col-id='name']//a[contains(., 'trial-0')]")
     _close_assistant(browser)
+    browser.set_window_size(2400, 1000)  # wide enough to show the validation metrics beside the model names
     time.sleep(2)
     browser.save_screenshot(str(shots / "ui-models-tab.png"))
     names, shown = _cells(browser, "name"), _scrolled_cells(browser, "eval_accuracy")
+    browser.set_window_size(1400, 1000)
     assert sorted(names) == sorted(accuracy)  # every complete trial's model, nothing else
     assert {n: float(v) for n, v in zip(names, shown, strict=True)} == pytest.approx(accuracy, abs=0.005)
     browser.find_element(By.XPATH, "//div[@role='columnheader'][contains(., 'validation')]")  # linked to the set
