@@ -48,3 +48,4 @@ def tracking_uri(tmp_path: Path) -> Iterator[str]:
         while mlflow.active_run():
             mlflow.end_run()
         mlflow.set_tracking_uri(previous)
+        os.environ.pop("MLFLOW_EXPERIMENT_ID", None)  # set_experiment exported it; later tests start clean

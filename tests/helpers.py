@@ -78,7 +78,9 @@ def write_ag_news_dir(path: Path, n_train: int = 24, n_test: int = 6) -> Path:
 def tool_env(tracking_uri: str) -> dict[str, str]:
     """The environment for subprocesses: this interpreter's bin first, offline, a temp tracking store."""
     env = dict(os.environ)
-    env.pop("MLFLOW_RUN_ID", None)
+    # What this process's MLflow calls left behind (set_experiment exports MLFLOW_EXPERIMENT_ID) must not steer them.
+    for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        env.pop(name, None)
     env.update(
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
         MLFLOW_TRACKING_URI=tracking_uri,

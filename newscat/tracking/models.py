@@ -24,6 +24,7 @@ from newscat.serving.model import SIGNATURE
 
 MODEL_TYPE = "news-topic-classifier"
 WEIGHTS_TAG = "newscat.weights_sha256"  # the SHA-256 of model.safetensors inside the model
+STUDY_RUN_TAG = "newscat.study_run_id"  # the study's parent run
 DESCRIPTION_TAG = "mlflow.note.content"  # what the MLflow UI shows as a model's description
 EXAMPLE = pd.DataFrame({TEXT_COLUMN: ["Stocks rally as oil prices fall", "Striker scores twice in cup final win"]})
 
@@ -58,7 +59,11 @@ def log_checkpoint_model(
 
     A failure on the way (a full disk, a refused upload) leaves the model FAILED, never PENDING.
     """
-    run_id = mlflow.active_run().info.run_id
+    run = mlflow.active_run()
+    run_id = run.info.run_id
+    # The study's run, so that the best model is looked for among this study's models only (a study name can be
+    # reused in the same experiment after its storage was deleted).
+    tags = {**tags, STUDY_RUN_TAG: run.data.tags.get("mlflow.parentRunId", run_id)}
     with tempfile.TemporaryDirectory(prefix="newscat-model-") as tmp:
         model_dir = export_classifier(
             checkpoint, Path(tmp) / "classifier", max_length=max_length, base_model=base_model
@@ -106,11 +111,12 @@ def fail_pending_models(run_id: str) -> list[str]:
     return [model.model_id for model in pending]
 
 
-def best_model(experiment_id: str, study: str, metric: str) -> Any | None:
-    """The study's READY trial model with the highest `metric` on the validation set (earliest first on ties)."""
+def best_model(experiment_id: str, study_run_id: str, metric: str) -> Any | None:
+    """The READY trial model of the study run `study_run_id` with the highest `metric` on the validation set
+    (the earliest on ties)."""
     found = mlflow.search_logged_models(
         experiment_ids=[experiment_id],
-        filter_string=f"tags.`newscat.study` = '{study}' AND tags.`newscat.role` = 'trial'",
+        filter_string=f"tags.`{STUDY_RUN_TAG}` = '{study_run_id}' AND tags.`newscat.role` = 'trial'",
         order_by=[
             {"field_name": f"metrics.{metric}", "ascending": False, "dataset_name": "validation"},
             {"field_name": "creation_timestamp", "ascending": True},

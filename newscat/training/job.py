@@ -78,7 +78,7 @@ def tune_and_register(cfg: Config) -> TuneOutcome:
             log.info("trials %s still run in other workers; the last of them registers the best model", running)
             return TuneOutcome(parent_run_id, None, None, {}, {}, "", cfg.registered_model, None)
         with studies.study_lock(study):  # two workers finishing together: one registers, the other finds it done
-            best = _best_trial(study, inputs.cfg.train.metric)
+            best = _best_trial(study, parent_run_id, inputs.cfg.train.metric)
             log_study_summary(studies.study_summary(study), best)
             log_study_report(study)
             release = release_best(inputs, study, best, parent_run_id, budget)
@@ -129,9 +129,9 @@ class StudyError(NewscatError):
     """The study cannot produce a model."""
 
 
-def _best_trial(study: optuna.Study, metric: str) -> optuna.trial.FrozenTrial:
+def _best_trial(study: optuna.Study, study_run_id: str, metric: str) -> optuna.trial.FrozenTrial:
     """The trial whose LoggedModel scores best on the validation set (`mlflow.search_logged_models`)."""
-    model = best_model(active_experiment_id(), study.study_name, metric)
+    model = best_model(active_experiment_id(), study_run_id, metric)
     if model is None:
         raise StudyError(
             f"study {study.study_name!r} has no complete trial; see the FAILED trial runs' newscat.fail_reason"

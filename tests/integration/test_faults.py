@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import time
 from pathlib import Path
 
+import mlflow
 import optuna
 import pandas as pd
 import pytest
@@ -43,11 +43,12 @@ def _running_runs(client: MlflowClient) -> list:
 
 
 def _predicts(project: TinyProject, model: str, version: str) -> None:
-    os.environ["MLFLOW_TRACKING_URI"] = project.tracking_uri
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(project.tracking_uri)  # explicit: an earlier test may have set another store
     try:
         answer = load_model(f"models:/{model}/{version}").predict(pd.DataFrame({"text": ["Lakers win the final"]}))
     finally:
-        del os.environ["MLFLOW_TRACKING_URI"]
+        mlflow.set_tracking_uri(previous)
     assert answer["label"][0] in CLASSES
 
 

@@ -58,8 +58,8 @@ def test_each_checkpoint_becomes_a_ready_servable_model_with_its_params_and_link
     assert len(model.tags[models.WEIGHTS_TAG]) == 64
     outputs = MlflowClient().get_run(run.info.run_id).outputs.model_outputs
     assert {(o.model_id, o.step) for o in outputs} == {(first, 2), (second, 2)}
-    best = models.best_model(run.info.experiment_id, "s", "eval_accuracy")
-    assert best.model_id == second
+    best = models.best_model(run.info.experiment_id, run.info.run_id, "eval_accuracy")
+    assert best.model_id == second and best.tags[models.STUDY_RUN_TAG] == run.info.run_id
     answer = models.load_model(f"models:/{second}").predict(pd.DataFrame({"text": ["Lakers win the final"]}))
     assert answer["label"][0] in LABELS
     assert mlflow.get_active_model_id() is None  # loading a model does not make later metrics its own
@@ -72,7 +72,7 @@ def test_a_model_left_pending_by_a_dead_process_ends_failed(tracking_uri: str) -
         MlflowClient().update_run(run.info.run_id, "RUNNING")  # as a killed process leaves it
     interrupted.end_interrupted_run(run.info.run_id, "interrupted: process 1 on h stopped")
     assert mlflow.get_logged_model(pending.model_id).status == LoggedModelStatus.FAILED
-    assert models.best_model(run.info.experiment_id, "s", "eval_accuracy") is None
+    assert models.best_model(run.info.experiment_id, run.info.run_id, "eval_accuracy") is None
 
 
 def test_the_model_card_is_the_models_description_and_readme(tracking_uri: str, checkpoint: Path) -> None:
