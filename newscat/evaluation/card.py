@@ -34,6 +34,7 @@ class CardFacts:
     metrics: Mapping[str, float]  # test metrics
     per_class: pd.DataFrame
     max_length: int
+    serving: str = ""  # the accuracy gate's table of serving paths (markdown)
 
 
 def model_card(facts: CardFacts) -> str:
@@ -75,6 +76,13 @@ Fine-tuned **{facts.base_model}** (BERT family) to sort news into {len(facts.lab
 
 The study's run (the version's `parent_run_id` tag) holds the confusion matrix, the reliability diagram and the
 most confident mistakes under `evaluation/`.
+
+## Serving paths
+Each fast path was scored on the test split beside torch fp32; it may be the default only if it agrees on at least
+99.5% of the labels and loses at most 0.3 points of accuracy. `NEWSCAT_BACKEND` (auto, torch, onnx),
+`NEWSCAT_PRECISION` (auto, fp32, bf16, int8) and `NEWSCAT_DEVICE` (auto, cpu, cuda) override the default.
+
+{facts.serving or "Served by torch (fp32; bf16 where the hardware runs it natively)."}
 
 ## Intended use
 Routing and tagging English news headlines and short articles into the topics above, where an occasional wrong

@@ -16,6 +16,7 @@ from mlflow.exceptions import MlflowException
 from newscat.serving.inputs import MAX_BATCH
 
 SETTINGS_FILE = "newscat.json"
+WEIGHTS_FILE = "model.safetensors"
 # Files of a Trainer checkpoint that make up the served model; pickles (training_args.bin) are left out.
 # The code a logged model ships (`code_paths`), relative to the package: the served model and the text functions it
 # shares with training. Nothing else of newscat (CLI, Optuna, Spark, training, tracking) goes inside a model.
@@ -43,7 +44,8 @@ def export_classifier(checkpoint: Path, target: Path, *, max_length: int, base_m
         "base_model": base_model,
         "batch_size": 64,
         "max_batch": MAX_BATCH,
-        "weights_sha256": file_sha256(target / "model.safetensors"),  # checked at every load
+        "weights_sha256": file_sha256(target / WEIGHTS_FILE),
+        "files_sha256": {WEIGHTS_FILE: file_sha256(target / WEIGHTS_FILE)},  # checked at every load
     }
     (target / SETTINGS_FILE).write_text(json.dumps(settings, indent=2), encoding="utf-8")
     return target
@@ -64,27 +66,53 @@ class CorruptModelError(MlflowException):
     """The weights on disk are not the weights that were logged."""
 
 
-def verify_weights(model_dir: Path, expected: str | None) -> None:
-    """Refuse weights whose SHA-256 differs from the one recorded when the model was logged (a copy cut short)."""
-    if expected is None:  # logged before digests were recorded
-        return
-    actual = file_sha256(model_dir / "model.safetensors")
-    if actual != expected:
-        raise CorruptModelError(
-            f"{model_dir / 'model.safetensors'}: SHA-256 {actual[:12]}... differs from the logged {expected[:12]}...; "
-            "the artifact copy is incomplete or altered: download it again or re-log the model"
-        )
+def verify_files(model_dir: Path, settings: dict) -> None:
+    """Refuse weights or graphs whose SHA-256 differs from the one recorded when the model was logged (a copy cut
+    short, or altered)."""
+    expected = dict(settings.get("files_sha256", {}))
+    if not expected and settings.get("weights_sha256"):  # logged before every file had a digest
+        expected = {WEIGHTS_FILE: settings["weights_sha256"]}
+    for relative, digest in expected.items():
+        path = model_dir / relative
+        actual = file_sha256(path) if path.is_file() else "missing"
+        if actual != digest:
+            raise CorruptModelError(
+                f"{path}: SHA-256 {actual[:12]}... differs from the logged {digest[:12]}...; "
+                "the artifact copy is incomplete or altered: download it again or re-log the model"
+            )
 
 
-def pip_requirements() -> list[str]:
-    """Pinned requirements of the serving environment (torch pinned to the CPU build installed here)."""
+def record_files(model_dir: Path, relatives: list[str]) -> None:
+    """Add the SHA-256 of more files (ONNX graphs) to the model's settings, to be checked at every load."""
+    path = model_dir / SETTINGS_FILE
+    settings = json.loads(path.read_text(encoding="utf-8"))
+    settings["files_sha256"] = {**settings["files_sha256"], **{r: file_sha256(model_dir / r) for r in relatives}}
+    path.write_text(json.dumps(settings, indent=2), encoding="utf-8")
+
+
+# The CPU build of torch: PyPI's torch for Linux is the CUDA build (several GB of CUDA libraries).
+TORCH_CPU_INDEX = "--extra-index-url https://download.pytorch.org/whl/cpu"
+# uvloop and httptools: uvicorn uses them when installed (a faster event loop and HTTP parser).
+SERVER_PACKAGES = ("uvloop", "httptools")
+
+
+def pip_requirements(backend: str = "torch") -> list[str]:
+    """Pinned requirements of the serving environment.
+
+    onnx: no torch and no transformers (tokenizers reads tokenizer.json; ONNX Runtime runs the graph), and
+    mlflow-skinny (the scoring server without the tracking server's UI and database packages). torch: the CPU build
+    of torch from PyTorch's index, and transformers to build the model.
+    """
     from importlib.metadata import version
 
-    # "2.13.0+cpu" -> "2.13.0": local version labels are not on PyPI.
-    return [
-        f"{name}=={version(name).split('+')[0]}"
-        for name in ("mlflow", "torch", "transformers", "tokenizers", "safetensors", "pandas", "numpy")
-    ]
+    def pin(name: str) -> str:
+        return f"{name}=={version(name).split('+')[0]}"  # "2.13.0+cpu" -> "2.13.0"
+
+    common = [f"mlflow-skinny=={version('mlflow')}", *map(pin, ("tokenizers", "numpy", "pandas", *SERVER_PACKAGES))]
+    if backend == "onnx":
+        return [*common, pin("onnxruntime")]
+    torch = version("torch").split("+")[0]
+    return [*common, TORCH_CPU_INDEX, f"torch=={torch}+cpu", pin("transformers"), pin("safetensors")]
 
 
 def shipped_code(target: Path) -> Path:

@@ -6,8 +6,11 @@ tuning or tracking code.
 
 from __future__ import annotations
 
+import asyncio
 import json
-import warnings
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +19,19 @@ import numpy as np
 import pandas as pd
 from mlflow.types.schema import ColSpec, DataType, Map, Schema
 
-from newscat.data.text import encode_truncating
-from newscat.serving.artifacts import SETTINGS_FILE, verify_weights
+from newscat.serving.artifacts import SETTINGS_FILE, verify_files
+from newscat.serving.backends import Engine, load_engine
 from newscat.serving.batching import Batcher
+from newscat.serving.choice import Choice, Platform, resolve
 from newscat.serving.inputs import CHARS_PER_TOKEN_CAP, MAX_BATCH, MAX_BATCH_ENV, invalid, max_batch, texts_from
-from newscat.serving.precision import BF16_MIN_TOKENS, serving_precision
+from newscat.serving.tokens import TokenEncoder
+
+log = logging.getLogger("newscat")
+# Request threads of MLflow's scoring server: it runs each request through the event loop's default executor
+# (min(32, CPUs + 4) threads: 6 on 2 cores), which caps how many concurrent requests can merge into one batch.
+# They mostly wait on the batcher, so many are cheap.
+SERVER_THREADS_ENV = "NEWSCAT_SERVER_THREADS"
+SERVER_THREADS = 64
 
 # No input schema on purpose: MLflow casts inputs to the schema's types before the model sees them (1, true and
 # null would become "1", "True" and "None" and get a 200). The model validates raw input itself (`texts_from`) and
@@ -42,29 +53,20 @@ class NewsClassifier(mlflow.pyfunc.PythonModel):
     """Loads once; predicts a topic, its probability and every class probability per text."""
 
     def load_context(self, context: Any) -> None:
-        import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
         model_dir = Path(context.artifacts["classifier"])
         settings = json.loads((model_dir / SETTINGS_FILE).read_text(encoding="utf-8"))
-        verify_weights(model_dir, settings.get("weights_sha256"))
+        verify_files(model_dir, settings)
         self.max_length = int(settings["max_length"])
         self.batch_size = int(settings.get("batch_size", 64))
         self.logged_max_batch = int(settings.get("max_batch", MAX_BATCH))
         max_batch(self.logged_max_batch)  # a bad NEWSCAT_MAX_BATCH fails at startup, not on the first request
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
-        self.model = AutoModelForSequenceClassification.from_pretrained(
-            model_dir, use_safetensors=True, trust_remote_code=False
-        ).eval()
-        config = self.model.config
-        self.label_names = [config.id2label[i] for i in range(config.num_labels)]
-        self.precision = serving_precision()
-        if self.precision == "int8":  # dynamic int8 quantization of every Linear layer
-            with warnings.catch_warnings():  # torch marks the quantized-tensor API deprecated; it still works
-                warnings.simplefilter("ignore")
-                self.model = torch.ao.quantization.quantize_dynamic(self.model, {torch.nn.Linear}, dtype=torch.qint8)
-        self._torch = torch
+        self.label_names = _label_names(model_dir)
+        self.encoder = TokenEncoder(model_dir, self.max_length)
+        self.choice: Choice = resolve(settings.get("serving", {}), Platform.detect())
+        self.engine = load_engine(model_dir, self.choice.backend, self.choice.precision, self.choice.device)
+        log.info("newscat model serves with %s", self.choice)
         self._batcher = Batcher(self._forward)
+        _widen_server_threads()
 
     # Annotated as DataFrame (MLflow would build an input schema from a list[str] hint); the server may also hand
     # over a dict of arrays or an array, as parsed from the JSON, which `_texts_from` checks.
@@ -95,25 +97,50 @@ class NewsClassifier(mlflow.pyfunc.PythonModel):
         return self._batcher.submit(texts)[0]
 
     def _forward(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """One thread runs the model: length-sorted batches, no padding beyond each batch's longest text.
-
-        Returns the class probabilities and, per text, whether tokens beyond `max_length` were cut off.
-        """
-        torch = self._torch
-        out = np.zeros((len(texts), len(self.label_names)), dtype=np.float64)
+        """Runs on the batcher's thread: probabilities and truncation flags of the merged requests' texts."""
         if not texts:
-            return out, np.zeros(0, dtype=bool)
-        encoded, truncated = encode_truncating(
-            self.tokenizer, texts, self.max_length, max_chars=self.max_length * CHARS_PER_TOKEN_CAP
-        )
-        order = np.argsort([len(ids) for ids in encoded], kind="stable")
-        with torch.inference_mode():
-            for start in range(0, len(order), self.batch_size):
-                rows = order[start : start + self.batch_size]
-                batch = self.tokenizer.pad({"input_ids": [encoded[i] for i in rows]}, return_tensors="pt")
-                # bf16 pays off on big batches; on a lone headline its casts cost more than they save.
-                big = batch["input_ids"].numel() >= BF16_MIN_TOKENS
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16" and big):
-                    logits = self.model(**batch).logits
-                out[rows] = torch.softmax(logits.float(), dim=-1).numpy()
-        return out, np.array(truncated, dtype=bool)
+            return np.zeros((0, len(self.label_names))), np.zeros(0, dtype=bool)
+        return class_probabilities(self.encoder, self.engine, texts, self.batch_size)
+
+
+def class_probabilities(
+    encoder: TokenEncoder, engine: Engine, texts: list[str], batch_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities of `texts` and, per text, whether tokens beyond `max_length` were cut off.
+
+    Length-sorted batches: no padding beyond each batch's longest text.
+    """
+    encoded, truncated = encoder.encode(texts, max_chars=encoder.max_length * CHARS_PER_TOKEN_CAP)
+    order = np.argsort([len(ids) for ids in encoded], kind="stable")
+    out: np.ndarray | None = None
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        logits = engine(*encoder.pad([encoded[i] for i in rows])).astype(np.float64)
+        logits -= logits.max(axis=1, keepdims=True)  # a stable softmax
+        exp = np.exp(logits)
+        if out is None:
+            out = np.zeros((len(texts), logits.shape[1]))
+        out[rows] = exp / exp.sum(axis=1, keepdims=True)
+    return out, np.array(truncated, dtype=bool)
+
+
+def _label_names(model_dir: Path) -> list[str]:
+    """Class names in output order, from the model's config.json (no transformers needed)."""
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    id2label = {int(k): v for k, v in config["id2label"].items()}
+    return [id2label[i] for i in range(len(id2label))]
+
+
+def _widen_server_threads() -> None:
+    """Give MLflow's scoring server more request threads, so that more concurrent requests merge into one batch.
+
+    The server loads the model inside its running event loop; elsewhere (batch scoring, Spark) there is none and
+    nothing changes.
+    """
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    raw = os.environ.get(SERVER_THREADS_ENV, "").strip()
+    threads = int(raw) if raw.isdigit() and int(raw) > 0 else SERVER_THREADS
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=threads, thread_name_prefix="newscat-request"))

@@ -29,8 +29,9 @@ DESCRIPTION_TAG = "mlflow.note.content"  # what the MLflow UI shows as a model's
 EXAMPLE = pd.DataFrame({TEXT_COLUMN: ["Stocks rally as oil prices fall", "Striker scores twice in cup final win"]})
 
 
-def save_pyfunc(model_dir: Path, target: Path) -> Path:
-    """Save a classifier folder as a pyfunc model at `target`: models-from-code, only the serving code inside."""
+def save_pyfunc(model_dir: Path, target: Path, backend: str = "torch") -> Path:
+    """Save a classifier folder as a pyfunc model at `target`: models-from-code, only the serving code inside, and
+    the requirements of the backend it serves with by default."""
     with tempfile.TemporaryDirectory(prefix="newscat-code-") as tmp:
         code = shipped_code(Path(tmp))
         mlflow.pyfunc.save_model(
@@ -40,7 +41,7 @@ def save_pyfunc(model_dir: Path, target: Path) -> Path:
             code_paths=[str(code)],
             signature=SIGNATURE,
             input_example=EXAMPLE,
-            pip_requirements=pip_requirements(),
+            pip_requirements=pip_requirements(backend),
         )
     return target
 
@@ -55,7 +56,25 @@ def log_checkpoint_model(
     max_length: int,
     base_model: str,
 ) -> str:
-    """A READY LoggedModel of a Trainer checkpoint, output of the active run at `step`; returns its id.
+    """A READY LoggedModel of a Trainer checkpoint (served by torch), output of the active run at `step`; returns
+    its id."""
+    with tempfile.TemporaryDirectory(prefix="newscat-model-") as tmp:
+        model_dir = export_classifier(
+            checkpoint, Path(tmp) / "classifier", max_length=max_length, base_model=base_model
+        )
+        return log_classifier_model(model_dir, name=name, step=step, params=params, tags=tags)
+
+
+def log_classifier_model(
+    model_dir: Path,
+    *,
+    name: str,
+    step: int,
+    params: Mapping[str, Any],
+    tags: Mapping[str, str],
+    backend: str = "torch",
+) -> str:
+    """A READY LoggedModel of a classifier folder, output of the active run at `step`; returns its id.
 
     A failure on the way (a full disk, a refused upload) leaves the model FAILED, never PENDING.
     """
@@ -63,25 +82,22 @@ def log_checkpoint_model(
     run_id = run.info.run_id
     # The study's run, so that the best model is looked for among this study's models only (a study name can be
     # reused in the same experiment after its storage was deleted).
-    tags = {**tags, STUDY_RUN_TAG: run.data.tags.get("mlflow.parentRunId", run_id)}
-    with tempfile.TemporaryDirectory(prefix="newscat-model-") as tmp:
-        model_dir = export_classifier(
-            checkpoint, Path(tmp) / "classifier", max_length=max_length, base_model=base_model
-        )
-        model = mlflow.initialize_logged_model(
-            name=name,
-            source_run_id=run_id,
-            params={k: str(v) for k, v in params.items()},
-            model_type=MODEL_TYPE,
-            tags={**tags, WEIGHTS_TAG: logged_weights_sha256(model_dir)},
-        )
-        try:
+    tags = {STUDY_RUN_TAG: run.data.tags.get("mlflow.parentRunId", run_id), **tags}
+    model = mlflow.initialize_logged_model(
+        name=name,
+        source_run_id=run_id,
+        params={k: str(v) for k, v in params.items()},
+        model_type=MODEL_TYPE,
+        tags={**tags, WEIGHTS_TAG: logged_weights_sha256(model_dir)},
+    )
+    try:
+        with tempfile.TemporaryDirectory(prefix="newscat-pyfunc-") as tmp:
             client = MlflowClient()
-            client.log_model_artifacts(model.model_id, str(save_pyfunc(model_dir, Path(tmp) / "model")))
-            client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=step)])
-        except BaseException:
-            mlflow.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
-            raise
+            client.log_model_artifacts(model.model_id, str(save_pyfunc(model_dir, Path(tmp) / "model", backend)))
+        client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=step)])
+    except BaseException:
+        mlflow.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
+        raise
     mlflow.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
     return model.model_id
 

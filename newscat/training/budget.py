@@ -8,8 +8,11 @@ from dataclasses import dataclass, field
 # Scoring a text costs a fraction of training on it: a forward pass only, in large length-sorted batches
 # (measured on the 2-core CPU: 7,600 test rows in 27 s vs 32 training samples/s, about 9x; 5x leaves a margin).
 INFERENCE_SPEEDUP = 5.0
-# Logging the model, registering it and loading it for scoring: seconds, whatever the data size.
-FIXED_OVERHEAD_S = 45.0
+# Passes over the test split at release: the accuracy gate scores torch fp32, ONNX int8 and fp32 and torch bf16, then
+# the logged model is scored as served (the int8 and ONNX passes are faster than fp32: 4 fp32 passes cover all).
+TEST_PASSES = 4
+# Logging the models, exporting and quantizing the ONNX graphs, registering: seconds, whatever the data size.
+FIXED_OVERHEAD_S = 75.0
 
 
 @dataclass
@@ -69,4 +72,4 @@ class Budget:
 
     def _seconds_for(self, train_samples: float, test_rows: int) -> float:
         speed = self.samples_per_second or 1.0
-        return train_samples / speed + test_rows / (speed * INFERENCE_SPEEDUP) + FIXED_OVERHEAD_S
+        return train_samples / speed + TEST_PASSES * test_rows / (speed * INFERENCE_SPEEDUP) + FIXED_OVERHEAD_S

@@ -7,7 +7,10 @@ Each step does one thing; `release_best` runs them in order.
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import optuna
@@ -15,10 +18,20 @@ from mlflow.entities.model_registry import ModelVersion
 
 from newscat.evaluation.card import CardFacts, model_card
 from newscat.evaluation.report import Predictions, per_class_table, predict_split, report_metrics
+from newscat.export.package import ServingBuild, build_serving, serving_table
 from newscat.registry.tags import VersionTags
 from newscat.registry.versions import find_version, register_version
 from newscat.tracking.evaluations import log_evaluation
-from newscat.tracking.models import load_model, log_model_card, logged_params, weights_sha256
+from newscat.tracking.models import (
+    STUDY_RUN_TAG,
+    download_model,
+    load_model,
+    log_classifier_model,
+    log_model_card,
+    log_model_metrics,
+    logged_params,
+    weights_sha256,
+)
 from newscat.training.budget import Budget
 from newscat.training.refit import FinalWeights, refit_best
 
@@ -61,25 +74,55 @@ def release_best(
         log.info("best trial %d is already registered as version %s", best.number, existing.version)
         return Release(existing, dict(VersionTags.from_tags(existing.tags).test_metrics), None)
     final = refit_best(inputs, study, best, budget)
-    predictions = score_on_test(inputs, final)
+    model_id, build = log_release_model(inputs, best, final, parent_run_id)
+    predictions = score_on_test(inputs, model_id, final.rows)
     metrics = report_metrics(predictions)
-    log_evaluation(predictions, metrics, model_id=final.model_id)
-    card = write_card(inputs, study, best, final, predictions, metrics)
-    log_model_card(final.model_id, card)
+    log_evaluation(predictions, metrics, model_id=model_id)
+    card = write_card(inputs, study, best, final, predictions, metrics, build)
+    log_model_card(model_id, card)
     tags = version_tags(inputs, study, best, final, parent_run_id, predictions, metrics)
-    version = register_version(f"models:/{final.model_id}", cfg.registered_model, tags=tags, description=card)
+    version = register_version(f"models:/{model_id}", cfg.registered_model, tags=tags, description=card)
     log.info("registered %s version %s with alias challenger", cfg.registered_model, version.version)
     return Release(version, metrics, predictions)
 
 
-def score_on_test(inputs: StudyInputs, final: FinalWeights) -> Predictions:
+def log_release_model(
+    inputs: StudyInputs, best: optuna.trial.FrozenTrial, final: FinalWeights, parent_run_id: str
+) -> tuple[str, ServingBuild]:
+    """The final weights as the model to register (`release-trial-N`): ONNX graphs added, every serving path scored
+    on the test split by the accuracy gate, the requirements of the default path. Returns its id and the build."""
+    test = inputs.data.test
+    with tempfile.TemporaryDirectory(prefix="newscat-release-") as tmp:
+        source = download_model(f"models:/{final.model_id}", Path(tmp) / "source")
+        model_dir = Path(shutil.copytree(source / "artifacts" / "classifier", Path(tmp) / "classifier"))
+        build = build_serving(model_dir, test["text"].tolist(), test["label"].to_numpy())
+        model_id = log_classifier_model(
+            model_dir,
+            name=f"release-trial-{best.number}",
+            step=0,
+            params=logged_params(final.model_id),
+            tags={
+                "newscat.study": inputs.cfg.tune.study_name,
+                "newscat.trial": str(best.number),
+                "newscat.role": "release",
+                "newscat.source_model_id": final.model_id,  # the trial's or refit's LoggedModel with these weights
+                STUDY_RUN_TAG: parent_run_id,
+                **build.decision.tags(),
+            },
+            backend=build.decision.default.split("/")[0],
+        )
+    log_model_metrics(model_id, build.decision.metrics(), inputs.records["test"])
+    return model_id, build
+
+
+def score_on_test(inputs: StudyInputs, model_id: str, rows: int) -> Predictions:
     """Score the test split through the logged model, as it will be served.
 
-    Loading it checks its weights' SHA-256, so a model cut short by a kill is never registered.
+    Loading it checks its files' SHA-256, so a model cut short by a kill is never registered.
     """
     data = inputs.data
-    log.info("scoring the final model (%d training rows) on %d test rows", final.rows, len(data.test))
-    model = load_model(f"models:/{final.model_id}")
+    log.info("scoring the final model (%d training rows) on %d test rows", rows, len(data.test))
+    model = load_model(f"models:/{model_id}")
     return predict_split(model, data.test, data.label_names, inputs.records["test"])
 
 
@@ -90,6 +133,7 @@ def write_card(
     final: FinalWeights,
     predictions: Predictions,
     metrics: dict[str, float],
+    build: ServingBuild,
 ) -> str:
     """The model card (markdown) of the final model."""
     cfg, data = inputs.cfg, inputs.data
@@ -109,6 +153,7 @@ def write_card(
             metrics=metrics,
             per_class=per_class_table(predictions, metrics),
             max_length=cfg.model.max_length,
+            serving=serving_table(build),
         )
     )
 

@@ -10,6 +10,7 @@ import pytest
 from mlflow.entities import LoggedModelStatus
 from mlflow.tracking import MlflowClient
 
+from newscat.registry.versions import model_id_of
 from tests.helpers import MODEL_NAME
 from tests.integration.conftest import TrackedStudy
 
@@ -79,6 +80,7 @@ def test_each_complete_trial_is_a_logged_model_with_its_params_and_validation_me
     experiment = client.get_run(tracked_study.parent_run_id).info.experiment_id
     found = mlflow.search_logged_models(
         experiment_ids=[experiment],
+        filter_string="tags.`newscat.role` = 'trial'",
         order_by=[{"field_name": "metrics.eval_accuracy", "ascending": False, "dataset_name": "validation"}],
         output_format="list",
     )
@@ -100,6 +102,35 @@ def test_each_complete_trial_is_a_logged_model_with_its_params_and_validation_me
     assert client.list_artifacts(trials[1].info.run_id) == []  # the pruned trial keeps no weights
     assert not any(a.path.startswith("checkpoint") for a in client.list_artifacts(trials[0].info.run_id))
     assert list(tracked_study.work_dir.rglob("checkpoint-*")) == []
+
+
+def test_the_registered_model_is_the_release_with_its_serving_paths_gated_on_test(
+    tracked_study: TrackedStudy, client: MlflowClient
+) -> None:
+    """The registered version is `release-trial-N`: the best weights plus ONNX graphs, each serving path scored on
+    the test split beside torch fp32, the gate's figures linked to the test set, torch-free requirements when ONNX
+    is the default."""
+    version = client.get_model_version_by_alias(MODEL_NAME, "challenger")
+    release = mlflow.get_logged_model(model_id_of(f"models:/{MODEL_NAME}/{version.version}"))
+    trial = mlflow.get_logged_model(release.tags["newscat.source_model_id"])
+    assert release.name == f"release-trial-{version.tags['trial']}" and release.tags["newscat.role"] == "release"
+    assert trial.name == f"trial-{version.tags['trial']}" and release.params == trial.params
+    assert release.tags["newscat.weights_sha256"] == trial.tags["newscat.weights_sha256"]
+    parent = client.get_run(tracked_study.parent_run_id)
+    test = next(d.dataset for d in parent.inputs.dataset_inputs if d.tags[0].value == "test")
+    gate = {m.key: m for m in release.metrics if m.key.endswith(("_agreement", "_accuracy", "_texts_per_s"))}
+    assert {"torch_fp32_agreement", "onnx_int8_agreement", "onnx_fp32_agreement"} <= set(gate)
+    assert all(m.dataset_name == "test" and m.dataset_digest == test.digest for m in gate.values())
+    assert gate["torch_fp32_agreement"].value == 1.0 and gate["onnx_fp32_agreement"].value == 1.0
+    default = release.tags["newscat.serving.default"]
+    assert default in release.tags["newscat.serving.passed"].split(",")
+    local = Path(
+        mlflow.artifacts.download_artifacts(f"models:/{release.model_id}", dst_path=str(tracked_study.root / "release"))
+    )
+    requirements = (local / "requirements.txt").read_text()
+    if default.startswith("onnx/"):
+        assert "onnxruntime==" in requirements and "torch" not in requirements and "transformers" not in requirements
+    assert "| path | test accuracy | agreement with torch fp32 |" in release.tags["mlflow.note.content"]
 
 
 def test_the_experiment_is_a_model_training_experiment(tracked_study: TrackedStudy, client: MlflowClient) -> None:

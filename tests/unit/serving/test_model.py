@@ -76,10 +76,15 @@ def test_long_texts_are_cut_to_max_length_and_flagged(tokenizer: PreTrainedToken
     assert ids[1][-1] == tokenizer.sep_token_id and ids[1][:7] == ids[0][:7]
 
 
-def test_requirements_are_installable_pins() -> None:
-    requirements = pip_requirements()
-    assert any(r.startswith("torch==") for r in requirements)
-    assert all("+" not in r for r in requirements)  # no local version labels such as +cpu
+def test_onnx_requirements_hold_no_torch_and_torch_requirements_the_cpu_build() -> None:
+    onnx = pip_requirements("onnx")
+    names = {r.split("==")[0] for r in onnx}
+    assert {"onnxruntime", "tokenizers", "uvloop", "httptools", "mlflow-skinny"} <= names
+    assert not names & {"torch", "transformers", "mlflow"}  # nothing of torch; the skinny MLflow client
+    torch = pip_requirements("torch")
+    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in torch  # not PyPI's CUDA build
+    assert any(r.startswith("torch==") and r.endswith("+cpu") for r in torch)
+    assert all("+" not in r for r in onnx + torch if not r.startswith("torch=="))
 
 
 def test_batcher_merges_concurrent_requests_and_keeps_their_order() -> None:
@@ -128,34 +133,34 @@ def test_batcher_hands_errors_to_the_caller_and_keeps_serving() -> None:
     assert batcher.submit(["good"]).shape == (1, 1)
 
 
-@pytest.mark.parametrize("value", ["fp32", "bf16", "int8"])
-def test_serving_precision_switch(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
-    from newscat.serving.precision import serving_precision
-
-    monkeypatch.setenv("NEWSCAT_PRECISION", value.upper())
-    assert serving_precision() == value
-
-
-def test_serving_precision_auto_and_bad_values(monkeypatch: pytest.MonkeyPatch) -> None:
-    from newscat.serving.precision import native_bf16, serving_precision
-
-    monkeypatch.delenv("NEWSCAT_PRECISION", raising=False)
-    assert serving_precision() == ("bf16" if native_bf16() else "fp32")
-    monkeypatch.setenv("NEWSCAT_PRECISION", "fp8")
-    with pytest.raises(MlflowException, match="NEWSCAT_PRECISION='fp8': use auto, fp32, bf16 or int8"):
-        serving_precision()
-
-
 def test_weights_that_differ_from_the_logged_digest_are_refused(tmp_path) -> None:
-    from newscat.serving.artifacts import CorruptModelError, export_classifier, file_sha256, verify_weights
+    import json
+
+    from newscat.serving.artifacts import (
+        SETTINGS_FILE,
+        CorruptModelError,
+        export_classifier,
+        record_files,
+        verify_files,
+    )
 
     checkpoint = tmp_path / "checkpoint"
     checkpoint.mkdir()
     (checkpoint / "model.safetensors").write_bytes(b"\x08" * 4096)
     model_dir = export_classifier(checkpoint, tmp_path / "model", max_length=32, base_model="x")
-    expected = file_sha256(model_dir / "model.safetensors")
-    verify_weights(model_dir, expected)  # intact: no error
-    with (model_dir / "model.safetensors").open("r+b") as handle:
+    (model_dir / "onnx").mkdir()
+    (model_dir / "onnx" / "model.onnx").write_bytes(b"\x01" * 4096)
+    record_files(model_dir, ["onnx/model.onnx"])
+
+    def settings() -> dict:
+        return json.loads((model_dir / SETTINGS_FILE).read_text())
+
+    assert set(settings()["files_sha256"]) == {"model.safetensors", "onnx/model.onnx"}
+    verify_files(model_dir, settings())  # intact: no error
+    with (model_dir / "onnx" / "model.onnx").open("r+b") as handle:
         handle.truncate(1000)  # a copy cut short by a kill
-    with pytest.raises(CorruptModelError, match=r"differs from the logged .* incomplete or altered"):
-        verify_weights(model_dir, expected)
+    with pytest.raises(CorruptModelError, match=r"model.onnx: SHA-256 .* differs from the logged .* incomplete"):
+        verify_files(model_dir, settings())
+    (model_dir / "onnx" / "model.onnx").unlink()
+    with pytest.raises(CorruptModelError, match=r"SHA-256 missing"):
+        verify_files(model_dir, settings())

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from newscat.training.budget import FIXED_OVERHEAD_S, INFERENCE_SPEEDUP, Budget
+from newscat.training.budget import FIXED_OVERHEAD_S, INFERENCE_SPEEDUP, TEST_PASSES, Budget
 
 
 def test_no_budget_never_stops() -> None:
@@ -27,7 +27,7 @@ def test_deadline_leaves_room_for_refit_and_scoring() -> None:
     budget.observe(40.0, 3000)
     budget.observe(None, 5000)
     assert budget.samples_per_second == 40.0
-    refit_s, scoring_s = 20_000 / 40.0, 1200 / (40.0 * INFERENCE_SPEEDUP)
+    refit_s, scoring_s = 20_000 / 40.0, TEST_PASSES * 1200 / (40.0 * INFERENCE_SPEEDUP)  # gate + final score
     assert budget.tuning_deadline(20_000, 1200) == pytest.approx(1800.0 - refit_s - scoring_s - FIXED_OVERHEAD_S)
     assert budget.training_deadline(1200) == pytest.approx(1800.0 - scoring_s - FIXED_OVERHEAD_S)
     assert Budget(None).training_deadline(1200) is None

@@ -1,0 +1,71 @@
+"""The serving build of the final model: its classifier folder plus ONNX graphs, each path scored by the accuracy
+gate, and the gate's decision written into the model's settings for `newscat.serving.choice` to read."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from newscat.export.gate import GateDecision, candidates, run_gate
+from newscat.export.onnx import export_onnx
+from newscat.serving.artifacts import SETTINGS_FILE, record_files
+from newscat.serving.precision import native_bf16
+
+log = logging.getLogger("newscat")
+
+
+@dataclass(frozen=True)
+class ServingBuild:
+    """The gate's decision, the probabilities of its default path on the test texts, and what the export did."""
+
+    decision: GateDecision
+    probabilities: np.ndarray
+    fused: dict[str, int]
+    onnx_error: str | None
+
+
+def build_serving(model_dir: Path, texts: list[str], labels: np.ndarray) -> ServingBuild:
+    """Add ONNX graphs to `model_dir` (a classifier folder), gate every path on the test texts, record the decision.
+
+    A model whose architecture torch.onnx or ONNX Runtime cannot handle is served by torch: the reason is kept.
+    """
+    fused: dict[str, int] = {}
+    error = None
+    try:
+        export = export_onnx(model_dir)
+        record_files(model_dir, sorted(export.files.values()))
+        fused = export.fused
+    except Exception as exc:  # any exporter failure: serve with torch, say why
+        error = f"{type(exc).__name__}: {exc}"[:500]
+        log.warning("ONNX export failed, the model is served by torch: %s", error)
+    onnx = error is None
+    decision, probabilities = run_gate(model_dir, texts, labels, candidates(onnx, native_bf16()), onnx)
+    path = model_dir / SETTINGS_FILE
+    settings = json.loads(path.read_text(encoding="utf-8"))
+    settings["serving"] = decision.settings()
+    path.write_text(json.dumps(settings, indent=2), encoding="utf-8")
+    return ServingBuild(decision, probabilities[decision.default], fused, error)
+
+
+def serving_table(build: ServingBuild) -> str:
+    """The gate's figures as a markdown table (for the model card)."""
+    rows = [
+        f"| {s.path} | {s.accuracy:.4f} | {s.agreement:.4f} | {s.texts_per_s:.0f} | "
+        f"{'yes' if s.passed else 'no'}{' (default)' if s.path == build.decision.default else ''} |"
+        for s in build.decision.scores
+    ]
+    note = f"\nONNX export failed ({build.onnx_error}); torch serves this model.\n" if build.onnx_error else ""
+    return (
+        "\n".join(
+            [
+                "| path | test accuracy | agreement with torch fp32 | texts/s (batches of 64, at logging) | passed |",
+                "| --- | --- | --- | --- | --- |",
+                *rows,
+            ]
+        )
+        + note
+    )

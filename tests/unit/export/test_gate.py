@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import numpy as np
+
+from newscat.export.gate import candidates, decide
+
+
+def _probs(predicted: list[int], classes: int = 4) -> np.ndarray:
+    out = np.full((len(predicted), classes), 0.1)
+    out[np.arange(len(predicted)), predicted] = 0.7
+    return out
+
+
+def test_the_fastest_path_that_agrees_and_keeps_accuracy_is_the_default() -> None:
+    labels = np.array([0, 1, 2, 3] * 250)  # 1,000 texts
+    reference = labels.copy()
+    reference[:100] = (labels[:100] + 1) % 4  # torch fp32: 90.0%
+    int8 = reference.copy()
+    int8[100:106] = (labels[100:106] + 1) % 4  # 6 more mistakes: 99.4% agreement, -0.6 points
+    fp32 = reference.copy()
+    bf16 = reference.copy()
+    bf16[:3] = labels[:3]  # 3 labels differ (99.7%), each now right: +0.3 points
+    decision = decide(
+        {
+            "torch/fp32": _probs(reference),
+            "onnx/int8": _probs(int8),
+            "onnx/fp32": _probs(fp32),
+            "torch/bf16": _probs(bf16),
+        },
+        labels,
+        {"torch/fp32": 10.0, "onnx/int8": 2.0, "onnx/fp32": 4.0, "torch/bf16": 3.0},
+        onnx=True,
+    )
+    scores = {s.path: s for s in decision.scores}
+    assert not scores["onnx/int8"].passed and scores["onnx/int8"].agreement == 0.994
+    assert scores["torch/bf16"].passed and scores["onnx/fp32"].passed
+    assert decision.default == "torch/bf16"  # 333 texts/s beats onnx fp32's 250
+    assert decision.settings()["passed"] == ["torch/fp32", "onnx/fp32", "torch/bf16"]
+    assert decision.metrics()["onnx_int8_accuracy"] == 0.894 and decision.metrics()["torch_fp32_texts_per_s"] == 100
+    assert decision.tags()["newscat.serving.default"] == "torch/bf16"
+
+
+def test_an_accuracy_loss_beyond_three_tenths_of_a_point_fails_even_with_high_agreement() -> None:
+    labels = np.zeros(2000, dtype=int)
+    int8 = labels.copy()
+    int8[:7] = 1  # 99.65% agreement, but -0.35 points
+    decision = decide(
+        {"torch/fp32": _probs(labels), "onnx/int8": _probs(int8)}, labels, {"torch/fp32": 5, "onnx/int8": 1}, onnx=True
+    )
+    assert [s.passed for s in decision.scores] == [True, False] and decision.default == "torch/fp32"
+
+
+def test_candidates_leave_out_what_cannot_run() -> None:
+    assert candidates(onnx=True, native_bf16=False) == ["torch/fp32", "onnx/int8", "onnx/fp32"]
+    assert candidates(onnx=False, native_bf16=True) == ["torch/fp32", "torch/bf16"]

