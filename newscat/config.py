@@ -18,6 +18,8 @@ DEFAULT_DATA = "fancyzhx/ag_news"
 PRECISIONS = ("auto", "fp32", "bf16")
 PRUNERS = ("median", "hyperband", "none")
 PROMOTE_MODES = ("none", "auto")
+# The fast serving paths the accuracy gate may choose from (torch fp32, the reference, is always scored).
+SERVING_PATHS = ("onnx/int8", "onnx/fp32", "torch/bf16")
 STUDY_METRICS = ("eval_accuracy", "eval_macro_f1")
 GATE_METRICS = ("accuracy", "macro_f1")
 
@@ -61,10 +63,17 @@ class ModelConfig:
 
     name: str = DEFAULT_MODEL
     max_length: int = 128
+    serving_paths: tuple[str, ...] = SERVING_PATHS  # the released model's candidate paths; none: torch fp32 only
 
     def __post_init__(self) -> None:
         if not 8 <= self.max_length <= 512:
             raise ConfigError(f"max_length must be in [8, 512], got {self.max_length}")
+        given = self.serving_paths.split(",") if isinstance(self.serving_paths, str) else self.serving_paths
+        paths = tuple(p.strip().lower() for p in given if p.strip() and p.strip().lower() != "none")
+        unknown = [p for p in paths if p not in SERVING_PATHS]
+        if unknown:
+            raise ConfigError(f"serving_paths: unknown {', '.join(unknown)}; choose from {', '.join(SERVING_PATHS)}")
+        object.__setattr__(self, "serving_paths", paths)
 
 
 @dataclass(frozen=True)
@@ -335,6 +344,12 @@ TUNE_OPTIONS: tuple[Option, ...] = (
         "max_eval_samples", "data.max_eval_samples", "Cap on validation rows used to score trials (0: no cap).", "int"
     ),
     Option("max_length", "model.max_length", "Truncate texts to this many tokens.", "int"),
+    Option(
+        "serving_paths",
+        "model.serving_paths",
+        "Serving paths the accuracy gate may pick (none: torch fp32).",
+        "columns",
+    ),
     Option(
         "refit_samples",
         "train.refit_samples",

@@ -98,7 +98,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def running(command: list[str], env: dict[str, str], log_path: Path, ready_path: str) -> Iterator[str]:
+def running(
+    command: list[str], env: dict[str, str], log_path: Path, ready_path: str, ready_s: float = 180
+) -> Iterator[str]:
     """Start a server process on a free port (`{port}` in `command`), wait until `ready_path` answers 200."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -107,7 +109,7 @@ def running(command: list[str], env: dict[str, str], log_path: Path, ready_path:
             [part.format(port=port) for part in command], env=env, stdout=log, stderr=subprocess.STDOUT
         )
         try:
-            deadline = time.monotonic() + 180
+            deadline = time.monotonic() + ready_s
             while time.monotonic() < deadline:
                 assert process.poll() is None, log_path.read_text()[-3000:]
                 try:
@@ -117,17 +119,19 @@ def running(command: list[str], env: dict[str, str], log_path: Path, ready_path:
                     pass
                 time.sleep(1)
             else:
-                pytest.fail(f"{command[0]} did not answer {ready_path} within 180 s")
+                pytest.fail(f"{command[0]} did not answer {ready_path} within {ready_s:.0f} s")
             yield url
         finally:
             process.terminate()
             process.wait(timeout=30)
 
 
-def serve_model(model_uri: str, env: dict[str, str], log_path: Path) -> AbstractContextManager[str]:
+def serve_model(
+    model_uri: str, env: dict[str, str], log_path: Path, env_manager: str = "local", ready_s: float = 180
+) -> AbstractContextManager[str]:
     """A real `mlflow models serve` process for `model_uri`; the context gives its URL."""
-    command = ["mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local", "-h", "127.0.0.1"]
-    return running([*command, "-p", "{port}"], env, log_path, "/ping")
+    command = ["mlflow", "models", "serve", "-m", model_uri, "--env-manager", env_manager, "-h", "127.0.0.1"]
+    return running([*command, "-p", "{port}"], env, log_path, "/ping", ready_s)
 
 
 @dataclass(frozen=True)

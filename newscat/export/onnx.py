@@ -12,9 +12,13 @@ from newscat.serving.backends import ONNX_DIR, ONNX_FILES
 
 log = logging.getLogger("newscat")
 OPSET = 17
-# Nodes kept in fp32 by the int8 graph: the pooler and classifier head act on one vector per text, so quantizing
-# them saves nothing measurable, and their rounding moves every probability.
-KEEP_FP32 = ("/pooler/", "/classifier/")
+# Nodes kept in fp32 by the int8 graph. The pooler and classifier act on one vector per text: quantizing them saves
+# nothing measurable, and their rounding moves every probability. The feed-forward output projections read GELU
+# outputs, the widest activation range in the layer, which one 8-bit scale per batch resolves worst: measured on a
+# fine-tuned model (AMD EPYC, 7,600 AG News test items), quantizing them too gave 99.34% label agreement with fp32,
+# keeping them in fp32 99.70%, at 367 instead of 465 texts/s (fp32 graph: 253).
+KEEP_FP32 = ("/pooler/", "/classifier/", "/output/dense/")
+NOT_KEPT = ("/attention/",)  # the attention output projection (also named output/dense) is quantized
 
 
 @dataclass(frozen=True)
@@ -99,7 +103,11 @@ def _quantize(source: Path, path: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     graph = onnx.load(str(source))
-    keep = [node.name for node in graph.graph.node if any(part in node.name for part in KEEP_FP32)]
+    keep = [
+        node.name
+        for node in graph.graph.node
+        if any(part in node.name for part in KEEP_FP32) and not any(part in node.name for part in NOT_KEPT)
+    ]
     keep += [f"{name}_MatMul" for name in keep]  # the quantizer first splits each Gemm into MatMul + Add
     quantize_dynamic(
         str(source),

@@ -42,7 +42,6 @@ def export_classifier(checkpoint: Path, target: Path, *, max_length: int, base_m
     settings = {
         "max_length": max_length,
         "base_model": base_model,
-        "batch_size": 64,
         "max_batch": MAX_BATCH,
         "weights_sha256": file_sha256(target / WEIGHTS_FILE),
         "files_sha256": {WEIGHTS_FILE: file_sha256(target / WEIGHTS_FILE)},  # checked at every load
@@ -86,7 +85,8 @@ def record_files(model_dir: Path, relatives: list[str]) -> None:
     """Add the SHA-256 of more files (ONNX graphs) to the model's settings, to be checked at every load."""
     path = model_dir / SETTINGS_FILE
     settings = json.loads(path.read_text(encoding="utf-8"))
-    settings["files_sha256"] = {**settings["files_sha256"], **{r: file_sha256(model_dir / r) for r in relatives}}
+    known = settings.get("files_sha256") or {WEIGHTS_FILE: settings["weights_sha256"]}  # older models: weights only
+    settings["files_sha256"] = {**known, **{r: file_sha256(model_dir / r) for r in relatives}}
     path.write_text(json.dumps(settings, indent=2), encoding="utf-8")
 
 

@@ -50,7 +50,7 @@ class Platform:
 
     @classmethod
     def detect(cls) -> Platform:
-        has_torch = importlib.util.find_spec("torch") is not None
+        has_torch = _installed("torch")
         cuda = bf16 = False
         if has_torch:
             import torch
@@ -58,7 +58,15 @@ class Platform:
             from newscat.serving.precision import native_bf16
 
             cuda, bf16 = torch.cuda.is_available(), native_bf16()
-        return cls(has_torch, importlib.util.find_spec("onnxruntime") is not None, cuda, bf16)
+        return cls(has_torch, _installed("onnxruntime"), cuda, bf16)
+
+
+def _installed(module: str) -> bool:
+    """Whether `module` can be imported here (an import hook that refuses it counts as not installed)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def setting(env: Mapping[str, str], name: str) -> str:

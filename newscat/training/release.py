@@ -95,7 +95,9 @@ def log_release_model(
     with tempfile.TemporaryDirectory(prefix="newscat-release-") as tmp:
         source = download_model(f"models:/{final.model_id}", Path(tmp) / "source")
         model_dir = Path(shutil.copytree(source / "artifacts" / "classifier", Path(tmp) / "classifier"))
-        build = build_serving(model_dir, test["text"].tolist(), test["label"].to_numpy())
+        build = build_serving(
+            model_dir, test["text"].tolist(), test["label"].to_numpy(), inputs.cfg.model.serving_paths
+        )
         model_id = log_classifier_model(
             model_dir,
             name=f"release-trial-{best.number}",

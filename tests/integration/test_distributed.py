@@ -75,10 +75,13 @@ def test_two_workers_share_one_study_one_parent_run_and_one_registration(
     assert version.tags["parent_run_id"] == parent_id
     assert version.tags["trial"] == str(study.best_trial.number)
     # One LoggedModel per complete trial, whichever worker ran it, and no duplicates.
-    models = {m.name: m.model_id for m in client.search_logged_models(experiment_ids=[experiment])}
+    found = client.search_logged_models(experiment_ids=[experiment])
+    models = {m.name: m for m in found}
     complete = [t.number for t in trials if t.state == TrialState.COMPLETE]
-    assert sorted(models) == sorted(f"trial-{n}" for n in complete)
-    assert version.source == f"models:/{models['trial-' + version.tags['trial']]}"
+    release = f"release-trial-{version.tags['trial']}"  # the registered build of the best trial's weights, once
+    assert sorted(m.name for m in found) == sorted([release, *(f"trial-{n}" for n in complete)])
+    assert version.source == f"models:/{models[release].model_id}"
+    assert models[release].tags["newscat.source_model_id"] == models["trial-" + version.tags["trial"]].model_id
     registered = [output for output in outputs if "registered newscat-dist version 1" in output]
     assert len(registered) == 1
     other = outputs[1 - outputs.index(registered[0])]

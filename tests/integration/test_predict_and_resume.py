@@ -88,9 +88,11 @@ def test_rerun_resumes_the_study_instead_of_starting_over(tmp_path: Path) -> Non
         assert refit.data.tags["mlflow.parentRunId"] in parents
         assert refit.data.params["train_rows"] == version.tags["train_rows"] == "12"
         assert refit.info.status == "FINISHED"
-        model = client.get_logged_model(version.source.removeprefix("models:/"))
+        release = client.get_logged_model(version.source.removeprefix("models:/"))
+        assert release.name == f"release-trial-{version.tags['trial']}" and release.status == LoggedModelStatus.READY
+        model = client.get_logged_model(release.tags["newscat.source_model_id"])  # the weights it packages
         assert model.name == f"refit-trial-{version.tags['trial']}" and model.source_run_id == refit.info.run_id
-        assert model.params["train_rows"] == "12" and model.status == LoggedModelStatus.READY
+        assert model.params["train_rows"] == release.params["train_rows"] == "12"
     assert "refit: trial" in first.stderr and "refit: trial" not in third.stderr
     # promote=auto: every new version faced the gate; the champion is the last version that passed it.
     gate_runs = client.search_runs(
@@ -101,9 +103,9 @@ def test_rerun_resumes_the_study_instead_of_starting_over(tmp_path: Path) -> Non
     passed = [r.data.tags["gate.challenger"] for r in gate_runs if r.data.tags["gate.passed"] == "true"]
     assert str(client.get_model_version_by_alias("newscat-resume", "champion").version) == passed[-1]
     assert "promotion gate (run" in first.stderr and "PASS: no champion yet" in first.stderr
-    # Resumes add the missing trials' models, never duplicates: one READY model per complete trial and refit.
+    # Resumes add the missing trials' models, never duplicates: one READY model per complete trial, refit and release.
     experiment = client.get_experiment_by_name("resume").experiment_id
     names = sorted(m.name for m in client.search_logged_models(experiment_ids=[experiment]))
     complete = [t.number for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
-    refits = sorted(f"refit-trial-{v.tags['trial']}" for v in versions)
+    refits = sorted(f"{kind}-trial-{v.tags['trial']}" for v in versions for kind in ("refit", "release"))
     assert names == sorted([*(f"trial-{n}" for n in complete), *refits])

@@ -8,6 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 import requests
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.helpers import CLASSES, MODEL_NAME, serve_model, tool_env
 from tests.integration.conftest import TrackedStudy
@@ -132,7 +134,10 @@ def test_long_texts_are_truncated_and_flagged(server: str) -> None:
     predictions = _post(server, {"inputs": [long, HEADLINES[0]]}).json()["predictions"]
     assert [p["truncated"] for p in predictions] == [True, False]
     first_words = _post(server, {"inputs": [" ".join(HEADLINES * 20)]}).json()["predictions"][0]
-    assert first_words["probabilities"] == pytest.approx(predictions[0]["probabilities"])  # same first 32 tokens
+    # Same first 32 tokens, same answer. Within 0.005: the int8 path quantizes activations per batch, so a text's
+    # probabilities move in the third decimal with the texts that share its batch (its label agreement is gated).
+    assert first_words["label"] == predictions[0]["label"]
+    assert first_words["probabilities"] == pytest.approx(predictions[0]["probabilities"], abs=5e-3)
 
 
 def test_champion_serves_the_promoted_version(server: str, tracked_study: TrackedStudy, client) -> None:
@@ -140,3 +145,42 @@ def test_champion_serves_the_promoted_version(server: str, tracked_study: Tracke
     challenger = client.get_model_version_by_alias(MODEL_NAME, "challenger")
     assert champion.version == challenger.version
     assert requests.get(f"{server}/health", timeout=5).status_code == 200
+
+
+# Any JSON value, nested a few levels, with the strings and numbers that break parsers and casts.
+_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=40),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=12), inner, max_size=5),
+    max_leaves=20,
+)
+_KEYS = st.sampled_from(["inputs", "instances", "dataframe_split", "dataframe_records", "params", "text", ""])
+_BODIES = st.one_of(
+    _JSON,  # anything at the top level
+    st.dictionaries(_KEYS, _JSON, min_size=1, max_size=3),  # the scoring server's keys, holding anything
+    st.builds(lambda data: {"dataframe_split": {"columns": ["text"], "data": data}}, _JSON),
+    st.builds(lambda rows: {"dataframe_records": rows}, st.lists(st.dictionaries(st.just("text"), _JSON), max_size=4)),
+    st.builds(lambda texts: {"inputs": texts}, st.lists(st.text(max_size=200) | _JSON, max_size=6)),
+)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=_BODIES)
+def test_generated_bodies_get_a_200_or_a_4xx_with_a_message_never_a_5xx(server: str, body: object) -> None:
+    response = _post(server, body)
+    assert response.status_code < 500, (body, response.text)
+    if response.status_code != 200:
+        assert response.status_code >= 400 and response.json()["message"], (body, response.text)
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.binary(max_size=300) | st.text(max_size=200).map(str.encode))
+def test_generated_raw_bytes_never_get_a_5xx_and_the_server_keeps_answering(server: str, data: bytes) -> None:
+    response = requests.post(
+        f"{server}/invocations", data=data, headers={"Content-Type": "application/json"}, timeout=60
+    )
+    assert response.status_code < 500, (data, response.text)
+    assert _post(server, {"inputs": HEADLINES}).status_code == 200  # still serving

@@ -72,3 +72,14 @@ def test_bad_config_file(tmp_path: Path) -> None:
         read_config_file(path)
     with pytest.raises(ConfigError, match="cannot read config file"):
         read_config_file(tmp_path / "missing.yaml")
+
+
+def test_serving_paths_are_checked_and_none_means_torch_fp32_only() -> None:
+    from newscat.config import ConfigError, ModelConfig
+
+    assert ModelConfig().serving_paths == ("onnx/int8", "onnx/fp32", "torch/bf16")
+    assert ModelConfig(serving_paths=("ONNX/FP32", " torch/bf16")).serving_paths == ("onnx/fp32", "torch/bf16")
+    assert ModelConfig(serving_paths="onnx/int8,onnx/fp32").serving_paths == ("onnx/int8", "onnx/fp32")  # a file
+    assert ModelConfig(serving_paths=("none",)).serving_paths == ()
+    with pytest.raises(ConfigError, match="serving_paths: unknown onnx/fp16; choose from onnx/int8, onnx/fp32"):
+        ModelConfig(serving_paths=("onnx/fp16",))

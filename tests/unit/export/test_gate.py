@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from newscat.export.gate import candidates, decide
+from newscat.export.gate import Timing, candidates, decide
 
 
 def _probs(predicted: list[int], classes: int = 4) -> np.ndarray:
@@ -28,15 +29,23 @@ def test_the_fastest_path_that_agrees_and_keeps_accuracy_is_the_default() -> Non
             "torch/bf16": _probs(bf16),
         },
         labels,
-        {"torch/fp32": 10.0, "onnx/int8": 2.0, "onnx/fp32": 4.0, "torch/bf16": 3.0},
+        {
+            "torch/fp32": Timing(100.0, 12.0),
+            "onnx/int8": Timing(500.0, 3.0),
+            "onnx/fp32": Timing(250.0, 6.0),
+            "torch/bf16": Timing(333.0, 6.0),  # faster than onnx/fp32 at batch 64, as fast on one item
+        },
         onnx=True,
     )
     scores = {s.path: s for s in decision.scores}
     assert not scores["onnx/int8"].passed and scores["onnx/int8"].agreement == 0.994
     assert scores["torch/bf16"].passed and scores["onnx/fp32"].passed
-    assert decision.default == "torch/bf16"  # 333 texts/s beats onnx fp32's 250
+    assert decision.default == "torch/bf16"  # sqrt(3.33 x 2) beats sqrt(2.5 x 2); int8 would win but failed
+    assert scores["torch/bf16"].speedup == pytest.approx(np.sqrt(3.33 * 2))
     assert decision.settings()["passed"] == ["torch/fp32", "onnx/fp32", "torch/bf16"]
-    assert decision.metrics()["onnx_int8_accuracy"] == 0.894 and decision.metrics()["torch_fp32_texts_per_s"] == 100
+    metrics = decision.metrics()
+    assert metrics["onnx_int8_accuracy"] == 0.894 and metrics["torch_fp32_texts_per_s"] == 100
+    assert metrics["onnx_int8_one_item_ms"] == 3.0 and metrics["torch_fp32_speedup"] == 1.0
     assert decision.tags()["newscat.serving.default"] == "torch/bf16"
 
 
@@ -45,11 +54,17 @@ def test_an_accuracy_loss_beyond_three_tenths_of_a_point_fails_even_with_high_ag
     int8 = labels.copy()
     int8[:7] = 1  # 99.65% agreement, but -0.35 points
     decision = decide(
-        {"torch/fp32": _probs(labels), "onnx/int8": _probs(int8)}, labels, {"torch/fp32": 5, "onnx/int8": 1}, onnx=True
+        {"torch/fp32": _probs(labels), "onnx/int8": _probs(int8)},
+        labels,
+        {"torch/fp32": Timing(10, 10), "onnx/int8": Timing(50, 2)},
+        onnx=True,
     )
     assert [s.passed for s in decision.scores] == [True, False] and decision.default == "torch/fp32"
 
 
 def test_candidates_leave_out_what_cannot_run() -> None:
-    assert candidates(onnx=True, native_bf16=False) == ["torch/fp32", "onnx/int8", "onnx/fp32"]
-    assert candidates(onnx=False, native_bf16=True) == ["torch/fp32", "torch/bf16"]
+    every = ("onnx/int8", "onnx/fp32", "torch/bf16")
+    assert candidates(every, onnx=True, native_bf16=False) == ["torch/fp32", "onnx/int8", "onnx/fp32"]
+    assert candidates(every, onnx=False, native_bf16=True) == ["torch/fp32", "torch/bf16"]  # the export failed
+    assert candidates(("onnx/fp32",), onnx=True, native_bf16=True) == ["torch/fp32", "onnx/fp32"]
+    assert candidates((), onnx=False, native_bf16=True) == ["torch/fp32"]

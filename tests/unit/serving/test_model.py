@@ -164,3 +164,13 @@ def test_weights_that_differ_from_the_logged_digest_are_refused(tmp_path) -> Non
     (model_dir / "onnx" / "model.onnx").unlink()
     with pytest.raises(CorruptModelError, match=r"SHA-256 missing"):
         verify_files(model_dir, settings())
+
+
+def test_token_batches_keep_padded_size_within_the_budget() -> None:
+    from newscat.serving.model import token_batches
+
+    lengths = [5, 5, 6, 8, 8, 20, 40, 100, 130]
+    batches = token_batches(lengths, 40, max_rows=4)
+    assert [(b.start, b.stop) for b in batches] == [(0, 4), (4, 6), (6, 7), (7, 8), (8, 9)]
+    assert all((b.stop - b.start) * lengths[b.stop - 1] <= 40 or b.stop - b.start == 1 for b in batches)
+    assert token_batches([], 512) == []
