@@ -1,8 +1,13 @@
-"""Serving speed: newscat's pyfunc vs the same weights in MLflow's transformers flavor, both behind
-`mlflow models serve`, plus the pyfunc's in-process latency for the same headline. Prints JSON.
+"""Serving speed on real news items (title + description, as users send them): newscat's pyfunc on its default
+path (the accuracy gate's choice), the same model forced to torch fp32, and the same weights in MLflow's
+transformers flavor, each behind `mlflow models serve`. Titles alone are measured beside. Prints JSON.
 
 Each server runs alone (one after the other) on 127.0.0.1; clients are threads posting {"inputs": [...]} for
-a bounded time. Texts/s counts headlines scored; latencies are per request.
+a bounded time, each level repeated `--rounds` times (medians reported). Texts/s counts items scored; latencies are
+per request; memory is the server's resident set after the load.
+
+A model logged before the ONNX backend gets its serving build (ONNX graphs, the accuracy gate on the test split)
+made here first, as `newscat tune` does at release.
 
     MLFLOW_TRACKING_URI=sqlite:///mlflow.db python benchmarks/serving.py --model-uri models:/newscat@champion
 """
@@ -11,9 +16,11 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import os
 import platform
+import shutil
 import socket
 import statistics
 import subprocess
@@ -26,10 +33,40 @@ from pathlib import Path
 import requests
 
 
-def headlines(path: Path, n: int) -> list[str]:
-    """Titles of the AG News test split (the original CSV layout: label, title, description)."""
-    with path.open(encoding="utf-8", newline="") as handle:
-        return [row[1] for _, row in zip(range(n), csv.reader(handle), strict=False)]
+def news_items(data_dir: Path) -> tuple[list[str], list[str]]:
+    """AG News test items as clients send them (title + description, raw) and their titles alone."""
+    from newscat.data.text import join_fields
+
+    with (data_dir / "test.csv").open(encoding="utf-8", newline="") as handle:
+        rows = list(csv.reader(handle))
+    return [join_fields(title, description) for _, title, description in rows], [row[1] for row in rows]
+
+
+def serving_copy(pyfunc_dir: Path, data_dir: Path, target: Path) -> tuple[Path, dict]:
+    """The model as `newscat tune` now releases it: as logged if it has ONNX graphs, else built here the same way
+    (ONNX export, the accuracy gate on the test split, the default path's requirements)."""
+    from newscat.config import DataConfig
+    from newscat.data.load import load_news
+    from newscat.export.package import build_serving
+    from newscat.serving.backends import ONNX_DIR
+    from newscat.tracking.models import save_pyfunc
+
+    classifier = pyfunc_dir / "artifacts" / "classifier"
+    if (classifier / ONNX_DIR).is_dir():
+        return pyfunc_dir, json.loads((classifier / "newscat.json").read_text())["serving"]
+    model_dir = Path(shutil.copytree(classifier, target.parent / "classifier"))
+    test = load_news(DataConfig(source=str(data_dir)), seed=0).test
+    build = build_serving(model_dir, test["text"].tolist(), test["label"].to_numpy())
+    gate = {"default": build.decision.default, "paths": [dataclasses.asdict(s) for s in build.decision.scores]}
+    return save_pyfunc(model_dir, target, build.decision.default.split("/")[0]), gate
+
+
+def resident_mb(process: subprocess.Popen) -> float:
+    """Resident memory of the server and its children (uvicorn runs under the mlflow CLI), in MB."""
+    import psutil
+
+    root = psutil.Process(process.pid)
+    return round(sum(p.memory_info().rss for p in [root, *root.children(recursive=True)]) / 1e6, 1)
 
 
 def flavor_copy(classifier_dir: Path, target: Path) -> Path:
@@ -55,7 +92,7 @@ def start_server(model_path: Path, log: Path, extra_env: dict[str, str] | None =
     command += ["-h", "127.0.0.1"]
     # The server starts uvicorn by name: this interpreter's bin directory must be on PATH.
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    env.update(extra_env or {})
+    env.update(extra_env or {})  # MLFLOW_MODELS_WORKERS=2 (the serve command's --workers) runs two processes
     process = subprocess.Popen([*command, "-p", str(port)], stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
@@ -113,69 +150,101 @@ def load(url: str, texts: list[str], *, clients: int, batch: int, seconds: float
     }
 
 
-def in_process_p50(model_path: Path, text: str, repeats: int = 200) -> float:
-    """Median latency of the loaded pyfunc predicting one headline in this process."""
-    import mlflow
-    import pandas as pd
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
 
-    model = mlflow.pyfunc.load_model(str(model_path))
-    frame = pd.DataFrame({"text": [text]})
-    for _ in range(20):
-        model.predict(frame)
-    timings = []
-    for _ in range(repeats):
-        began = time.perf_counter()
-        model.predict(frame)
-        timings.append(time.perf_counter() - began)
-    return round(1000 * statistics.median(timings), 2)
+
+LEVELS = (("items", 1, 1), ("items", 8, 1), ("items", 8, 16), ("titles", 8, 1), ("titles", 8, 16))
+# The torch fp32 path: the baseline of the single-client latency target.
+SERVERS = {
+    "newscat": {},
+    "newscat_torch_fp32": {"NEWSCAT_BACKEND": "torch", "NEWSCAT_PRECISION": "fp32"},
+    "transformers_flavor": {},
+    "newscat_2_workers": {"MLFLOW_MODELS_WORKERS": "2"},  # one worker unless two measure better
+}
+
+
+def server_cpu_s(process: subprocess.Popen) -> float:
+    """CPU seconds used so far by the server and its children."""
+    import psutil
+
+    root = psutil.Process(process.pid)
+    return sum(sum(p.cpu_times()[:2]) for p in [root, *root.children(recursive=True)])
+
+
+def measure_server(
+    process: subprocess.Popen, url: str, corpora: dict[str, list[str]], seconds: float, rounds: int
+) -> dict[str, dict]:
+    """Every level `rounds` times; per level the median of texts/s and of p50/p99 latency, the errors, and the
+    server's CPU per request (the rest of the 2 cores goes to the client threads)."""
+    load(url, corpora["items"], clients=2, batch=1, seconds=2)  # warm-up
+    results = {}
+    for corpus, clients, batch in LEVELS:
+        cpu = server_cpu_s(process)
+        runs = [load(url, corpora[corpus], clients=clients, batch=batch, seconds=seconds) for _ in range(rounds)]
+        cpu = server_cpu_s(process) - cpu
+        results[f"{corpus}:clients={clients},batch={batch}"] = {
+            "texts_per_s": statistics.median(r["texts_per_s"] for r in runs),
+            "p50_ms": statistics.median(r["p50_ms"] for r in runs),
+            "p99_ms": statistics.median(r["p99_ms"] for r in runs),
+            "errors": sum(r["errors"] for r in runs),
+            "requests": sum(r["requests"] for r in runs),
+            "server_cpu_ms_per_request": round(1000 * cpu / max(1, sum(r["requests"] for r in runs)), 2),
+            "server_cores_busy": round(cpu / (seconds * rounds), 2),
+        }
+    return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-uri", default="models:/newscat@champion", help="newscat pyfunc model URI")
-    parser.add_argument("--data", default="../shared/data/ag_news/test.csv", help="AG News CSV for headlines")
-    parser.add_argument("--seconds", type=float, default=10.0, help="duration of each load level")
+    parser.add_argument("--data", default="../shared/data/ag_news", help="AG News directory (its test.csv)")
+    parser.add_argument("--seconds", type=float, default=8.0, help="duration of each load level")
+    parser.add_argument("--rounds", type=int, default=3, help="repeats of each level (medians reported)")
     args = parser.parse_args()
 
     import mlflow
 
-    texts = headlines(Path(args.data), 500)
+    items, titles = news_items(Path(args.data))
+    corpora = {"items": items[:2000], "titles": titles[:2000]}
     work = Path(tempfile.mkdtemp(prefix="newscat-serving-"))
-    pyfunc_dir = Path(mlflow.artifacts.download_artifacts(args.model_uri, dst_path=str(work / "pyfunc")))
-    flavor_dir = flavor_copy(pyfunc_dir / "artifacts" / "classifier", work / "flavor")
+    downloaded = Path(mlflow.artifacts.download_artifacts(args.model_uri, dst_path=str(work / "pyfunc")))
+    pyfunc_dir, gate = serving_copy(downloaded, Path(args.data), work / "release")
+    flavor_dir = flavor_copy(downloaded / "artifacts" / "classifier", work / "flavor")
     report: dict = {
         "benchmark": "serving",
+        "cpu": cpu_name(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, python {sys.version.split()[0]}",
         "model_uri": args.model_uri,
+        "gate": gate,
         "seconds_per_level": args.seconds,
-        "in_process_single_headline_p50_ms": in_process_p50(pyfunc_dir, texts[0]),
+        "rounds": args.rounds,
         "servers": {},
+        "resident_mb": {},
     }
-    levels = [(1, 1), (8, 1), (1, 16), (8, 16)]
-    for name, path in (("newscat_pyfunc", pyfunc_dir), ("transformers_flavor", flavor_dir)):
-        process, url = start_server(path, work / f"{name}.log")
+    for name, env in SERVERS.items():
+        path = flavor_dir if name == "transformers_flavor" else pyfunc_dir
+        process, url = start_server(path, work / f"{name}.log", env)
         try:
-            load(url, texts, clients=2, batch=1, seconds=2)  # warm-up
-            results = {}
-            for clients, batch in levels:
-                results[f"clients={clients},batch={batch}"] = load(
-                    url, texts, clients=clients, batch=batch, seconds=args.seconds
-                )
-                print(
-                    json.dumps(
-                        {name: {f"clients={clients},batch={batch}": results[f"clients={clients},batch={batch}"]}}
-                    ),
-                    flush=True,
-                )
-            report["servers"][name] = results
+            report["servers"][name] = measure_server(process, url, corpora, args.seconds, args.rounds)
+            report["resident_mb"][name] = resident_mb(process)
+            print(json.dumps({name: report["servers"][name]}), flush=True)
         finally:
             process.terminate()
             process.wait(timeout=30)
-    ours, theirs = report["servers"]["newscat_pyfunc"], report["servers"]["transformers_flavor"]
+        report.setdefault("engine", {})[name] = next(
+            (line for line in (work / f"{name}.log").read_text().splitlines() if "newscat model serves" in line), ""
+        )
+    ours, torch32, flavor, two = (report["servers"][n] for n in SERVERS)
     report["ratios"] = {
-        "texts_per_s_vs_flavor": {k: round(ours[k]["texts_per_s"] / theirs[k]["texts_per_s"], 2) for k in ours},
-        "served_p50_over_in_process_p50_single_headline": round(
-            ours["clients=1,batch=1"]["p50_ms"] / report["in_process_single_headline_p50_ms"], 2
+        "texts_per_s_vs_flavor": {k: round(ours[k]["texts_per_s"] / flavor[k]["texts_per_s"], 2) for k in ours},
+        "texts_per_s_vs_torch_fp32": {k: round(ours[k]["texts_per_s"] / torch32[k]["texts_per_s"], 2) for k in ours},
+        "two_workers_vs_one": {k: round(two[k]["texts_per_s"] / ours[k]["texts_per_s"], 2) for k in ours},
+        "one_client_one_item_p50_vs_torch_fp32": round(
+            ours["items:clients=1,batch=1"]["p50_ms"] / torch32["items:clients=1,batch=1"]["p50_ms"], 2
         ),
         "errors": sum(r["errors"] for server in report["servers"].values() for r in server.values()),
     }

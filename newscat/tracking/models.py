@@ -73,12 +73,14 @@ def log_classifier_model(
     params: Mapping[str, Any],
     tags: Mapping[str, str],
     backend: str = "torch",
+    run_id: str | None = None,
 ) -> str:
-    """A READY LoggedModel of a classifier folder, output of the active run at `step`; returns its id.
+    """A READY LoggedModel of a classifier folder, output of run `run_id` (default: the active run) at `step`;
+    returns its id.
 
     A failure on the way (a full disk, a refused upload) leaves the model FAILED, never PENDING.
     """
-    run = mlflow.active_run()
+    run = MlflowClient().get_run(run_id) if run_id else mlflow.active_run()
     run_id = run.info.run_id
     # The study's run, so that the best model is looked for among this study's models only (a study name can be
     # reused in the same experiment after its storage was deleted).

@@ -112,6 +112,7 @@ def log_release_model(
                 **build.decision.tags(),
             },
             backend=build.decision.default.split("/")[0],
+            run_id=final.run_id,  # the run that trained these weights: the registered version's run
         )
     log_model_metrics(model_id, build.decision.metrics(), inputs.records["test"])
     return model_id, build

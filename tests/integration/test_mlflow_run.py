@@ -168,7 +168,7 @@ def test_best_model_is_registered_with_tags_and_challenger_alias(
     trial_run = client.get_run(version.tags["trial_run_id"])
     assert version.run_id == version.tags["weights_run_id"] == trial_run.info.run_id
     model = client.get_logged_model(version.source.removeprefix("models:/"))
-    assert model.name == "trial-0" and model.source_run_id == trial_run.info.run_id
+    assert model.name == "release-trial-0" and model.source_run_id == trial_run.info.run_id  # its weights' run
     test = {m.key: (m.value, m.dataset_name, m.dataset_digest) for m in model.metrics if m.key.startswith("test_")}
     assert test["test_accuracy"] == (
         pytest.approx(float(version.tags["test_accuracy"]), abs=5e-5),
