@@ -53,9 +53,10 @@ def _predicts(project: TinyProject, model: str, version: str) -> None:
 
 
 def test_kill_9_mid_trial_then_rerun_fails_that_trial_and_finishes_the_study(tmp_path: Path) -> None:
-    # 96 training rows, batch 8, 2 epochs: each trial trains for several seconds, long enough to be killed in.
+    # 60 rows per class, batch 8, 2 epochs: each trial trains for several seconds, long enough to be killed in even
+    # on a fast CPU (with 30 per class a trial once finished inside the wait below).
     space = "learning_rate: {low: 1.0e-4, high: 5.0e-4, log: true}\nbatch_size: 8\nepochs: 2\n"
-    project = tiny_project(tmp_path, space=space, n_train=30)
+    project = tiny_project(tmp_path, space=space, n_train=60)
     command = project.tune_args(**_flags("killed", n_trials=3))
     storage = project.storage
     with (tmp_path / "first.log").open("w") as log:
@@ -70,7 +71,7 @@ def test_kill_9_mid_trial_then_rerun_fails_that_trial_and_finishes_the_study(tmp
                 continue
             running = [t for t in trials if t.number == 1 and t.state == TrialState.RUNNING]
             if running and "mlflow_run_id" in running[0].user_attrs:
-                time.sleep(2)  # well into its training
+                time.sleep(1)  # into its training
                 victim = running[0]
         assert victim is not None, (tmp_path / "first.log").read_text()[-3000:]
         first.send_signal(signal.SIGKILL)
