@@ -46,9 +46,6 @@ class GateDecision:
     default: str
     onnx: bool
 
-    def reference(self) -> PathScore:
-        return next(s for s in self.scores if s.path == REFERENCE)
-
     def settings(self) -> dict[str, Any]:
         """The `serving` entry of the model's settings, which `newscat.serving.choice` reads at load time."""
         backend, precision = self.default.split("/")
