@@ -18,8 +18,12 @@ DEFAULT_DATA = "fancyzhx/ag_news"
 PRECISIONS = ("auto", "fp32", "bf16")
 PRUNERS = ("median", "hyperband", "none")
 PROMOTE_MODES = ("none", "auto")
+LEXICAL_MODES = ("auto", "off")  # auto: fit the TF-IDF companion, serve it mixed in if it wins on validation
 # The fast serving paths the accuracy gate may choose from (torch fp32, the reference, is always scored).
 SERVING_PATHS = ("onnx/int8", "onnx/fp32", "torch/bf16")
+# The default candidates: torch bf16 never won the gate's ranking (ONNX int8 did, on an Intel Xeon with AMX and on an
+# AMD EPYC, docs/performance.md) and scoring it costs the release about 45 s; ask for it with serving_paths.
+DEFAULT_SERVING_PATHS = ("onnx/int8", "onnx/fp32")
 STUDY_METRICS = ("eval_accuracy", "eval_macro_f1")
 GATE_METRICS = ("accuracy", "macro_f1")
 
@@ -63,11 +67,14 @@ class ModelConfig:
 
     name: str = DEFAULT_MODEL
     max_length: int = 128
-    serving_paths: tuple[str, ...] = SERVING_PATHS  # the released model's candidate paths; none: torch fp32 only
+    serving_paths: tuple[str, ...] = DEFAULT_SERVING_PATHS  # the release's candidate paths; none: torch fp32 only
+    lexical: str = "auto"
 
     def __post_init__(self) -> None:
         if not 8 <= self.max_length <= 512:
             raise ConfigError(f"max_length must be in [8, 512], got {self.max_length}")
+        if self.lexical not in LEXICAL_MODES:
+            raise ConfigError(f"lexical must be auto or off, got {self.lexical!r}")
         given = self.serving_paths.split(",") if isinstance(self.serving_paths, str) else self.serving_paths
         paths = tuple(p.strip().lower() for p in given if p.strip() and p.strip().lower() != "none")
         unknown = [p for p in paths if p not in SERVING_PATHS]
@@ -91,6 +98,8 @@ class TrainConfig:
     # After tuning on a subsample, retrain the best params on more rows: up to refit_samples (0: all of them).
     refit: bool = True
     refit_samples: int | None = 20000
+    # The refit also scores the mean of the weights at its second half's evaluations, kept if validation prefers it.
+    average_weights: bool = True
 
     def __post_init__(self) -> None:
         if self.max_epochs < 1:
@@ -351,6 +360,14 @@ TUNE_OPTIONS: tuple[Option, ...] = (
         "columns",
     ),
     Option(
+        "lexical",
+        "model.lexical",
+        "auto: fit a TF-IDF word and character n-gram companion on the final rows and serve it mixed with the "
+        "encoder if it wins on the validation split; off: the encoder alone.",
+        "choice",
+        LEXICAL_MODES,
+    ),
+    Option(
         "refit_samples",
         "train.refit_samples",
         "After tuning, retrain the best params on up to this many training rows (0: all rows); no refit when the "
@@ -359,6 +376,15 @@ TUNE_OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "refit", "train.refit", "Refit the best params on more rows (--no-refit: keep the trial's).", "flag", (), False
+    ),
+    Option(
+        "average_weights",
+        "train.average_weights",
+        "The refit also scores the mean of its weights at the second half's evaluations on validation and keeps it "
+        "if it wins (--no-average-weights: the best evaluation's weights).",
+        "flag",
+        (),
+        False,
     ),
     Option(
         "evals_per_epoch",

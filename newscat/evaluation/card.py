@@ -35,6 +35,7 @@ class CardFacts:
     per_class: pd.DataFrame
     max_length: int
     serving: str = ""  # the accuracy gate's table of serving paths (markdown)
+    lexical: str = ""  # the lexical companion's comparison with the encoder (markdown; empty: not tried)
 
 
 def model_card(facts: CardFacts) -> str:
@@ -76,7 +77,7 @@ Fine-tuned **{facts.base_model}** (BERT family) to sort news into {len(facts.lab
 
 The study's run (the version's `parent_run_id` tag) holds the confusion matrix, the reliability diagram and the
 most confident mistakes under `evaluation/`.
-
+{_lexical_section(facts.lexical)}
 ## Serving paths
 Each fast path was scored on the test split beside torch fp32; it may be the default only if it agrees on at least
 99.5% of the labels and loses at most 0.3 points of accuracy. `NEWSCAT_BACKEND` (auto, torch, onnx),
@@ -98,6 +99,15 @@ topic is acceptable and a person can correct it.
 
 ## Serve and query
 {SERVE_AND_QUERY.format(name=facts.registered_model, max_length=facts.max_length)}
+"""
+
+
+def _lexical_section(table: str) -> str:
+    if not table:
+        return ""
+    return f"""
+## Lexical companion
+{table}
 """
 
 

@@ -14,7 +14,11 @@ from newscat.config import SERVING_PATHS
 from newscat.export.gate import GateDecision, candidates, run_gate
 from newscat.export.onnx import export_onnx
 from newscat.serving.artifacts import SETTINGS_FILE, record_files
+from newscat.serving.backends import load_engine
+from newscat.serving.lexical import LexicalModel
+from newscat.serving.model import class_probabilities
 from newscat.serving.precision import native_bf16
+from newscat.serving.tokens import TokenEncoder
 
 log = logging.getLogger("newscat")
 
@@ -50,11 +54,30 @@ def build_serving(
     onnx = error is None and any(p.startswith("onnx/") for p in wanted)
     paths = candidates(wanted, onnx, native_bf16())
     decision, probabilities = run_gate(model_dir, texts, labels, paths, onnx)
+    _update_settings(model_dir, serving=decision.settings())
+    return ServingBuild(decision, probabilities[decision.default], fused, error)
+
+
+def path_probabilities(model_dir: Path, path: str, texts: list[str]) -> np.ndarray:
+    """The encoder's class probabilities of `texts` on one serving path (`backend/precision`), on the CPU."""
+    settings = json.loads((model_dir / SETTINGS_FILE).read_text(encoding="utf-8"))
+    backend, precision = path.split("/")
+    engine = load_engine(model_dir, backend, precision, "cpu")
+    return class_probabilities(TokenEncoder(model_dir, int(settings["max_length"])), engine, texts)[0]
+
+
+def add_lexical(model_dir: Path, model: LexicalModel) -> None:
+    """Put the lexical companion's plain files into the model (SHA-256 checked at load) and its share into the
+    settings, so that the served model mixes it in."""
+    record_files(model_dir, model.save(model_dir))
+    _update_settings(model_dir, lexical={"weight": model.weight, "features": int(model.coef.shape[1])})
+
+
+def _update_settings(model_dir: Path, **entries: object) -> None:
     path = model_dir / SETTINGS_FILE
     settings = json.loads(path.read_text(encoding="utf-8"))
-    settings["serving"] = decision.settings()
+    settings.update(entries)
     path.write_text(json.dumps(settings, indent=2), encoding="utf-8")
-    return ServingBuild(decision, probabilities[decision.default], fused, error)
 
 
 def serving_table(build: ServingBuild) -> str:

@@ -21,6 +21,7 @@ from newscat.serving.backends import Engine, load_engine
 from newscat.serving.batching import Batcher
 from newscat.serving.choice import Choice, Platform, resolve
 from newscat.serving.inputs import CHARS_PER_TOKEN_CAP, MAX_BATCH, MAX_BATCH_ENV, invalid, max_batch, texts_from
+from newscat.serving.lexical import LexicalModel, mix, prepare_texts
 from newscat.serving.tokens import TokenEncoder
 
 # Padded tokens per forward pass. Measured on a 2-core AMD EPYC (ONNX int8, batches of 128 news items merged from
@@ -59,6 +60,8 @@ class NewsClassifier(mlflow.pyfunc.PythonModel):
         self.encoder = TokenEncoder(model_dir, self.max_length)
         self.choice: Choice = resolve(settings.get("serving", {}), Platform.detect())
         self.engine = load_engine(model_dir, self.choice.backend, self.choice.precision, self.choice.device)
+        lexical = settings.get("lexical")  # the TF-IDF companion, when it won on validation
+        self.lexical = LexicalModel.load(model_dir, float(lexical["weight"])) if lexical else None
         self._batcher = Batcher(self._forward)
         # One line on the server's console says which engine answers (the scoring server configures no logging).
         print(f"newscat model serves with {self.choice}", file=sys.stderr, flush=True)
@@ -95,7 +98,11 @@ class NewsClassifier(mlflow.pyfunc.PythonModel):
         """Runs on the batcher's thread: probabilities and truncation flags of the merged requests' texts."""
         if not texts:
             return np.zeros((0, len(self.label_names))), np.zeros(0, dtype=bool)
-        return class_probabilities(self.encoder, self.engine, texts, self.tokens_per_batch)
+        probabilities, truncated = class_probabilities(self.encoder, self.engine, texts, self.tokens_per_batch)
+        if self.lexical is not None:
+            prepared = prepare_texts(texts, self.max_length * CHARS_PER_TOKEN_CAP)
+            probabilities = mix(probabilities, self.lexical.probabilities(prepared), self.lexical.weight)
+        return probabilities, truncated
 
 
 def class_probabilities(

@@ -13,14 +13,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import optuna
 from mlflow.entities.model_registry import ModelVersion
 
+from newscat.errors import NewscatError
 from newscat.evaluation.card import CardFacts, model_card
 from newscat.evaluation.report import Predictions, per_class_table, predict_split, report_metrics
-from newscat.export.package import ServingBuild, build_serving, serving_table
+from newscat.export.package import ServingBuild, add_lexical, build_serving, path_probabilities, serving_table
 from newscat.registry.tags import VersionTags
 from newscat.registry.versions import find_version, register_version
+from newscat.serving.inputs import CHARS_PER_TOKEN_CAP
+from newscat.serving.lexical import mix, prepare_texts
 from newscat.tracking.evaluations import log_evaluation
 from newscat.tracking.models import (
     STUDY_RUN_TAG,
@@ -33,12 +37,24 @@ from newscat.tracking.models import (
     weights_sha256,
 )
 from newscat.training.budget import Budget
+from newscat.training.lexical import Companion, build_companion, companion_metrics, companion_table
 from newscat.training.refit import FinalWeights, refit_best
 
 if TYPE_CHECKING:
     from newscat.training.inputs import StudyInputs
 
 log = logging.getLogger("newscat")
+# Test rows scored through the logged model to check it against its release build, and the largest difference in a
+# class probability allowed: int8 activations are quantized per batch, so a text's probabilities move in the third
+# decimal with its batch-mates; a wrong file or share moves them by far more.
+CHECK_ROWS = 256
+CHECK_TOLERANCE = 0.02
+
+
+class ReleaseError(NewscatError):
+    """The logged release model does not reproduce its release build."""
+
+
 # The params of the final model that its card shows (a refit under a budget may run fewer epochs than its trial).
 CARD_PARAMS = (
     "learning_rate",
@@ -74,11 +90,13 @@ def release_best(
         log.info("best trial %d is already registered as version %s", best.number, existing.version)
         return Release(existing, dict(VersionTags.from_tags(existing.tags).test_metrics), None)
     final = refit_best(inputs, study, best, budget)
-    model_id, build = log_release_model(inputs, best, final, parent_run_id)
-    predictions = score_on_test(inputs, model_id, final.rows)
+    model_id, build, companion = log_release_model(inputs, best, final, parent_run_id)
+    lexical = _lexical_test_probabilities(inputs, companion)
+    predictions = score_on_test(inputs, model_id, build, companion, lexical)
     metrics = report_metrics(predictions)
     log_evaluation(predictions, metrics, model_id=model_id)
-    card = write_card(inputs, study, best, final, predictions, metrics, build)
+    section = _companion_section(inputs, model_id, companion, build, lexical, metrics)
+    card = write_card(inputs, study, best, final, predictions, metrics, build, section)
     log_model_card(model_id, card)
     tags = version_tags(inputs, study, best, final, parent_run_id, predictions, metrics)
     version = register_version(f"models:/{model_id}", cfg.registered_model, tags=tags, description=card)
@@ -88,9 +106,10 @@ def release_best(
 
 def log_release_model(
     inputs: StudyInputs, best: optuna.trial.FrozenTrial, final: FinalWeights, parent_run_id: str
-) -> tuple[str, ServingBuild]:
+) -> tuple[str, ServingBuild, Companion | None]:
     """The final weights as the model to register (`release-trial-N`): ONNX graphs added, every serving path scored
-    on the test split by the accuracy gate, the requirements of the default path. Returns its id and the build."""
+    on the test split by the accuracy gate, the lexical companion mixed in where it wins on validation, the
+    requirements of the default path. Returns its id, the build and the companion (None: not tried)."""
     test = inputs.data.test
     with tempfile.TemporaryDirectory(prefix="newscat-release-") as tmp:
         source = download_model(f"models:/{final.model_id}", Path(tmp) / "source")
@@ -98,6 +117,9 @@ def log_release_model(
         build = build_serving(
             model_dir, test["text"].tolist(), test["label"].to_numpy(), inputs.cfg.model.serving_paths
         )
+        companion = fit_companion(inputs, model_dir, final, build.decision.default)
+        if companion is not None and companion.choice.kept:
+            add_lexical(model_dir, companion.model)
         model_id = log_classifier_model(
             model_dir,
             name=f"release-trial-{best.number}",
@@ -115,18 +137,88 @@ def log_release_model(
             run_id=final.run_id,  # the run that trained these weights: the registered version's run
         )
     log_model_metrics(model_id, build.decision.metrics(), inputs.records["test"])
-    return model_id, build
+    if companion is not None:
+        log_model_metrics(model_id, companion.choice.metrics(), inputs.records["validation"])
+    return model_id, build, companion
 
 
-def score_on_test(inputs: StudyInputs, model_id: str, rows: int) -> Predictions:
-    """Score the test split through the logged model, as it will be served.
+def fit_companion(inputs: StudyInputs, model_dir: Path, final: FinalWeights, path: str) -> Companion | None:
+    """The lexical companion, fitted on the final weights' training rows; its share chosen on validation against
+    the encoder as served on `path` (None: `model.lexical` is off)."""
+    cfg, data = inputs.cfg, inputs.data
+    if cfg.model.lexical == "off":
+        return None
+    rows = data.refit_rows(cfg.train.refit_samples, seed=cfg.seed) if final.rows > len(data.train) else data.train
+    texts = data.validation["text"].tolist()
+    return build_companion(
+        (rows["text"].tolist(), rows["label"].to_numpy()),
+        (texts, data.validation["label"].to_numpy()),
+        path_probabilities(model_dir, path, texts),
+        max_chars=cfg.model.max_length * CHARS_PER_TOKEN_CAP,
+        seed=cfg.seed,
+    )
 
-    Loading it checks its files' SHA-256, so a model cut short by a kill is never registered.
+
+def _lexical_test_probabilities(inputs: StudyInputs, companion: Companion | None) -> np.ndarray | None:
+    """The companion's class probabilities on the test texts (None: no companion)."""
+    if companion is None:
+        return None
+    max_chars = inputs.cfg.model.max_length * CHARS_PER_TOKEN_CAP
+    return companion.model.probabilities(prepare_texts(inputs.data.test["text"].tolist(), max_chars))
+
+
+def _companion_section(
+    inputs: StudyInputs,
+    model_id: str,
+    companion: Companion | None,
+    build: ServingBuild,
+    lexical: np.ndarray | None,
+    served: dict[str, float],
+) -> str:
+    """The encoder alone and the companion alone on the test split (metrics of the release model, linked to the
+    test set) and the card's table comparing them with the served model."""
+    if companion is None or lexical is None:
+        return ""
+    labels = inputs.data.test["label"].to_numpy()
+    scores = companion_metrics(labels, {"encoder": build.probabilities, "lexical": lexical})
+    log_model_metrics(model_id, scores, inputs.records["test"])
+    return companion_table(companion, scores, served)
+
+
+def score_on_test(
+    inputs: StudyInputs,
+    model_id: str,
+    build: ServingBuild,
+    companion: Companion | None,
+    lexical: np.ndarray | None,
+) -> Predictions:
+    """The released model's predictions on the test split: the gate's scores of its default path (the same code,
+    engine and batches that serve it), mixed with the companion's as the served model mixes them.
+
+    A sample is scored through the logged model too, which checks its files' SHA-256 at load: it must give the same
+    answers, so a model cut short by a kill, or assembled wrongly, is never registered.
     """
     data = inputs.data
-    log.info("scoring the final model (%d training rows) on %d test rows", rows, len(data.test))
-    model = load_model(f"models:/{model_id}")
-    return predict_split(model, data.test, data.label_names, inputs.records["test"])
+    probabilities = build.probabilities
+    if companion is not None and lexical is not None and companion.choice.kept:
+        probabilities = mix(probabilities, lexical, companion.model.weight)
+    sample = data.test.iloc[:CHECK_ROWS]
+    log.info("checking the logged model on %d of the %d test rows", len(sample), len(data.test))
+    served = predict_split(load_model(f"models:/{model_id}"), sample, data.label_names, inputs.records["test"])
+    gap = float(np.abs(served.probabilities - probabilities[: len(sample)]).max()) if len(sample) else 0.0
+    if gap > CHECK_TOLERANCE:
+        raise ReleaseError(
+            f"the logged model {model_id} answers differently from its release build (class probabilities differ "
+            f"by up to {gap:.3f} on {len(sample)} test rows): it is not registered"
+        )
+    return Predictions(
+        texts=data.test["text"].tolist(),
+        labels=data.test["label"].to_numpy(),
+        predicted=probabilities.argmax(axis=1),
+        probabilities=probabilities,
+        label_names=tuple(data.label_names),
+        data=dict(inputs.records["test"]),
+    )
 
 
 def write_card(
@@ -137,6 +229,7 @@ def write_card(
     predictions: Predictions,
     metrics: dict[str, float],
     build: ServingBuild,
+    lexical: str = "",
 ) -> str:
     """The model card (markdown) of the final model."""
     cfg, data = inputs.cfg, inputs.data
@@ -157,6 +250,7 @@ def write_card(
             per_class=per_class_table(predictions, metrics),
             max_length=cfg.model.max_length,
             serving=serving_table(build),
+            lexical=lexical,
         )
     )
 

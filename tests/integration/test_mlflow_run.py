@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import mlflow
@@ -118,7 +119,8 @@ def test_the_registered_model_is_the_release_with_its_serving_paths_gated_on_tes
     assert release.tags["newscat.weights_sha256"] == trial.tags["newscat.weights_sha256"]
     parent = client.get_run(tracked_study.parent_run_id)
     test = next(d.dataset for d in parent.inputs.dataset_inputs if d.tags[0].value == "test")
-    gate = {m.key: m for m in release.metrics if m.key.endswith(("_agreement", "_accuracy", "_texts_per_s"))}
+    paths = ("torch_", "onnx_")
+    gate = {m.key: m for m in release.metrics if m.key.startswith(paths) and not m.key.startswith("eval_")}
     assert {"torch_fp32_agreement", "onnx_int8_agreement", "onnx_fp32_agreement"} <= set(gate)
     assert all(m.dataset_name == "test" and m.dataset_digest == test.digest for m in gate.values())
     assert gate["torch_fp32_agreement"].value == 1.0 and gate["onnx_fp32_agreement"].value == 1.0
@@ -131,6 +133,35 @@ def test_the_registered_model_is_the_release_with_its_serving_paths_gated_on_tes
     if default.startswith("onnx/"):
         assert "onnxruntime==" in requirements and "torch" not in requirements and "transformers" not in requirements
     assert "| path | test accuracy | agreement with torch fp32 |" in release.tags["mlflow.note.content"]
+
+
+def test_the_lexical_companion_is_scored_beside_the_encoder_and_served_only_if_it_won_on_validation(
+    tracked_study: TrackedStudy, client: MlflowClient
+) -> None:
+    """The release model says, on validation, why the companion's share is what it is, and on test how the encoder
+    alone and the companion alone score; the served model carries the companion's files only when its share is
+    above 0, and the card compares all three."""
+    version = client.get_model_version_by_alias(MODEL_NAME, "challenger")
+    release = mlflow.get_logged_model(model_id_of(f"models:/{MODEL_NAME}/{version.version}"))
+    metrics = {m.key: m for m in release.metrics}
+    validation = ("lexical_weight", "eval_encoder_accuracy", "eval_lexical_accuracy", "eval_mix_accuracy")
+    assert all(metrics[k].dataset_name == "validation" for k in validation)
+    assert all(metrics[k].dataset_name == "test" for k in ("encoder_accuracy", "lexical_accuracy", "lexical_ece"))
+    weight = metrics["lexical_weight"].value
+    assert 0.0 <= weight < 1.0
+    if weight > 0:  # kept: it lost no validation accuracy and lowered the validation log loss
+        assert metrics["eval_mix_accuracy"].value >= metrics["eval_encoder_accuracy"].value
+        assert metrics["eval_mix_log_loss"].value < metrics["eval_encoder_log_loss"].value
+    local = Path(
+        mlflow.artifacts.download_artifacts(
+            f"models:/{release.model_id}", dst_path=str(tracked_study.root / "release-lexical")
+        )
+    )
+    settings = json.loads((local / "artifacts" / "classifier" / "newscat.json").read_text())
+    assert settings.get("lexical", {}).get("weight", 0.0) == pytest.approx(weight)
+    assert (local / "artifacts" / "classifier" / "lexical" / "weights.npz").is_file() == (weight > 0)
+    card = release.tags["mlflow.note.content"]
+    assert "## Lexical companion" in card and "| encoder alone |" in card and "| served:" in card
 
 
 def test_the_experiment_is_a_model_training_experiment(tracked_study: TrackedStudy, client: MlflowClient) -> None:

@@ -77,7 +77,7 @@ def test_bad_config_file(tmp_path: Path) -> None:
 def test_serving_paths_are_checked_and_none_means_torch_fp32_only() -> None:
     from newscat.config import ConfigError, ModelConfig
 
-    assert ModelConfig().serving_paths == ("onnx/int8", "onnx/fp32", "torch/bf16")
+    assert ModelConfig().serving_paths == ("onnx/int8", "onnx/fp32")  # torch/bf16 only when asked for
     assert ModelConfig(serving_paths=("ONNX/FP32", " torch/bf16")).serving_paths == ("onnx/fp32", "torch/bf16")
     assert ModelConfig(serving_paths="onnx/int8,onnx/fp32").serving_paths == ("onnx/int8", "onnx/fp32")  # a file
     assert ModelConfig(serving_paths=("none",)).serving_paths == ()

@@ -50,3 +50,39 @@ def test_export_fuses_attention_quantizes_and_gates_every_path(model_dir: Path) 
     assert len(quantized) == 6 * 2  # per layer: attention output and feed-forward in; feed-forward out stays fp32
     assert all("/attention/output/" in n or "/intermediate/" in n for n in quantized)  # the head stays fp32 too
     assert np.allclose(build.probabilities.sum(axis=1), 1.0)
+
+
+def test_the_served_model_mixes_the_lexical_companion_into_every_path(
+    model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A companion added to the model is served: the pyfunc's probabilities are the weighted mix of the encoder's
+    (on the path it serves with) and the companion's, on the ONNX and the torch backend alike."""
+    import dataclasses
+    import shutil
+
+    import mlflow
+    import pandas as pd
+
+    from newscat.export.package import add_lexical, path_probabilities
+    from newscat.serving.lexical import prepare_texts
+    from newscat.tracking.models import save_pyfunc
+    from newscat.training.lexical import fit_lexical
+
+    news = make_news(12, seed=5)
+    texts, labels = [f"{title} {text}" for _, title, text in news], np.array([label - 1 for label, _, _ in news])
+    directory = Path(shutil.copytree(model_dir, tmp_path / "classifier"))
+    build_serving(directory, texts, labels, ("onnx/fp32",))
+    companion = dataclasses.replace(fit_lexical(texts, labels, max_chars=4096, seed=0), weight=0.4)
+    add_lexical(directory, companion)
+    verify_files(directory, json.loads((directory / SETTINGS_FILE).read_text()))  # its files are checksummed
+    model_uri = str(save_pyfunc(directory, tmp_path / "pyfunc", backend="onnx"))
+    queries = ["Stocks rally as oil prices fall", "Striker scores twice in cup final win", texts[0]]
+    lexical = companion.probabilities(prepare_texts(queries, 4096))
+    for backend, path in (("onnx", "onnx/fp32"), ("torch", "torch/fp32")):
+        monkeypatch.setenv("NEWSCAT_BACKEND", backend)
+        monkeypatch.setenv("NEWSCAT_PRECISION", "fp32")
+        served = mlflow.pyfunc.load_model(model_uri).predict(pd.DataFrame({"text": queries}))
+        names = list(served["probabilities"][0])
+        got = np.array([[row[n] for n in names] for row in served["probabilities"]])
+        expected = 0.6 * path_probabilities(directory, path, queries) + 0.4 * lexical
+        assert got == pytest.approx(expected, abs=1e-5), backend
