@@ -43,7 +43,7 @@ def refit_best(
 
     Without more rows than the trials saw (or with refit off) the best trial's own checkpoint is used. A refit
     already finished for this trial (an earlier, interrupted process) is reused. Under a time budget the refit runs
-    as many epochs as still fit, at most the trial's.
+    as many epochs as still fit, at most `max_epochs`.
     """
     cfg, data = inputs.cfg, inputs.data
     trial = FinalWeights(best.user_attrs["mlflow_model_id"], best.user_attrs["mlflow_run_id"], len(data.train))
@@ -54,7 +54,8 @@ def refit_best(
     if done.get("trial") == best.number and done.get("model_id") and run_finished(done.get("run_id", "")):
         log.info("reusing the refit of trial %d (run %s)", best.number, done["run_id"])
         return FinalWeights(done["model_id"], done["run_id"], int(done["rows"]))
-    params = _affordable(trial_params(best, inputs.space), budget, len(rows), len(data.test))
+    trial_values = trial_params(best, inputs.space)
+    params = affordable_params(trial_values, budget, len(rows), len(data.test), cfg.train.max_epochs)
     if params is None:
         log.info("time budget: no time left for a refit worth having; using trial %d", best.number)
         return trial
@@ -65,12 +66,16 @@ def refit_best(
     return refit
 
 
-def _affordable(params: TrialParams, budget: Budget, n_rows: int, test_rows: int) -> TrialParams | None:
-    """The params with as many epochs as the budget still affords (None: under half an epoch fits)."""
+def affordable_params(
+    params: TrialParams, budget: Budget, n_rows: int, test_rows: int, max_epochs: int
+) -> TrialParams | None:
+    """Under a time budget: as many epochs as still fit, up to `max_epochs` (the trials' bound, which the tuning
+    phase left room for), so that time left over buys epochs; the Trainer's learning-rate schedule is then planned
+    over the epochs the refit will actually get. None: under half an epoch fits. No budget: the trial's epochs."""
     affordable = budget.affordable_samples(test_rows)
     if affordable is None:
         return params
-    params = dataclasses.replace(params, epochs=min(params.epochs, round(affordable / n_rows, 2)))
+    params = dataclasses.replace(params, epochs=min(float(max_epochs), round(affordable / n_rows, 2)))
     return params if params.epochs >= 0.5 else None
 
 
@@ -92,6 +97,7 @@ def _train_refit(
                 output_dir=refit_dir,
                 # Slower than estimated (a busy machine)? Stop after a last evaluation, keep the best one.
                 deadline=budget.training_deadline(len(inputs.data.test)),
+                average=cfg.train.average_weights,
             )
             model_id = log_step(inputs, result, role="refit", number=number, params=params, rows=len(rows))
         finally:

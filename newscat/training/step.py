@@ -33,6 +33,7 @@ def train_step(
     output_dir: Path,
     deadline: float | None,
     callbacks: Sequence[TrainerCallback] = (),
+    average: bool = False,
 ) -> TrainResult:
     """Train `params` (seeded by trial `number`), logging each evaluation's metrics to the active run."""
     cfg = inputs.cfg
@@ -46,6 +47,7 @@ def train_step(
         seed=cfg.seed + number,
         callbacks=[EpochMetricsCallback(cfg.train.evals_per_epoch), *callbacks],
         deadline=deadline,
+        average=average,
     )
 
 
@@ -60,6 +62,9 @@ def log_step(
         set_tags({"newscat.stopped_by_budget": f"after {result.epochs_run} epochs"})
         log.info("%s %d stopped by the time budget after %s epochs", role, number, result.epochs_run)
     log_metrics({**result.best_metrics, "epoch": result.best_epoch or 0}, prefix="best_")
+    if result.averaged_metrics is not None:  # the tail average of the weights, scored on validation
+        log_metrics(result.averaged_metrics, prefix="averaged_")
+        set_tags({"newscat.weights_averaged": "kept" if result.averaged_kept else "not kept: the best evaluation won"})
     step = eval_index(result.best_epoch or 0, cfg.train.evals_per_epoch)
     name = f"trial-{number}" if role == "trial" else f"refit-trial-{number}"
     model_id = log_checkpoint_model(

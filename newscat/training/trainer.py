@@ -70,6 +70,10 @@ class TrainResult:
     samples_trained: int = 0
     stopped_at_deadline: bool = False
     history: list[dict[str, Any]] = field(default_factory=list)
+    # Validation metrics of the weights averaged over the last half's evaluations (None: not tried), and whether
+    # they beat the best evaluation and became the result.
+    averaged_metrics: dict[str, float] | None = None
+    averaged_kept: bool = False
 
 
 def eval_every(n_rows: int, batch_size: int, evals_per_epoch: int) -> int:
@@ -91,6 +95,33 @@ class Checkpoints(TrainerCallback):
         if (state.global_step >= state.max_steps or self.stopped_at_deadline) and args.eval_strategy != "no":
             control.should_evaluate = True
             control.should_save = True
+
+
+class TailAverage(TrainerCallback):
+    """Sums the trainable weights at each evaluation in the second half of training (SWA over evaluation points:
+    the learning rate decays linearly, so these weights lie around one basin and their mean often generalises
+    better than any one of them)."""
+
+    def __init__(self) -> None:
+        self.total: dict[str, Any] | None = None
+        self.count = 0
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        if model is None or state.global_step * 2 <= state.max_steps:
+            return
+        weights = {n: p.detach().float() for n, p in model.named_parameters() if p.requires_grad}
+        if self.total is None:
+            self.total = {n: w.clone() for n, w in weights.items()}
+        else:
+            for name, weight in weights.items():
+                self.total[name] += weight
+        self.count += 1
+
+    def averaged(self) -> dict[str, Any] | None:
+        """The mean weights (None: fewer than two evaluations to average)."""
+        if self.total is None or self.count < 2:
+            return None
+        return {name: total / self.count for name, total in self.total.items()}
 
 
 class TrainingDiverged(FloatingPointError):
@@ -147,11 +178,14 @@ def train_classifier(
     callbacks: Sequence[TrainerCallback] = (),
     evaluate: bool = True,
     deadline: float | None = None,
+    average: bool = False,
 ) -> TrainResult:
     """Train, evaluating and saving `cfg.evals_per_epoch` times per epoch; the best evaluation's checkpoint is kept.
 
     With `evaluate=False` it only trains (no evaluation or checkpoints), as the training benchmark does. At
-    `deadline` (a `time.monotonic()` value) training stops after a last evaluation.
+    `deadline` (a `time.monotonic()` value) training stops after a last evaluation. With `average`, the mean of the
+    weights at the second half's evaluations is scored on validation too, and replaces the best checkpoint if it
+    scores higher.
     """
     import torch
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
@@ -191,6 +225,7 @@ def train_classifier(
         dataloader_pin_memory=torch.cuda.is_available(),
     )
     checkpoints = Checkpoints(deadline)
+    tail = TailAverage()
     if cfg.freeze_embeddings:  # the word-embedding matrix is half of a small BERT; its Adam update is costly
         model.get_input_embeddings().weight.requires_grad_(False)
     trainer = Trainer(
@@ -201,10 +236,41 @@ def train_classifier(
         eval_dataset=tokenized["validation"],
         processing_class=tokenizer,
         compute_metrics=compute_metrics,
-        callbacks=[checkpoints, DivergenceGuard(), *callbacks],
+        callbacks=[checkpoints, DivergenceGuard(), *([tail] if average and evaluate else []), *callbacks],
     )
     trainer.train()
-    return _result(trainer, stopped_at_deadline=checkpoints.stopped_at_deadline)
+    result = _result(trainer, stopped_at_deadline=checkpoints.stopped_at_deadline)
+    averaged = tail.averaged()
+    return _with_average(trainer, result, averaged, output_dir) if averaged is not None else result
+
+
+def _with_average(trainer: Any, result: TrainResult, averaged: dict[str, Any], output_dir: Path) -> TrainResult:
+    """Score the averaged weights on validation; keep them (saved as a checkpoint) only if they beat the best
+    evaluation on the study's metric."""
+    import torch
+
+    model = trainer.model
+    best = {n: p.detach().clone() for n, p in model.named_parameters() if n in averaged}
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name in averaged:
+                parameter.copy_(averaged[name].to(parameter.dtype))
+    # predict(), not evaluate(): no evaluation callbacks (metric logging, pruning) fire for this extra pass.
+    scored = trainer.predict(trainer.eval_dataset, metric_key_prefix="eval").metrics
+    metrics = {k: float(v) for k, v in scored.items() if k in ("eval_loss", "eval_accuracy", "eval_macro_f1")}
+    metric = trainer.args.metric_for_best_model
+    result.averaged_metrics = metrics
+    if metrics[metric] > result.best_metrics.get(metric, float("-inf")):
+        path = output_dir / "averaged"
+        trainer.save_model(str(path))
+        result.best_checkpoint, result.best_metrics, result.best_epoch = path, metrics, result.epochs_run
+        result.averaged_kept = True
+    else:
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                if name in best:
+                    parameter.copy_(best[name])
+    return result
 
 
 def _result(trainer: Any, *, stopped_at_deadline: bool) -> TrainResult:

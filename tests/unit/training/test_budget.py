@@ -42,3 +42,21 @@ def test_tuning_over_and_affordable_samples_follow_the_clock() -> None:
     roomy.observe(10.0, 100)
     assert not roomy.tuning_over(1000, 0)
     assert roomy.affordable_samples(0) == pytest.approx((1000.0 - FIXED_OVERHEAD_S) * 10.0, rel=0.01)
+
+
+def test_the_refit_spends_leftover_time_on_epochs_up_to_max_epochs() -> None:
+    from newscat.training.refit import affordable_params
+    from newscat.training.trainer import TrialParams
+
+    trial = TrialParams(learning_rate=1e-4, batch_size=32, epochs=2, warmup_ratio=0.1, weight_decay=0.01)
+    assert affordable_params(trial, Budget(None), 10_000, 1000, max_epochs=3) == trial  # no budget: the trial's
+    roomy = Budget(10_000.0)
+    roomy.observe(40.0, 5000)
+    assert affordable_params(trial, roomy, 10_000, 1000, max_epochs=3).epochs == 3.0  # time left buys epochs
+    tight = Budget(FIXED_OVERHEAD_S + TEST_PASSES * 1000 / (40.0 * INFERENCE_SPEEDUP) + 375.0)
+    tight.observe(40.0, 5000)
+    planned = affordable_params(trial, tight, 10_000, 1000, max_epochs=3)
+    assert planned is not None and 1.4 <= planned.epochs <= 1.5  # 375 s x 40 samples/s = 1.5 epochs, less the clock
+    gone = Budget(FIXED_OVERHEAD_S + 60.0)
+    gone.observe(40.0, 5000)
+    assert affordable_params(trial, gone, 10_000, 1000, max_epochs=3) is None  # under half an epoch fits

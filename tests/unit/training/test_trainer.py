@@ -14,6 +14,7 @@ from newscat.data.load import load_news
 from newscat.data.tokenize import tokenize_news
 from newscat.training.model import load_base_classifier, resolve_model_path
 from newscat.training.trainer import (
+    TailAverage,
     TrainingDiverged,
     TrialParams,
     describe_failure,
@@ -49,6 +50,41 @@ def test_evaluates_several_times_per_epoch(tiny, tmp_path: Path) -> None:
     assert result.best_checkpoint is not None and (result.best_checkpoint / "model.safetensors").is_file()
     assert result.epochs_run == 2.0 and not result.stopped_at_deadline
     assert result.samples_per_second is not None and result.samples_per_second > 0
+
+
+def test_the_tail_average_is_scored_and_kept_only_when_validation_prefers_it(tiny, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    tokenizer, tokenized, base = tiny
+    cfg = TrainConfig(evals_per_epoch=2, precision="fp32")
+    model = base.fresh(0)
+    result = train_classifier(model, tokenizer, tokenized, PARAMS, cfg, output_dir=tmp_path, seed=0, average=True)
+    evals = [entry for entry in result.history if "eval_loss" in entry]
+    best_evaluation = max(entry["eval_accuracy"] for entry in evals)
+    assert result.averaged_metrics is not None and 0.0 <= result.averaged_metrics["eval_accuracy"] <= 1.0
+    assert result.averaged_kept == (result.averaged_metrics["eval_accuracy"] > best_evaluation)
+    assert len(evals) == 4  # the extra pass over validation is not an evaluation: no callbacks, no pruning report
+    kept = result.best_checkpoint
+    assert kept is not None and (kept / "model.safetensors").is_file()
+    assert (kept.name == "averaged") == result.averaged_kept
+    saved = load_file(str(kept / "model.safetensors"))
+    name = "classifier.weight"
+    assert saved[name].tolist() == model.get_parameter(name).detach().tolist()  # the model in memory is the result
+
+
+def test_tail_average_means_the_second_halfs_evaluations() -> None:
+    from types import SimpleNamespace
+
+    import torch
+
+    layer = torch.nn.Linear(2, 1, bias=False)
+    tail = TailAverage()
+    for step, value in ((1, 100.0), (3, 1.0), (4, 3.0)):  # of 4 steps: the first evaluation is in the first half
+        with torch.no_grad():
+            layer.weight.fill_(value)
+        tail.on_evaluate(None, SimpleNamespace(global_step=step, max_steps=4), None, model=layer)
+    assert tail.count == 2 and tail.averaged()["weight"].tolist() == [[2.0, 2.0]]
+    assert TailAverage().averaged() is None
 
 
 def test_deadline_stops_after_a_last_evaluation(tiny, tmp_path: Path) -> None:
