@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from newscat.evaluation.metrics import accuracy_and_macro_f1
+from newscat.evaluation.metrics import classification_metrics
 from newscat.evaluation.report import expected_calibration_error
 from newscat.serving.lexical import Block, LexicalModel, prepare_texts
 
@@ -144,18 +144,18 @@ def build_companion(
     return Companion(dataclasses.replace(model, weight=choice.weight), choice, len(train[0]))
 
 
-def companion_metrics(labels: np.ndarray, probabilities: dict[str, np.ndarray]) -> dict[str, float]:
-    """Accuracy, macro-F1 and ECE per model (`encoder`, `lexical`) on a labelled split (the served mix's are the
-    split's own report)."""
+def companion_metrics(
+    labels: np.ndarray, probabilities: dict[str, np.ndarray], label_names: tuple[str, ...]
+) -> dict[str, float]:
+    """Accuracy, macro-F1, per-class F1 and ECE per model (`encoder`, `lexical`) on a labelled split (the served
+    mix's are the split's own report)."""
     out: dict[str, float] = {}
     for name, probs in probabilities.items():
         predicted = probs.argmax(axis=1)
-        scores = accuracy_and_macro_f1(labels, predicted)
-        out |= {
-            f"{name}_accuracy": scores["accuracy"],
-            f"{name}_macro_f1": scores["macro_f1"],
-            f"{name}_ece": expected_calibration_error(probs.max(axis=1), predicted == labels),
-        }
+        scores = classification_metrics(labels, predicted, label_names)
+        kept = ("accuracy", "macro_f1", *(k for k in scores if k.startswith("f1_")))
+        out |= {f"{name}_{k}": scores[k] for k in kept}
+        out[f"{name}_ece"] = expected_calibration_error(probs.max(axis=1), predicted == labels)
     return out
 
 

@@ -180,7 +180,7 @@ def _companion_section(
     if companion is None or lexical is None:
         return ""
     labels = inputs.data.test["label"].to_numpy()
-    scores = companion_metrics(labels, {"encoder": build.probabilities, "lexical": lexical})
+    scores = companion_metrics(labels, {"encoder": build.probabilities, "lexical": lexical}, inputs.data.label_names)
     log_model_metrics(model_id, scores, inputs.records["test"])
     return companion_table(companion, scores, served)
 

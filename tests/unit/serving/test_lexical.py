@@ -103,3 +103,14 @@ def test_the_share_is_chosen_on_validation_and_zero_when_the_companion_does_not_
     useless = choose_weight(truth * 0.9 + 0.025, noise, labels)
     assert not useless.kept and useless.weight == 0.0
     assert useless.mix_accuracy == useless.encoder_accuracy == 1.0
+
+
+def test_companion_metrics_score_each_model_alone_per_class() -> None:
+    from newscat.training.lexical import companion_metrics
+
+    labels = np.array([0, 1, 1, 0])
+    right = np.array([[0.9, 0.1], [0.2, 0.8], [0.4, 0.6], [0.7, 0.3]])
+    scores = companion_metrics(labels, {"encoder": right, "lexical": right[:, ::-1]}, ("World", "Sports"))
+    assert scores["encoder_accuracy"] == 1.0 and scores["encoder_f1_World"] == 1.0
+    assert scores["lexical_accuracy"] == 0.0 and scores["lexical_macro_f1"] == 0.0
+    assert scores["encoder_ece"] == pytest.approx(1 - np.mean([0.9, 0.8, 0.6, 0.7]))
