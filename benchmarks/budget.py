@@ -20,13 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from train_throughput import cpu_name
 
 from newscat.config import DataConfig, build_config
 from newscat.data.load import load_news
@@ -162,17 +162,6 @@ def main() -> None:
                 "wall_ratio_seed_over_newscat": round(seed["wall_s"] / ours["wall_s"], 2),
             }
     print(json.dumps(result, indent=2))
-
-
-def cpu_name() -> str:
-    """The CPU's model name from /proc/cpuinfo (figures are only comparable on the same CPU)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

@@ -89,6 +89,17 @@ def accuracy(model, tokenizer, tokenized) -> float:
     return correct / len(order)
 
 
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo (figures are only comparable on the same CPU)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="../shared/data/ag_news")
@@ -131,7 +142,7 @@ def main() -> None:
         print(json.dumps({name: results[name]}), flush=True)
     report = {
         "benchmark": "train_throughput",
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
+        "machine": f"{cpu_name()}, {torch.get_num_threads()} torch threads",
         "torch": torch.__version__,
         "n_train": len(data.train),
         "n_eval": len(data.validation),
