@@ -7,8 +7,11 @@ Each step does one thing; `release_best` runs them in order.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,6 +27,7 @@ from newscat.evaluation.report import Predictions, per_class_table, predict_spli
 from newscat.export.package import ServingBuild, add_lexical, build_serving, path_probabilities, serving_table
 from newscat.registry.tags import VersionTags
 from newscat.registry.versions import find_version, register_version
+from newscat.serving.choice import BACKEND_ENV, DEVICE_ENV, PRECISION_ENV
 from newscat.serving.inputs import CHARS_PER_TOKEN_CAP
 from newscat.serving.lexical import mix, prepare_texts
 from newscat.tracking.evaluations import log_evaluation
@@ -223,7 +227,9 @@ def score_on_test(
         probabilities = mix(probabilities, lexical, companion.model.weight)
     sample = data.test.iloc[:CHECK_ROWS]
     log.info("checking the logged model on %d of the %d test rows", len(sample), len(data.test))
-    served = predict_split(load_model(f"models:/{model_id}"), sample, data.label_names, inputs.records["test"])
+    with _serving_path(build.decision.default):  # the path the build answered on, whatever NEWSCAT_* say here
+        model = load_model(f"models:/{model_id}")
+    served = predict_split(model, sample, data.label_names, inputs.records["test"])
     gap = float(np.abs(served.probabilities - check).max()) if len(sample) else 0.0
     if gap > CHECK_TOLERANCE:
         raise ReleaseError(
@@ -238,6 +244,24 @@ def score_on_test(
         label_names=tuple(data.label_names),
         data=dict(inputs.records["test"]),
     )
+
+
+@contextmanager
+def _serving_path(path: str) -> Iterator[None]:
+    """Load-time switches that make a model loaded inside this block serve `path` (`backend/precision`) on the CPU,
+    as the release build did: a user's NEWSCAT_BACKEND for serving, or a GPU, must not fail the release check."""
+    backend, precision = path.split("/")
+    wanted = {BACKEND_ENV: backend, PRECISION_ENV: precision, DEVICE_ENV: "cpu"}
+    saved = {name: os.environ.get(name) for name in wanted}
+    os.environ.update(wanted)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def write_card(
