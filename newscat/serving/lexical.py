@@ -21,7 +21,6 @@ from newscat.data.text import normalize_text
 LEXICAL_DIR = "lexical"
 VOCABULARY_FILE = f"{LEXICAL_DIR}/vocabulary.json"
 WEIGHTS_FILE = f"{LEXICAL_DIR}/weights.npz"
-ANALYZERS = ("word", "char_wb")
 _WORD = re.compile(r"(?u)\b\w\w+\b")  # scikit-learn's default token_pattern
 _WHITESPACE = re.compile(r"\s\s+")
 

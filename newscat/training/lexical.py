@@ -16,7 +16,7 @@ import numpy as np
 
 from newscat.evaluation.metrics import classification_metrics
 from newscat.evaluation.report import expected_calibration_error
-from newscat.serving.lexical import Block, LexicalModel, prepare_texts
+from newscat.serving.lexical import Block, LexicalModel, mix, prepare_texts
 
 log = logging.getLogger("newscat")
 WORD_NGRAMS = (1, 2)
@@ -84,9 +84,9 @@ def choose_weight(encoder: np.ndarray, lexical: np.ndarray, labels: np.ndarray) 
     Log loss rather than accuracy picks the share: on a few hundred validation rows accuracy moves in steps of
     one text, log loss moves with every probability.
     """
-    losses = {w: _log_loss((1 - w) * encoder + w * lexical, labels) for w in WEIGHTS}
+    losses = {w: _log_loss(mix(encoder, lexical, w), labels) for w in WEIGHTS}
     best = float(min(losses, key=losses.__getitem__))
-    accuracy = {w: _accuracy((1 - w) * encoder + w * lexical, labels) for w in (0.0, best)}
+    accuracy = {w: _accuracy(mix(encoder, lexical, w), labels) for w in (0.0, best)}
     weight = best if accuracy[best] >= accuracy[0.0] and losses[best] < losses[0.0] else 0.0
     return MixChoice(
         weight=weight,

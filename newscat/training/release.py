@@ -234,7 +234,7 @@ def score_on_test(
     if gap > CHECK_TOLERANCE:
         raise ReleaseError(
             f"the logged model {model_id} answers differently from its release build (class probabilities differ "
-            f"by up to {gap:.3f} on {len(sample)} test rows): it is not registered"
+            f"by up to {gap:.2g} on {len(sample)} test rows): it is not registered"
         )
     return Predictions(
         texts=data.test["text"].tolist(),
