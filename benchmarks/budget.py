@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from train_throughput import cpu_name
+from provenance import cpu_name, provenance
 
 from newscat.config import DataConfig, build_config
 from newscat.data.load import load_news
@@ -142,6 +142,7 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     result: dict = {
         "benchmark": "accuracy_for_minutes",
+        **provenance(),
         "machine": f"{cpu_name()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
         "budget_s": args.budget,
     }

@@ -26,9 +26,18 @@ from pathlib import Path
 
 import psutil
 import requests
-from serving import headlines, start_server
+from provenance import provenance
+from serving import start_server
 
 ODD = ["", "\u200b\u200b", "\u202eelbat\u202c", "\x00\x07", "🚀📈🏈", "مرحبا بالعالم", "a\u0301" * 30]
+
+
+def headlines(path: Path, n: int) -> list[str]:
+    """Titles of the first `n` rows of an AG News CSV (label, title, description; no header)."""
+    import csv
+
+    with path.open(encoding="utf-8", newline="") as handle:
+        return [row[1] for _, row in zip(range(n), csv.reader(handle), strict=False)]
 
 
 def request_mix(texts: list[str], articles: list[str]) -> list[tuple[str, dict, int]]:
@@ -132,6 +141,7 @@ def main() -> None:
     model_dir = Path(mlflow.artifacts.download_artifacts(args.model_uri, dst_path=str(work / "model")))
     report = {
         "benchmark": "load_test",
+        **provenance(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, python {sys.version.split()[0]}",
         "model_uri": args.model_uri,
         "server": "mlflow models serve --env-manager local (1 worker)",

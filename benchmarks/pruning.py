@@ -22,6 +22,7 @@ from pathlib import Path
 
 import mlflow
 import optuna
+from provenance import provenance
 
 from newscat.config import build_config
 from newscat.training.job import tune_and_register
@@ -86,6 +87,7 @@ def main() -> None:
     base = results[pruners[0]]
     report = {
         "benchmark": "pruning",
+        **provenance(),
         "settings": vars(args),
         "results": results,
         "steps_saved_fraction": {

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import requests
+from provenance import provenance
 
 
 def news_items(data_dir: Path) -> tuple[list[str], list[str]]:
@@ -150,13 +151,6 @@ def load(url: str, texts: list[str], *, clients: int, batch: int, seconds: float
     }
 
 
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
 LEVELS = (("items", 1, 1), ("items", 8, 1), ("items", 8, 16), ("titles", 8, 1), ("titles", 8, 16))
 # The torch fp32 path: the baseline of the single-client latency target.
 SERVERS = {
@@ -216,7 +210,7 @@ def main() -> None:
     flavor_dir = flavor_copy(downloaded / "artifacts" / "classifier", work / "flavor")
     report: dict = {
         "benchmark": "serving",
-        "cpu": cpu_name(),
+        **provenance(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, python {sys.version.split()[0]}",
         "model_uri": args.model_uri,
         "gate": gate,

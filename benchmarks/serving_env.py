@@ -20,6 +20,8 @@ import time
 from importlib.metadata import version
 from pathlib import Path
 
+from provenance import provenance
+
 # What `newscat.serving.artifacts.pip_requirements()` wrote into every model before the ONNX backend.
 BEFORE = [f"mlflow=={version('mlflow')}", "torch==2.13.0"] + [
     f"{name}=={version(name).split('+')[0]}"
@@ -76,14 +78,7 @@ def main() -> None:
     results = {"before": build(BEFORE, work / "before"), "model": build(model, work / "model")}
     report = {
         "benchmark": "serving_env",
-        "cpu": next(
-            (
-                ln.split(":", 1)[1].strip()
-                for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")
-            ),
-            "unknown",
-        ),
+        **provenance(),
         "model_uri": args.model_uri or "newscat.serving.artifacts.pip_requirements('onnx')",
         "environments": results,
         "size_ratio_model_over_before": round(results["model"]["size_mb"] / results["before"]["size_mb"], 3),

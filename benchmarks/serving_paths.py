@@ -20,6 +20,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+from provenance import provenance
 
 from newscat.config import DataConfig
 from newscat.data.load import load_news
@@ -29,13 +30,6 @@ from newscat.serving.model import class_probabilities
 from newscat.serving.tokens import TokenEncoder
 
 PATHS = ("torch/fp32", "onnx/int8", "onnx/fp32", "torch/bf16", "torch/int8")
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 def measure(model_dir: Path, path: str, texts: list[str], labels: np.ndarray, reference: np.ndarray | None) -> dict:
@@ -86,7 +80,7 @@ def main() -> None:
     base = results["torch/fp32"]
     report = {
         "benchmark": "serving_paths",
-        "cpu": cpu_name(),
+        **provenance(),
         "model_uri": args.model_uri,
         "onnx_exported_here": exported,
         "test_items": len(texts),

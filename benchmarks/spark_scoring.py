@@ -15,6 +15,7 @@ import sys
 import time
 
 import pandas as pd
+from provenance import provenance
 
 
 def single_process(model_uri: str, texts: list[str], batch_size: int = 256) -> tuple[float, list[str]]:
@@ -60,6 +61,7 @@ def main() -> None:
     agree = sum(a == b for a, b in zip(single_labels, spark_labels, strict=True)) / len(texts)
     report = {
         "benchmark": "spark_scoring",
+        **provenance(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, python {sys.version.split()[0]}",
         "model_uri": args.model_uri,
         "rows": len(texts),

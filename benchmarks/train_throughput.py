@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import platform
 import tempfile
 import time
 from dataclasses import replace
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from provenance import cpu_name, provenance
 
 from newscat.config import DataConfig, TrainConfig
 from newscat.data.load import load_news
@@ -89,17 +89,6 @@ def accuracy(model, tokenizer, tokenized) -> float:
     return correct / len(order)
 
 
-def cpu_name() -> str:
-    """The CPU's model name from /proc/cpuinfo (figures are only comparable on the same CPU)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="../shared/data/ag_news")
@@ -142,6 +131,7 @@ def main() -> None:
         print(json.dumps({name: results[name]}), flush=True)
     report = {
         "benchmark": "train_throughput",
+        **provenance(),
         "machine": f"{cpu_name()}, {torch.get_num_threads()} torch threads",
         "torch": torch.__version__,
         "n_train": len(data.train),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -51,3 +52,44 @@ def test_the_parameter_table_lists_every_mlproject_parameter_with_its_default() 
     for name, option in declared.items():
         default = option.default_text()
         assert default in rows[name] or rows[name].strip() == "not set", (name, rows[name], default)
+
+
+RESULTS = re.compile(r"(?:benchmarks/)?results/([\w.-]+\.json)")
+PROVENANCE_KEYS = ("cpu", "date", "commit", "command")  # what benchmarks/provenance.py writes into every result
+COMMIT = re.compile(r"[0-9a-f]{40}(\+dirty)?")
+
+
+def _cited_results() -> dict[str, set[str]]:
+    """Every results file a page names, with the pages that name it."""
+    cited: dict[str, set[str]] = {}
+    for page in PAGES:
+        for name in RESULTS.findall(page.read_text(encoding="utf-8")):
+            cited.setdefault(name, set()).add(str(page.relative_to(ROOT)))
+    return cited
+
+
+def test_every_cited_results_file_exists_and_says_where_its_figures_come_from() -> None:
+    """A figure's results file names the CPU, date, commit and command of its run: written by the script
+    (benchmarks/provenance.py), or, for runs from before the scripts recorded them, in a `provenance` block that
+    says it was added by hand."""
+    cited = _cited_results()
+    assert len(cited) >= 5  # the pattern still finds the docs' citations
+    missing, bare = [], []
+    for name, pages in sorted(cited.items()):
+        path = ROOT / "benchmarks" / "results" / name
+        if not path.is_file():
+            missing.append(f"{name} (named in {', '.join(sorted(pages))})")
+            continue
+        result = json.loads(path.read_text(encoding="utf-8"))
+        by_hand = result.get("provenance", {})
+        if by_hand.get("added_by_hand") and all(by_hand.get(key) for key in PROVENANCE_KEYS):
+            continue
+        if not all(result.get(key) for key in PROVENANCE_KEYS) or not COMMIT.fullmatch(result["commit"]):
+            bare.append(name)
+    assert not missing, f"results files named in the docs but absent: {missing}"
+    assert not bare, f"results files without cpu/date/commit/command (benchmarks/provenance.py): {bare}"
+
+
+def test_every_results_file_is_cited_somewhere() -> None:
+    on_disk = {path.name for path in (ROOT / "benchmarks" / "results").glob("*.json")}
+    assert on_disk <= set(_cited_results()), f"results files no page names: {sorted(on_disk - set(_cited_results()))}"

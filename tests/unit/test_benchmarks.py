@@ -1,0 +1,67 @@
+"""Every benchmark script still imports and parses its options (`--help` in a subprocess, as it is run), and records
+where its figures come from. Nothing is measured here."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCHMARKS = ROOT / "benchmarks"
+SCRIPTS = sorted(p for p in BENCHMARKS.glob("*.py") if p.name != "provenance.py")
+
+
+def _help(script: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, str(script.relative_to(ROOT)), "--help"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def helps() -> dict[str, subprocess.CompletedProcess]:
+    """`python benchmarks/X.py --help` of every script, run side by side (each imports torch or mlflow)."""
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return dict(zip((s.name for s in SCRIPTS), pool.map(_help, SCRIPTS), strict=True))
+
+
+def test_the_scripts_are_found() -> None:
+    assert {"budget.py", "load_test.py", "serving.py", "train_throughput.py"} <= {s.name for s in SCRIPTS}
+
+
+@pytest.mark.parametrize("script", [s.name for s in SCRIPTS])
+def test_each_script_imports_and_parses_its_options(script: str, helps: dict[str, subprocess.CompletedProcess]) -> None:
+    done = helps[script]
+    assert done.returncode == 0, f"{script} --help failed:\n{done.stderr[-3000:]}"
+    assert done.stdout.startswith("usage: "), done.stdout[:500]
+
+
+@pytest.mark.parametrize("script", [s.name for s in SCRIPTS])
+def test_each_script_records_its_provenance(script: str) -> None:
+    assert "**provenance()" in (BENCHMARKS / script).read_text(encoding="utf-8")
+
+
+def test_provenance_names_cpu_date_commit_and_command() -> None:
+    code = (
+        "import json, sys; sys.path.insert(0, 'benchmarks'); from provenance import provenance; "
+        "print(json.dumps(provenance(['benchmarks/budget.py', '--jobs', 'seed', '--data', 'a b'])))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    recorded = json.loads(done.stdout)
+    assert set(recorded) == {"cpu", "date", "commit", "command"}
+    assert recorded["command"] == "python benchmarks/budget.py --jobs seed --data 'a b'"
+    assert recorded["date"][:2] == "20" and recorded["date"].endswith("Z")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    assert recorded["commit"].removesuffix("+dirty") == (head or "unknown")
+    assert "cores" in recorded["cpu"]
