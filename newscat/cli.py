@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -12,6 +13,7 @@ import click
 from newscat import __version__
 from newscat.config import TUNE_OPTIONS, Option
 from newscat.errors import NewscatError
+from newscat.redaction import mask_passwords_in_output, redact_url
 
 
 def _empty_is_unset(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
@@ -38,7 +40,7 @@ INT, FLOAT = OrUnset(click.INT), OrUnset(click.FLOAT)
 
 class _Group(click.Group):
     """Answers every command's bad input with one line, never a traceback: newscat's own errors, and MLflow's
-    (a tracking server's 401/403 says what to set)."""
+    (a tracking server's 401/403 says what to set). No password of a URL quoted in them is printed."""
 
     def invoke(self, ctx: click.Context) -> Any:
         from mlflow.exceptions import MlflowException
@@ -46,17 +48,15 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except NewscatError as exc:
-            raise click.ClickException(str(exc)) from exc
+            raise click.ClickException(redact_url(str(exc))) from exc
         except MlflowException as exc:
-            raise click.ClickException(server_refusal(exc) or exc.message) from exc
+            raise click.ClickException(redact_url(server_refusal(exc) or exc.message)) from exc
 
 
 def server_refusal(exc: Exception) -> str | None:
     """A clear message for an authentication (401) or permission (403) error from the tracking server."""
-    import os
-
     code = exc.get_http_status_code() if hasattr(exc, "get_http_status_code") else None
-    server = os.environ.get("MLFLOW_TRACKING_URI", "the tracking server")
+    server = redact_url(os.environ.get("MLFLOW_TRACKING_URI", "the tracking server"))
     if code == 401:
         return (
             f"{server} refused the request: not authenticated (HTTP 401). Set MLFLOW_TRACKING_USERNAME and "
@@ -78,6 +78,7 @@ def server_refusal(exc: Exception) -> str | None:
 def main(verbose: bool) -> None:
     """Fine-tune a BERT-family model to sort news into topics, tune it with Optuna,
     track it in MLflow, register it and serve it."""
+    mask_passwords_in_output()  # before anything logs: MLflow's, Optuna's and newscat's lines alike
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s newscat %(levelname)s %(message)s",
@@ -124,7 +125,7 @@ def tune(config_file: str | None, **values: Any) -> None:
     from newscat.training.job import tune_and_register
 
     file_values = read_config_file(config_file) if config_file else {}
-    cfg = build_config(file_values, overrides_from_options(values))
+    cfg = build_config(file_values, overrides_from_options(values), environ=os.environ)
     outcome = tune_and_register(cfg)
     click.echo(json.dumps(outcome.__dict__, indent=2, default=str))
 

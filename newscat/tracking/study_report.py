@@ -11,6 +11,7 @@ import mlflow
 import optuna
 import pandas as pd
 
+from newscat.redaction import redact_url, redact_values
 from newscat.tracking.runs import log_metrics
 
 log = logging.getLogger("newscat")
@@ -63,7 +64,8 @@ def html_report(study: optuna.Study) -> str:
         # The plotly library is embedded once, so the page works offline.
         parts.append(f"<h2>{name}</h2>" + figure.to_html(full_html=False, include_plotlyjs=first))
         first = False
-    parts.append("<h2>trials</h2>" + trials_table(study).to_html(index=False, na_rep=""))
+    # The table's text, not the whole page: the embedded plotly.js is code that a pattern must not touch.
+    parts.append("<h2>trials</h2>" + redact_url(trials_table(study).to_html(index=False, na_rep="")))
     return "<!doctype html><html><head><meta charset='utf-8'></head><body>" + "\n".join(parts) + "</body></html>"
 
 
@@ -92,10 +94,11 @@ def log_study_report(study: optuna.Study) -> None:
         mlflow.log_figure(figure, f"study/{name}.png")
         plt.close(figure)
     table = trials_table(study)
-    mlflow.log_text(table.to_csv(index=False), "study/trials.csv")
+    mlflow.log_text(redact_url(table.to_csv(index=False)), "study/trials.csv")
 
 
 def log_study_summary(counts: Mapping[str, int], best: optuna.trial.FrozenTrial) -> None:
     """Counts by state, and the best trial's number, value and params (tags: they change on resume)."""
     log_metrics({**counts, "best_value": best.value, "best_trial": best.number})
-    mlflow.set_tags({"best_trial": str(best.number), **{f"best.{k}": str(v) for k, v in best.params.items()}})
+    params = redact_values({f"best.{k}": str(v) for k, v in best.params.items()})  # a categorical may be a URL
+    mlflow.set_tags({"best_trial": str(best.number), **params})

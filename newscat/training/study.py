@@ -14,6 +14,7 @@ from transformers import TrainerCallback
 
 from newscat.config import ConfigError, TuneConfig, eval_index
 from newscat.locks import beside_sqlite, database_lock
+from newscat.redaction import redact_url
 from newscat.training.recovery import OnInterrupted, fail_dead_workers_trials
 
 log = logging.getLogger("newscat")
@@ -38,7 +39,12 @@ def make_storage(cfg: TuneConfig, on_interrupted: OnInterrupted | None = None) -
                 heartbeat_stale_trial_callback=on_interrupted if heartbeat else None,
             )
     except Exception as exc:  # bad URL, missing driver, unreachable server
-        raise ConfigError(f"cannot open Optuna storage {cfg.storage!r}: {str(exc).splitlines()[0]}") from exc
+        raise storage_error(cfg.storage, exc) from exc
+
+
+def storage_error(url: str, exc: Exception) -> ConfigError:
+    """Why the storage cannot be opened, with the URL and the driver's words, both without a password."""
+    return ConfigError(redact_url(f"cannot open Optuna storage {url!r}: {str(exc).splitlines()[0]}"))
 
 
 def open_study(
@@ -49,7 +55,7 @@ def open_study(
     try:
         existing = optuna.study.get_all_study_names(storage)
     except Exception as exc:  # bad URL, missing driver, unreachable server
-        raise ConfigError(f"cannot open Optuna storage {cfg.storage!r}: {str(exc).splitlines()[0]}") from exc
+        raise storage_error(cfg.storage, exc) from exc
     resumed = cfg.study_name in existing
     n_done = len(optuna.load_study(study_name=cfg.study_name, storage=storage).trials) if resumed else 0
     # Offset the seed by the trials already run, so a resumed study does not replay its first samples.
