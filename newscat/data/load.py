@@ -319,25 +319,34 @@ def _check_splits(train: pd.DataFrame, test: pd.DataFrame, names: tuple[str, ...
     for split, frame in (("train", train), ("test", test)):
         if frame.empty:
             raise DataError(f"{source}: the {split} split is empty")
-    _check_classes(train, names, Path(source))
+    _check_several_classes(train, names, Path(source))
     unseen = sorted(set(test["label"]) - set(train["label"]))
     if unseen:
         raise DataError(
             f"{source}: test labels never seen in train: {', '.join(names[i] for i in unseen)}; "
             "a model cannot learn them"
         )
+    _check_classes(train, names, Path(source))
+
+
+def _check_several_classes(frame: pd.DataFrame, names: tuple[str, ...], path: Path) -> None:
+    present = frame["label"].unique()
+    if len(present) < 2:
+        only = names[int(present[0])] if len(present) else "none"
+        raise DataError(f"{path}: training data has a single class ({only}); at least two are needed")
 
 
 def _check_classes(frame: pd.DataFrame, names: tuple[str, ...], path: Path) -> None:
-    counts = frame["label"].value_counts()
-    if len(counts) < 2:
-        only = names[int(counts.index[0])] if len(counts) else "none"
-        raise DataError(f"{path}: training data has a single class ({only}); at least two are needed")
-    rare = [names[int(i)] for i, n in counts.items() if n < 2]
-    if rare:
+    # Every named class counts, also one without a row: the model would get an output it never learns, and the
+    # lexical companion (one row per class seen) would no longer line up with the encoder's classes.
+    _check_several_classes(frame, names, path)
+    counts = frame["label"].value_counts().reindex(range(len(names)), fill_value=0)
+    rare = counts[counts < 2]
+    if len(rare):
         raise DataError(
-            f"{path}: class(es) {', '.join(rare)} have fewer than 2 training rows; a stratified "
-            "validation split needs at least 2 per class"
+            f"{path}: class(es) {', '.join(names[int(i)] for i in rare.index)} have fewer than 2 training rows "
+            f"({', '.join(map(str, rare))}); a stratified validation split needs at least 2 per class, and a class "
+            "named in classes.txt but never used would be an output the model never learns"
         )
 
 

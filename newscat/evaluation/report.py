@@ -36,6 +36,22 @@ class Predictions:
     label_names: tuple[str, ...]
     data: dict[str, Any]  # source, split, digest, rows
 
+    def __post_init__(self) -> None:
+        # Every report, the gate and McNemar's test pair these arrays row by row and class by class: a mismatch
+        # would broadcast or index silently instead of failing.
+        rows, classes = len(self.labels), len(self.label_names)
+        if classes < 2:
+            raise ReportError(f"predictions need at least 2 classes; got {list(self.label_names)}")
+        if len(self.texts) != rows or np.shape(self.predicted) != (rows,):
+            raise ReportError(f"{len(self.texts)} texts, {rows} labels and {len(self.predicted)} predictions differ")
+        if np.shape(self.probabilities) != (rows, classes):
+            raise ReportError(
+                f"probabilities of shape {np.shape(self.probabilities)} for {rows} rows and {classes} classes"
+            )
+        for name, ids in (("labels", self.labels), ("predictions", self.predicted)):
+            if rows and (int(np.min(ids)) < 0 or int(np.max(ids)) >= classes):
+                raise ReportError(f"{name} must be class ids 0-{classes - 1}")
+
     @property
     def correct(self) -> np.ndarray:
         return self.labels == self.predicted
@@ -136,7 +152,8 @@ def confusion_figure(p: Predictions) -> Figure:
     from matplotlib.figure import Figure
 
     matrix = np.asarray(confusion(p.labels, p.predicted, len(p.label_names)))
-    figure = Figure(figsize=(5.5, 4.8), layout="constrained")
+    side = max(4.8, 0.42 * len(p.label_names) + 3)  # 20 classes need room for their names and counts
+    figure = Figure(figsize=(side + 0.7, side), layout="constrained")
     axes = figure.add_subplot()
     image = axes.imshow(matrix, cmap="Blues")
     ticks = range(len(p.label_names))
@@ -146,7 +163,8 @@ def confusion_figure(p: Predictions) -> Figure:
     axes.set_ylabel("true")
     threshold = matrix.max() / 2 if matrix.size else 0
     for (row, col), count in np.ndenumerate(matrix):
-        axes.text(col, row, str(count), ha="center", va="center", color="white" if count > threshold else "black")
+        color = "white" if count > threshold else "black"
+        axes.text(col, row, str(count), ha="center", va="center", color=color, fontsize=8 if len(matrix) > 10 else 10)
     axes.set_title(f"Confusion matrix ({p.data.get('split', 'test')}, {len(p.labels)} rows)")
     figure.colorbar(image, ax=axes)
     return figure

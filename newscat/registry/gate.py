@@ -111,6 +111,11 @@ def decide(
         champion.labels, challenger.labels
     ):
         raise ValueError("champion and challenger must be scored on the same rows")
+    if champion.label_names != challenger.label_names:  # McNemar pairs right/wrong: only the same classes compare
+        raise ValueError(
+            f"champion and challenger must have the same classes in the same order; got {list(champion.label_names)}"
+            f" and {list(challenger.label_names)}"
+        )
     old = report_metrics(champion)
     b, c, p_value = mcnemar_exact(challenger.correct, champion.correct)
     gain = new[metric] - old[metric]

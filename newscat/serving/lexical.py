@@ -23,6 +23,11 @@ VOCABULARY_FILE = f"{LEXICAL_DIR}/vocabulary.json"
 WEIGHTS_FILE = f"{LEXICAL_DIR}/weights.npz"
 _WORD = re.compile(r"(?u)\b\w\w+\b")  # scikit-learn's default token_pattern
 _WHITESPACE = re.compile(r"\s\s+")
+SUM_TOLERANCE = 1e-6  # how far a row of class probabilities may sum from 1 (float64 softmax: ~1e-15)
+
+
+class LexicalShapeError(ValueError):
+    """Probabilities or weights whose shapes do not fit together (classes, texts, features)."""
 
 
 @dataclass(frozen=True)
@@ -76,12 +81,37 @@ def _char_wb_ngrams(text: str, low: int, high: int) -> list[str]:
 
 @dataclass(frozen=True)
 class LexicalModel:
-    """Feature blocks and a multinomial linear classifier over their concatenation."""
+    """Feature blocks and a multinomial linear classifier over their concatenation.
+
+    Any number of classes from 2: one coefficient row and one intercept per class, softmax over them (a binary
+    logistic regression is stored as the equivalent two rows, see `newscat.training.lexical.softmax_form`).
+    """
 
     blocks: tuple[Block, ...]
     coef: np.ndarray  # classes x features (blocks side by side, in order)
     intercept: np.ndarray  # classes
     weight: float  # its share in the served mix; the encoder's is 1 - weight
+
+    def __post_init__(self) -> None:
+        # A wrong shape would not fail later: numpy broadcasts one row against every class (all 1.0 after softmax).
+        features = sum(len(b.idf) for b in self.blocks)
+        if self.coef.ndim != 2 or self.intercept.ndim != 1:
+            raise LexicalShapeError(
+                f"coef must be classes x features and intercept one per class; got shapes {self.coef.shape} and "
+                f"{self.intercept.shape}"
+            )
+        classes = self.coef.shape[0]
+        if classes < 2 or classes != len(self.intercept) or self.coef.shape[1] != features:
+            raise LexicalShapeError(
+                f"coef {self.coef.shape} and intercept {self.intercept.shape} do not fit {features} features and one "
+                "row per class (at least 2 classes)"
+            )
+        if not 0.0 <= self.weight <= 1.0:
+            raise LexicalShapeError(f"the lexical share must be in [0, 1], got {self.weight}")
+
+    @property
+    def n_classes(self) -> int:
+        return int(self.coef.shape[0])
 
     def probabilities(self, texts: list[str]) -> np.ndarray:
         """Class probabilities, shape (len(texts), n_classes): every text's features in one sparse pass per block
@@ -118,8 +148,9 @@ class LexicalModel:
         return [VOCABULARY_FILE, WEIGHTS_FILE]
 
     @classmethod
-    def load(cls, model_dir: Path, weight: float) -> LexicalModel:
-        """Read the files `save` wrote (numbers only: `allow_pickle=False`)."""
+    def load(cls, model_dir: Path, weight: float, n_classes: int | None = None) -> LexicalModel:
+        """Read the files `save` wrote (numbers only: `allow_pickle=False`), checked against `n_classes`, the
+        encoder's class count (default: the length of `id2label` in the model's config.json, when it has one)."""
         vocabulary = json.loads((model_dir / VOCABULARY_FILE).read_text("utf-8"))["blocks"]
         with np.load(model_dir / WEIGHTS_FILE, allow_pickle=False) as arrays:
             blocks = tuple(
@@ -131,7 +162,22 @@ class LexicalModel:
                 )
                 for i, v in enumerate(vocabulary)
             )
-            return cls(blocks, arrays["coef"].astype(np.float64), arrays["intercept"].astype(np.float64), weight)
+            model = cls(blocks, arrays["coef"].astype(np.float64), arrays["intercept"].astype(np.float64), weight)
+        expected = n_classes if n_classes is not None else _encoder_classes(model_dir)
+        if expected is not None and model.n_classes != expected:
+            raise LexicalShapeError(
+                f"{model_dir / WEIGHTS_FILE}: the lexical companion has {model.n_classes} classes, the encoder "
+                f"{expected}: the two cannot be mixed"
+            )
+        return model
+
+
+def _encoder_classes(model_dir: Path) -> int | None:
+    """The encoder's class count from its config.json (None: no config.json, as in a bare companion folder)."""
+    config = model_dir / "config.json"
+    if not config.is_file():
+        return None
+    return len(json.loads(config.read_text("utf-8"))["id2label"])
 
 
 def prepare_texts(texts: list[str], max_chars: int) -> list[str]:
@@ -141,5 +187,34 @@ def prepare_texts(texts: list[str], max_chars: int) -> list[str]:
 
 
 def mix(encoder: np.ndarray, lexical: np.ndarray, weight: float) -> np.ndarray:
-    """The served probabilities: a weighted average of the encoder's and the lexical model's."""
+    """The served probabilities: a weighted average of the encoder's and the lexical model's.
+
+    Both must be (texts x classes) with rows summing to 1: anything else is a broken model, and numpy would
+    broadcast it into rows that no longer sum to 1 rather than fail.
+    """
+    for name, probabilities in (("encoder", encoder), ("lexical", lexical)):
+        check_probabilities(probabilities, name)
+    if encoder.shape != lexical.shape:
+        raise LexicalShapeError(
+            f"cannot mix encoder probabilities of shape {encoder.shape} with lexical ones of shape {lexical.shape}: "
+            "the two models must score the same texts over the same classes"
+        )
+    if not 0.0 <= weight <= 1.0:
+        raise LexicalShapeError(f"the lexical share must be in [0, 1], got {weight}")
     return (1.0 - weight) * encoder + weight * lexical
+
+
+def check_probabilities(probabilities: np.ndarray, name: str, n_classes: int | None = None) -> None:
+    """Raise unless `probabilities` is (rows x classes), at least 2 classes (`n_classes` if given), every row a
+    distribution (non-negative, summing to 1 within `SUM_TOLERANCE`)."""
+    shape = np.shape(probabilities)
+    if len(shape) != 2 or shape[1] < 2 or (n_classes is not None and shape[1] != n_classes):
+        wanted = f"{n_classes} classes" if n_classes is not None else "at least 2 classes"
+        raise LexicalShapeError(f"{name} probabilities must be texts x classes ({wanted}); got shape {shape}")
+    if shape[0] == 0:
+        return
+    gap = float(np.abs(probabilities.sum(axis=1) - 1.0).max())
+    if not gap <= SUM_TOLERANCE or float(probabilities.min()) < 0.0:  # `not <=` also catches NaN
+        raise LexicalShapeError(
+            f"{name} probabilities are not distributions: a row's sum is {gap:.2g} away from 1, or a value is negative"
+        )

@@ -16,7 +16,7 @@ import numpy as np
 
 from newscat.evaluation.metrics import classification_metrics
 from newscat.evaluation.report import expected_calibration_error
-from newscat.serving.lexical import Block, LexicalModel, mix, prepare_texts
+from newscat.serving.lexical import Block, LexicalModel, LexicalShapeError, check_probabilities, mix, prepare_texts
 
 log = logging.getLogger("newscat")
 WORD_NGRAMS = (1, 2)
@@ -25,8 +25,11 @@ C = 10.0  # inverse L2 strength; chosen on the validation split of AG News (docs
 WEIGHTS = tuple(round(0.05 * i, 2) for i in range(19))  # the lexical share tried (0: encoder alone)
 
 
-def fit_lexical(texts: list[str], labels: np.ndarray, *, max_chars: int, seed: int) -> LexicalModel:
-    """Fit the vectorizers and the classifier on the training texts (weight 0 until `choose_weight`)."""
+def fit_lexical(
+    texts: list[str], labels: np.ndarray, *, max_chars: int, seed: int, n_classes: int | None = None
+) -> LexicalModel:
+    """Fit the vectorizers and the classifier on the training texts (weight 0 until `choose_weight`), over
+    `n_classes` classes (default: the largest label + 1), each of which must have training rows."""
     from scipy.sparse import hstack
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
@@ -37,8 +40,18 @@ def fit_lexical(texts: list[str], labels: np.ndarray, *, max_chars: int, seed: i
         TfidfVectorizer(analyzer="word", ngram_range=WORD_NGRAMS, sublinear_tf=True),
         TfidfVectorizer(analyzer="char_wb", ngram_range=CHAR_NGRAMS, sublinear_tf=True),
     ]
+    labels = np.asarray(labels)
+    n_classes = int(labels.max()) + 1 if n_classes is None else n_classes
+    seen = {int(y) for y in labels}
+    missing, unknown = sorted(set(range(n_classes)) - seen), sorted(seen - set(range(n_classes)))
+    if missing or unknown:  # scikit-learn fits a row per class seen: they would no longer line up with the encoder's
+        raise ValueError(
+            f"the lexical companion's training labels must cover class ids 0-{n_classes - 1}: "
+            f"missing {missing}, unknown {unknown}"
+        )
     features = hstack([v.fit_transform(prepared) for v in vectorizers]).tocsr()
     classifier = LogisticRegression(C=C, max_iter=1000, random_state=seed).fit(features, labels)
+    coef, intercept = softmax_form(classifier.coef_, classifier.intercept_)
     blocks = tuple(
         Block(v.analyzer, v.ngram_range, {t: int(i) for t, i in v.vocabulary_.items()}, v.idf_) for v in vectorizers
     )
@@ -48,7 +61,19 @@ def fit_lexical(texts: list[str], labels: np.ndarray, *, max_chars: int, seed: i
         len(texts),
         time.perf_counter() - started,
     )
-    return LexicalModel(blocks, classifier.coef_, classifier.intercept_, weight=0.0)
+    return LexicalModel(blocks, coef, intercept, weight=0.0)
+
+
+def softmax_form(coef: np.ndarray, intercept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's coefficients as one row per class, for a softmax.
+
+    A binary LogisticRegression keeps one row `w, b` (class 1 against class 0): rows `0, w` and intercepts `0, b`
+    give softmax([0, z]) = [1 - sigmoid(z), sigmoid(z)], exactly its predict_proba. Multinomial models already have
+    one row per class.
+    """
+    if coef.shape[0] != 1:
+        return coef, intercept
+    return np.vstack([np.zeros_like(coef), coef]), np.concatenate([np.zeros_like(intercept), intercept])
 
 
 @dataclass(frozen=True)
@@ -82,8 +107,9 @@ def choose_weight(encoder: np.ndarray, lexical: np.ndarray, labels: np.ndarray) 
     """The lexical share with the lowest validation log loss; kept only if it also loses no validation accuracy.
 
     Log loss rather than accuracy picks the share: on a few hundred validation rows accuracy moves in steps of
-    one text, log loss moves with every probability.
+    one text, log loss moves with every probability. `mix` raises if the two do not score the same classes.
     """
+    _check_labels(labels, encoder)
     losses = {w: _log_loss(mix(encoder, lexical, w), labels) for w in WEIGHTS}
     best = float(min(losses, key=losses.__getitem__))
     accuracy = {w: _accuracy(mix(encoder, lexical, w), labels) for w in (0.0, best)}
@@ -96,6 +122,16 @@ def choose_weight(encoder: np.ndarray, lexical: np.ndarray, labels: np.ndarray) 
         encoder_log_loss=losses[0.0],
         mix_log_loss=losses[weight],
     )
+
+
+def _check_labels(labels: np.ndarray, probabilities: np.ndarray) -> None:
+    """Raise unless there is one label per row, each a column of `probabilities`."""
+    labels = np.asarray(labels)
+    rows, classes = np.shape(probabilities)[:2] if np.ndim(probabilities) == 2 else (None, None)
+    if rows is None or labels.shape != (rows,):
+        raise LexicalShapeError(f"{labels.shape} labels for probabilities of shape {np.shape(probabilities)}")
+    if len(labels) and (labels.min() < 0 or labels.max() >= classes):
+        raise LexicalShapeError(f"labels must be class ids 0-{classes - 1}; got {labels.min()}-{labels.max()}")
 
 
 def _log_loss(probabilities: np.ndarray, labels: np.ndarray) -> float:
@@ -130,7 +166,7 @@ def build_companion(
 ) -> Companion:
     """Fit the companion on the final model's training texts and choose its share on the validation texts, given
     the encoder's validation probabilities (from the path it is served by)."""
-    model = fit_lexical(*train, max_chars=max_chars, seed=seed)
+    model = fit_lexical(*train, max_chars=max_chars, seed=seed, n_classes=encoder_validation.shape[1])
     texts, labels = validation
     choice = choose_weight(encoder_validation, model.probabilities(prepare_texts(texts, max_chars)), labels)
     log.info(
@@ -151,6 +187,8 @@ def companion_metrics(
     mix's are the split's own report)."""
     out: dict[str, float] = {}
     for name, probs in probabilities.items():
+        check_probabilities(probs, name, len(label_names))
+        _check_labels(labels, probs)
         predicted = probs.argmax(axis=1)
         scores = classification_metrics(labels, predicted, label_names)
         kept = ("accuracy", "macro_f1", *(k for k in scores if k.startswith("f1_")))

@@ -8,7 +8,7 @@ import pytest
 
 from newscat.config import DataConfig
 from newscat.data.load import DataError, load_news
-from tests.helpers import CLASSES, make_news, write_ag_news_dir
+from tests.helpers import CLASSES, make_news, write_ag_news_dir, write_keyword_data
 
 
 def _frame(n_per_class: int = 10, seed: int = 0) -> pd.DataFrame:
@@ -196,3 +196,28 @@ def test_hub_id_offline_fails_clearly(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(DataError, match="no-such-owner/no-such-dataset: cannot load it from the Hugging Face Hub"):
         _load("no-such-owner/no-such-dataset")
+
+
+@pytest.mark.parametrize("n_classes", [2, 20])
+def test_any_number_of_named_classes_loads_with_every_class_in_every_split(tmp_path: Path, n_classes: int) -> None:
+    names = write_keyword_data(tmp_path, n_classes, n_train=10, n_test=2)
+    data = _load(tmp_path)
+    assert data.label_names == tuple(sorted(names)) and len(data.label_names) == n_classes
+    for frame in (data.train, data.validation, data.test):
+        assert set(frame["label"]) == set(range(n_classes))
+    assert len(data.test) == 2 * n_classes
+
+
+def test_binary_integer_labels_keep_their_values_as_names(tmp_path: Path) -> None:
+    frame = pd.DataFrame({"text": [f"text {i}" for i in range(20)], "label": [i % 2 for i in range(20)]})
+    frame.to_csv(tmp_path / "news.csv", index=False)
+    data = _load(tmp_path / "news.csv")
+    assert data.label_names == ("0", "1")
+    assert set(data.train["label"]) == set(data.test["label"]) == {0, 1}
+
+
+def test_a_class_named_in_classes_txt_but_never_used_is_refused(ag_news_dir: Path) -> None:
+    """The encoder would get an output it never learns, and the lexical companion one row too few."""
+    (ag_news_dir / "classes.txt").write_text("\n".join([*CLASSES, "Weather"]) + "\n")
+    with pytest.raises(DataError, match=r"class\(es\) Weather have fewer than 2 training rows \(0\)"):
+        _load(ag_news_dir)

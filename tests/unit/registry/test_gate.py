@@ -76,3 +76,27 @@ def test_versions_must_be_scored_on_the_same_rows() -> None:
         decide(_preds([True, True], "x"), _preds([True, True], "y"), challenger_version="2", champion_version="1")
     with pytest.raises(ValueError, match="metric must be"):
         decide(_preds([True]), None, challenger_version="1", champion_version=None, metric="loss")
+
+
+def test_versions_with_other_classes_are_not_compared() -> None:
+    challenger, champion = _preds([True, False, True]), _preds([True, True, False])
+    renamed = Predictions(**{**champion.__dict__, "label_names": ("b", "a")})
+    with pytest.raises(ValueError, match="the same classes in the same order"):
+        decide(challenger, renamed, challenger_version="2", champion_version="1")
+
+
+def test_twenty_classes_are_gated_like_two() -> None:
+    rng = np.random.default_rng(0)
+    labels = np.arange(400) % 20
+    names = tuple(f"c{i}" for i in range(20))
+
+    def scored(accuracy: float) -> Predictions:
+        predicted = np.where(rng.random(400) < accuracy, labels, (labels + 1) % 20)
+        probabilities = np.full((400, 20), 0.01)
+        probabilities[np.arange(400), predicted] = 0.81
+        data = {"source": "s", "split": "test", "digest": "d", "rows": 400}
+        return Predictions([str(i) for i in range(400)], labels, predicted, probabilities, names, data)
+
+    decision = decide(scored(0.9), scored(0.6), challenger_version="2", champion_version="1")
+    assert decision.passed and decision.baseline_accuracy == pytest.approx(0.05)
+    assert decision.only_challenger_right > decision.only_champion_right

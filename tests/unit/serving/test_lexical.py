@@ -91,7 +91,7 @@ def test_the_share_is_chosen_on_validation_and_zero_when_the_companion_does_not_
     rng = np.random.default_rng(0)
     truth = np.eye(4)[labels]
     # An encoder right on 80 of 100 texts (and narrowly wrong on the others), a companion right on all.
-    encoder = 0.7 * truth + 0.1
+    encoder = 0.6 * truth + 0.1
     wrong = np.arange(100) < 20
     encoder[wrong] = 0.15 + 0.25 * np.roll(truth[wrong], 1, axis=1) + 0.15 * truth[wrong]
     helpful = 0.6 * truth + 0.1
