@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import mlflow
 from mlflow.entities.model_registry import ModelVersion
+from mlflow.tracking import MlflowClient
 
 from newscat.evaluation.report import Predictions
 from newscat.registry.evaluations import load_test_split, score
@@ -25,6 +26,12 @@ from newscat.tracking.limits import TAG_VALUE_LIMIT
 from newscat.tracking.runs import log_metrics, start_evaluation_run, start_nested_evaluation_run
 
 log = logging.getLogger("newscat")
+PROMOTIONS_EXPERIMENT = "newscat-promotions"
+GATE_MODEL_TAG, GATE_ALIAS_TAG = "gate.registered_model", "gate.to_alias"  # which model and alias a decision is about
+
+
+class AlreadyHeld(RegistryError):
+    """The alias to move already points at the challenger (another process's gate moved it)."""
 
 
 @dataclass(frozen=True)
@@ -61,7 +68,7 @@ def promote_with_gate(
     challenger = version_by_number(name, version) if version else version_by_alias(name, from_alias)
     champion = alias_version(name, to_alias)
     if champion is not None and str(champion.version) == str(challenger.version):
-        raise RegistryError(f"{name}@{to_alias} is already version {challenger.version}")
+        raise AlreadyHeld(f"{name}@{to_alias} is already version {challenger.version}")
     attacking, defending = _score_both(name, challenger, champion, source, seed, scored)
     decision = decide(
         attacking,
@@ -74,7 +81,7 @@ def promote_with_gate(
         min_accuracy=min_accuracy,
     )
     moved, forced = decision.passed or force, force and not decision.passed
-    run_id = _record(name, decision, attacking, defending, forced=forced)
+    run_id = _record(name, decision, attacking, defending, forced=forced, to_alias=to_alias)
     if moved:
         why = reason or decision.reason
         if forced:
@@ -103,19 +110,48 @@ def _score_both(
 
 
 def _record(
-    name: str, decision: GateDecision, attacking: Predictions, defending: Predictions | None, *, forced: bool
+    name: str,
+    decision: GateDecision,
+    attacking: Predictions,
+    defending: Predictions | None,
+    *,
+    forced: bool,
+    to_alias: str = "champion",
 ) -> str:
     """The decision's run in `newscat-promotions`; each version's scores also go to its own LoggedModel, linked to
     the test set's digest (the champion's in a nested run). Returns the decision's run id."""
     challenger_uri = f"models:/{name}/{decision.challenger}"
-    with start_evaluation_run(challenger_uri, experiment="newscat-promotions") as run:
+    with start_evaluation_run(challenger_uri, experiment=PROMOTIONS_EXPERIMENT) as run:
         log_gate_decision(decision, forced=forced)
+        mlflow.set_tags({GATE_MODEL_TAG: name, GATE_ALIAS_TAG: to_alias})
         log_evaluation(attacking, decision.challenger_metrics, model_id=model_id_of(challenger_uri))
         if defending is not None:
             champion_uri = f"models:/{name}/{decision.champion}"
             with start_nested_evaluation_run(champion_uri):
                 log_evaluation(defending, decision.champion_metrics, model_id=model_id_of(champion_uri))
     return run.info.run_id
+
+
+def earlier_gate(name: str, version: str, to_alias: str = "champion") -> str | None:
+    """How an earlier process's gate ended for `version` of `name` facing `to_alias`, when it ended: "moved" (it holds
+    or held `to_alias`) or "refused" (a finished decision run refused it); None when the gate has still to run (it
+    never ran, or a passing decision was cut short before the move)."""
+    found = version_by_number(name, version)
+    if found.tags.get(f"moved_to.{to_alias}") or to_alias in (found.aliases or []):
+        return "moved"
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(PROMOTIONS_EXPERIMENT)
+    if experiment is None:
+        return None
+    decisions = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=(
+            f"tags.`{GATE_MODEL_TAG}` = '{name}' and tags.`{GATE_ALIAS_TAG}` = '{to_alias}' and "
+            f"tags.`gate.challenger` = '{version}' and tags.`gate.passed` = 'false' and attributes.status = 'FINISHED'"
+        ),
+        max_results=1,
+    )
+    return "refused" if decisions else None
 
 
 def log_gate_decision(decision: GateDecision, *, forced: bool) -> None:

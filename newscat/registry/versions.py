@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import getpass
 import json
+import logging
 import os
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import NoReturn
 
 import mlflow
 from mlflow.entities.model_registry import ModelVersion, RegisteredModel
 from mlflow.exceptions import MlflowException
-from mlflow.store.artifact.utils.models import _parse_model_id_if_present
+from mlflow.store.artifact.utils.models import _parse_model_uri
 from mlflow.tracking import MlflowClient
 
 from newscat.errors import NewscatError
@@ -27,6 +30,10 @@ from newscat.registry.tags import (
     move_tags,
 )
 from newscat.tracking.limits import TAG_VALUE_LIMIT
+from newscat.tracking.store import is_missing, raise_failure
+
+log = logging.getLogger("newscat")
+MODEL_VERSIONS_TAG = "mlflow.modelVersions"  # on a LoggedModel: the versions registered from it (as register_model)
 
 
 class RegistryError(NewscatError):
@@ -36,22 +43,94 @@ class RegistryError(NewscatError):
 def register_version(
     model_uri: str, name: str, *, tags: VersionTags, description: str, alias: str | None = "challenger"
 ) -> ModelVersion:
-    """Register `model_uri` as a new version of `name`, tag and describe it, and point `alias` at it."""
+    """Register `model_uri` as a new version of `name` (with its tags), describe it, and point `alias` at it.
+
+    Each step is logged once done; a process killed between them leaves a version that `find_version` finds and
+    `finish_registration` completes.
+    """
     version = mlflow.register_model(model_uri, name, tags=tags.to_tags())
+    log.info("registered %s version %s from %s", name, version.version, model_uri)
+    return finish_registration(version, description=description, alias=alias, tags=tags.to_tags())
+
+
+def finish_registration(
+    version: ModelVersion,
+    *,
+    description: str | None,
+    alias: str | None = "challenger",
+    tags: Mapping[str, str] | None = None,
+) -> ModelVersion:
+    """Complete a registration wherever it stopped: missing or different `tags`, the description, the link from the
+    LoggedModel to the version, `alias` (and its record). Logs what it found and what it completed; returns the
+    version as it now stands. `description` None keeps the version's own.
+
+    `alias` is not taken back from a newer version holding it (a later registration has superseded this one).
+    """
     client = MlflowClient()
-    client.update_model_version(name, version.version, description=description)
-    if alias:
-        set_alias(client, name, alias, str(version.version))
-    return client.get_model_version(name, version.version)
+    name, number = version.name, str(version.version)
+    version = client.get_model_version(name, number)  # as it stands now, not as a search found it
+    done = []
+    missing = {k: v for k, v in (tags or {}).items() if version.tags.get(k) != v}
+    for key, value in missing.items():
+        client.set_model_version_tag(name, number, key, value)
+    if missing:
+        done.append(f"tags {', '.join(sorted(missing))}")
+    if description is not None and (version.description or "") != description:
+        client.update_model_version(name, number, description=description)
+        done.append("description")
+        log.info("described %s version %s", name, number)
+    if _link_logged_model(client, version):
+        done.append("link from its LoggedModel")
+    if alias and _point_alias(client, name, alias, number):
+        done.append(f"alias {alias}")
+    log.info(
+        "%s version %s: %s",
+        name,
+        number,
+        f"completed {'; '.join(done)}" if done else "registration found complete (tags, description, alias)",
+    )
+    return client.get_model_version(name, number)
+
+
+def _link_logged_model(client: MlflowClient, version: ModelVersion) -> bool:
+    """Record the version on its LoggedModel (`mlflow.modelVersions`, shown by the UI) when `register_model` was
+    cut short before it did; True when it was missing."""
+    model_id = version_model_id(version)
+    if model_id is None:
+        return False
+    model = client.get_logged_model(model_id)
+    linked = json.loads(model.tags.get(MODEL_VERSIONS_TAG, "[]"))
+    entry = {"name": version.name, "version": int(version.version)}  # as register_model writes it
+    if any(str(e.get("version")) == str(entry["version"]) and e.get("name") == entry["name"] for e in linked):
+        return False
+    client.set_logged_model_tags(model_id, {MODEL_VERSIONS_TAG: json.dumps([*linked, entry])})
+    return True
+
+
+def _point_alias(client: MlflowClient, name: str, alias: str, number: str) -> bool:
+    """Point `alias` at version `number` and record it, unless it is so already or a newer version holds it; True
+    when something was set."""
+    holder = alias_version(name, alias)
+    recorded = recorded_aliases(client.get_registered_model(name)).get(alias)
+    if holder is not None and int(holder.version) > int(number):
+        log.info("%s@%s is held by the newer version %s: left there", name, alias, holder.version)
+        return False
+    if holder is not None and str(holder.version) == number and recorded == number:
+        return False
+    set_alias(client, name, alias, number)
+    log.info("pointed %s@%s at version %s", name, alias, number)
+    return True
 
 
 def find_version(name: str, trial_run_id: str) -> ModelVersion | None:
-    """The version already registered from this trial's run, if any (so a resume does not duplicate it)."""
+    """The version already registered from this trial's run, if any (so a resume does not duplicate it).
+
+    A failed search raises: read as "none", it would register the same weights twice.
+    """
     try:
         found = MlflowClient().search_model_versions(f"name='{name}' and tags.{TRIAL_RUN_ID}='{trial_run_id}'")
     except MlflowException as exc:
-        _reraise_refusal(exc)
-        return None
+        _raise_failure(exc, f"looking for the version of {name} registered from run {trial_run_id}")
     return max(found, key=lambda v: int(v.version), default=None)
 
 
@@ -60,18 +139,32 @@ HISTORY_LENGTH = 20  # moves kept in the registered model's history tag
 
 
 def alias_version(name: str, alias: str) -> ModelVersion | None:
-    """The version `alias` points at, or None when the alias is not set."""
+    """The version `alias` points at, or None when the store says the alias (or the model) does not exist.
+
+    Any other failure (an unreachable server, an error 500) raises a RegistryError: read as "not set", an outage
+    would let a challenger become champion without facing the champion.
+    """
     try:
         return MlflowClient().get_model_version_by_alias(name, alias)
     except MlflowException as exc:
-        _reraise_refusal(exc)
-        return None
+        if _alias_missing(exc):
+            return None
+        _raise_failure(exc, f"looking up {name}@{alias}")
 
 
-def _reraise_refusal(exc: MlflowException) -> None:
-    """A server's 401/403 is not "not found": let it through to the CLI, which says what to set."""
-    if exc.get_http_status_code() in (401, 403):
-        raise exc
+def _alias_missing(exc: MlflowException) -> bool:
+    """The store's answer for an alias that is not set: INVALID_PARAMETER_VALUE "Registered model alias X not found."
+    (MLflow 3.17's SQL stores and REST server alike), or RESOURCE_DOES_NOT_EXIST for a model that does not exist."""
+    message = str(exc.message)
+    return is_missing(exc) or (
+        exc.error_code == "INVALID_PARAMETER_VALUE" and "alias" in message and "not found" in message
+    )
+
+
+def _raise_failure(exc: MlflowException, action: str) -> NoReturn:
+    """A refusal (401/403) as it is (the CLI says what to set); anything else as a RegistryError saying what failed,
+    where, and what to do."""
+    raise_failure(exc, action, error=RegistryError, uri=mlflow.get_registry_uri())
 
 
 def version_by_alias(name: str, alias: str) -> ModelVersion:
@@ -87,8 +180,9 @@ def version_by_number(name: str, version: str) -> ModelVersion:
     try:
         return MlflowClient().get_model_version(name, str(version))
     except MlflowException as exc:
-        _reraise_refusal(exc)
-        raise RegistryError(f"registered model {name!r} has no version {version}: {exc.message}") from exc
+        if is_missing(exc):
+            raise RegistryError(f"registered model {name!r} has no version {version}: {exc.message}") from exc
+        _raise_failure(exc, f"looking up version {version} of {name}")
 
 
 def actor() -> str:
@@ -171,24 +265,38 @@ def resolve_version(model_uri: str) -> ModelVersion | None:
     if not model_uri.startswith("models:/"):
         return None
     path = model_uri[len("models:/") :].strip("/")
-    try:
-        if "@" in path:
-            name, alias = path.split("@", 1)
-            return MlflowClient().get_model_version_by_alias(name, alias)
-        name, _, version = path.partition("/")
-        return MlflowClient().get_model_version(name, version) if version.isdigit() else None
-    except MlflowException as exc:
-        _reraise_refusal(exc)
+    if "@" in path:
+        name, alias = path.split("@", 1)
+        return alias_version(name, alias)
+    name, _, version = path.partition("/")
+    if not version.isdigit():
         return None
+    try:
+        return MlflowClient().get_model_version(name, version)
+    except MlflowException as exc:
+        if is_missing(exc):
+            return None
+        _raise_failure(exc, f"looking up {model_uri}")
 
 
 def model_id_of(model_uri: str) -> str | None:
     """The LoggedModel behind a URI: `models:/<model_id>`, or a registered version created from one (its source)."""
     version = resolve_version(model_uri)
-    source = version.source if version is not None else model_uri
+    return version_model_id(version) if version is not None else _model_id_in(model_uri)
+
+
+def version_model_id(version: ModelVersion) -> str | None:
+    """The LoggedModel a version was registered from (its source is `models:/<model_id>`); None for other sources."""
+    return _model_id_in(str(version.source or "")) or getattr(version, "model_id", None)
+
+
+def _model_id_in(uri: str) -> str | None:
+    """The id in a `models:/<model_id>` URI, parsed without asking the store; None for any other URI."""
+    if not uri.startswith("models:/"):
+        return None
     try:
-        return _parse_model_id_if_present(source)
-    except MlflowException:
+        return _parse_model_uri(uri).model_id
+    except MlflowException:  # a parse, no request: the URI is not a well-formed models:/ URI, so names no model
         return None
 
 

@@ -8,21 +8,19 @@ from mlflow.tracking import MlflowClient
 from newscat.processes import Worker, describe
 from newscat.tracking.limits import TAG_VALUE_LIMIT
 from newscat.tracking.models import fail_pending_models
-from newscat.tracking.runs import WORKER_TAG
+from newscat.tracking.runs import WORKER_TAG, find_run
 
 
 def end_interrupted_run(run_id: str, reason: str) -> None:
     """End a run left RUNNING by a process that died: FAILED, with the reason as a tag; a model it was uploading
     (still PENDING) ends FAILED too."""
+    run = find_run(run_id, "closing the run of an interrupted trial")
+    if run is None or run.info.lifecycle_stage != "active" or run.info.status != "RUNNING":
+        return  # gone or deleted (nothing left to close), or closed already
     client = MlflowClient()
-    try:
-        if client.get_run(run_id).info.status != "RUNNING":
-            return
-        client.set_tag(run_id, "newscat.fail_reason", reason[:TAG_VALUE_LIMIT])
-        client.set_terminated(run_id, status="FAILED")
-        fail_pending_models(run_id)
-    except mlflow.exceptions.MlflowException:
-        pass  # the run is gone (deleted): nothing left to close
+    client.set_tag(run_id, "newscat.fail_reason", reason[:TAG_VALUE_LIMIT])
+    client.set_terminated(run_id, status="FAILED")
+    fail_pending_models(run_id)
 
 
 def end_dead_workers_runs(study_name: str) -> list[str]:

@@ -7,6 +7,7 @@ which would copy the run's params and step metrics onto the model unlinked to an
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,6 +23,7 @@ from newscat.serving.artifacts import export_classifier, logged_weights_sha256, 
 from newscat.serving.inputs import TEXT_COLUMN
 from newscat.serving.model import SIGNATURE
 
+log = logging.getLogger("newscat")
 MODEL_TYPE = "news-topic-classifier"
 WEIGHTS_TAG = "newscat.weights_sha256"  # the SHA-256 of model.safetensors inside the model
 STUDY_RUN_TAG = "newscat.study_run_id"  # the study's parent run
@@ -97,11 +99,26 @@ def log_classifier_model(
             client = MlflowClient()
             client.log_model_artifacts(model.model_id, str(save_pyfunc(model_dir, Path(tmp) / "model", backend)))
         client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=step)])
-    except BaseException:
-        mlflow.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
-        raise
+    except BaseException as exc:
+        _mark_failed(model.model_id, exc)
+        raise  # the original error, whatever marking the model did
     mlflow.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
     return model.model_id
+
+
+def _mark_failed(model_id: str, cause: BaseException) -> None:
+    """End a model whose upload failed as FAILED. When that fails too (the store may be the cause: an outage), the
+    failure is logged and the original error is the one raised; a later resume ends the model FAILED
+    (`fail_pending_models`)."""
+    try:
+        mlflow.finalize_logged_model(model_id, LoggedModelStatus.FAILED)
+    except Exception as secondary:  # any: it must not replace `cause`
+        log.error(
+            "could not mark LoggedModel %s FAILED after %s: %s (it stays PENDING until the study is resumed)",
+            model_id,
+            type(cause).__name__,
+            secondary,
+        )
 
 
 def log_model_metrics(
@@ -173,6 +190,11 @@ def log_model_card(model_id: str, card: str) -> None:
         MlflowClient().log_model_artifact(model_id, str(path))
     mlflow.set_logged_model_tags(model_id, {DESCRIPTION_TAG: card})
     mlflow.log_text(card, "model_card.md")
+
+
+def logged_card(model_id: str) -> str | None:
+    """The model card stored as a LoggedModel's description (`log_model_card`); None when it has none."""
+    return mlflow.get_logged_model(model_id).tags.get(DESCRIPTION_TAG)
 
 
 def download_model(model_uri: str, target: Path) -> Path:

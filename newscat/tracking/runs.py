@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import mlflow
+from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from newscat.config import Config
@@ -14,6 +16,7 @@ from newscat.locks import beside_sqlite
 from newscat.processes import Worker
 from newscat.serving.precision import use_bf16
 from newscat.tracking.limits import PARAM_VALUE_LIMIT, TAG_VALUE_LIMIT
+from newscat.tracking.store import RESUME, is_missing, raise_failure
 
 # Optuna's trial state -> the MLflow run status that tells the same story.
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
@@ -29,7 +32,10 @@ def prepare_store() -> None:
     database is created or upgraded under a file lock, since MLflow's schema migration is not safe against several
     workers starting at the same moment ("duplicate column name")."""
     with beside_sqlite(mlflow.get_tracking_uri()):
-        MlflowClient().search_experiments(max_results=1)
+        try:
+            MlflowClient().search_experiments(max_results=1)
+        except MlflowException as exc:
+            raise_failure(exc, "reaching the tracking store before any work", then=RESUME)
 
 
 def create_study_run(cfg: Config) -> str:
@@ -73,11 +79,21 @@ def active_experiment_id() -> str:
 
 
 def run_exists(run_id: str) -> bool:
-    """Whether `run_id` names a run that is not deleted."""
+    """Whether `run_id` names a run that is not deleted. Only the store's "no such run" means no; an outage raises
+    (read as "gone", it would start a second parent run for the study)."""
+    run = find_run(run_id, "looking up the study's run")
+    return run is not None and run.info.lifecycle_stage == "active"
+
+
+def find_run(run_id: str, action: str) -> Run | None:
+    """The run `run_id`, or None when the store says it does not exist; any other failure raises a TrackingError
+    naming `action`."""
     try:
-        return MlflowClient().get_run(run_id).info.lifecycle_stage == "active"
-    except mlflow.exceptions.MlflowException:
-        return False
+        return MlflowClient().get_run(run_id)
+    except MlflowException as exc:
+        if is_missing(exc):
+            return None
+        raise_failure(exc, f"{action} ({run_id})", then=RESUME)
 
 
 def run_params(run_id: str) -> dict[str, str]:
@@ -89,10 +105,8 @@ def run_finished(run_id: str) -> bool:
     """Whether `run_id` names an existing run that finished successfully."""
     if not run_id:
         return False
-    try:
-        return MlflowClient().get_run(run_id).info.status == "FINISHED"
-    except mlflow.exceptions.MlflowException:
-        return False
+    run = find_run(run_id, "looking up a finished run")
+    return run is not None and run.info.status == "FINISHED"
 
 
 def log_params_once(params: Mapping[str, Any]) -> None:

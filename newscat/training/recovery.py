@@ -33,10 +33,10 @@ class OnInterrupted:
         # A FAIL trial takes no more attributes: the reason goes on the study (and on the trial where the failing
         # was ours to do, see below) and on the trial's MLflow run.
         study.set_user_attr(f"interrupted.trial-{trial.number}", reason)
+        queued = retry(study, trial)  # first: a tracking store failing below must not lose the retry
         run_id = trial.user_attrs.get("mlflow_run_id")
         if run_id:
             self.end_mlflow_run(run_id, reason)
-        queued = retry(study, trial)
         log.warning(
             "trial %d %s; %s", trial.number, reason[len("interrupted: ") :], "queued again" if queued else "not retried"
         )
