@@ -45,10 +45,11 @@ def news_items(data_dir: Path) -> tuple[list[str], list[str]]:
 
 def serving_copy(pyfunc_dir: Path, data_dir: Path, target: Path) -> tuple[Path, dict]:
     """The model as `newscat tune` now releases it: as logged if it has ONNX graphs, else built here the same way
-    (ONNX export, the accuracy gate on the test split, the default path's requirements)."""
+    (ONNX export, the accuracy gate on validation and training texts, the default path's requirements)."""
     from newscat.config import DataConfig
     from newscat.data.load import load_news
-    from newscat.export.package import build_serving
+    from newscat.export.gate import AGREEMENT_TEXTS, GateTexts
+    from newscat.export.package import gate_serving_paths
     from newscat.serving.backends import ONNX_DIR
     from newscat.tracking.models import save_pyfunc
 
@@ -56,8 +57,12 @@ def serving_copy(pyfunc_dir: Path, data_dir: Path, target: Path) -> tuple[Path, 
     if (classifier / ONNX_DIR).is_dir():
         return pyfunc_dir, json.loads((classifier / "newscat.json").read_text())["serving"]
     model_dir = Path(shutil.copytree(classifier, target.parent / "classifier"))
-    test = load_news(DataConfig(source=str(data_dir)), seed=0).test
-    build = build_serving(model_dir, test["text"].tolist(), test["label"].to_numpy())
+    data = load_news(DataConfig(source=str(data_dir)), seed=0)
+    train = data.train.sample(min(AGREEMENT_TEXTS, len(data.train)), random_state=0)
+    gate = GateTexts(
+        data.validation["text"].tolist(), data.validation["label"].to_numpy(), train["text"].tolist(), "training texts"
+    )
+    build = gate_serving_paths(model_dir, gate)
     gate = {"default": build.decision.default, "paths": [dataclasses.asdict(s) for s in build.decision.scores]}
     return save_pyfunc(model_dir, target, build.decision.default.split("/")[0]), gate
 

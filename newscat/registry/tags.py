@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from newscat.config import DataConfig
+from newscat.redaction import redact_url
 from newscat.tracking.limits import TAG_VALUE_LIMIT
 
 TEST_METRICS = ("accuracy", "macro_f1", "ece")  # logged as tags `test_<name>` for a glance in the registry UI
@@ -53,7 +54,7 @@ class VersionTags:
             "weights_run_id": self.weights_run_id,
             "weights_sha256": self.weights_sha256,
             "train_rows": self.train_rows,
-            "data.source": self.data_source,
+            "data.source": redact_url(self.data_source),  # a data URL's password is never stored
             "data.text_columns": ",".join(self.text_columns),
             "data.label_column": self.label_column,
             "data.train_digest": self.train_digest,

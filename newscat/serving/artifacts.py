@@ -1,13 +1,15 @@
 """The files a served model is made of: weights, tokenizer and settings, their SHA-256, its requirements and code.
 
 No pickles: safetensors weights, a tokenizer.json and a JSON settings file; the digest recorded at export is checked
-at every load.
+at every load. The settings file holds the other files' digests, so its own digest lives beside it (`newscat.sha256`,
+in `sha256sum` format), written by `write_settings` after every change of the settings.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -15,7 +17,10 @@ from mlflow.exceptions import MlflowException
 
 from newscat.serving.inputs import MAX_BATCH
 
+log = logging.getLogger("newscat")
+
 SETTINGS_FILE = "newscat.json"
+SETTINGS_DIGEST_FILE = "newscat.sha256"  # the SHA-256 of newscat.json, which cannot hold its own digest
 WEIGHTS_FILE = "model.safetensors"
 # Files of a Trainer checkpoint that make up the served model; pickles (training_args.bin) are left out.
 # The code a logged model ships (`code_paths`), relative to the package: the served model and the text functions it
@@ -46,8 +51,26 @@ def export_classifier(checkpoint: Path, target: Path, *, max_length: int, base_m
         "weights_sha256": file_sha256(target / WEIGHTS_FILE),
         "files_sha256": {WEIGHTS_FILE: file_sha256(target / WEIGHTS_FILE)},  # checked at every load
     }
-    (target / SETTINGS_FILE).write_text(json.dumps(settings, indent=2), encoding="utf-8")
+    write_settings(target, settings)
     return target
+
+
+def write_settings(model_dir: Path, settings: dict) -> None:
+    """Write the model's settings and then their SHA-256 (`newscat.sha256`): the only way newscat.json is written,
+    so that any later edit of it fails the check at load."""
+    path = model_dir / SETTINGS_FILE
+    path.write_text(json.dumps(settings, indent=2), encoding="utf-8")
+    (model_dir / SETTINGS_DIGEST_FILE).write_text(f"{file_sha256(path)}  {SETTINGS_FILE}\n", encoding="utf-8")
+
+
+def read_settings(model_dir: Path) -> dict:
+    """The model's settings as written by `write_settings`."""
+    return json.loads((model_dir / SETTINGS_FILE).read_text(encoding="utf-8"))
+
+
+def update_settings(model_dir: Path, **entries: object) -> None:
+    """Add or replace top-level entries of the model's settings (the gate's decision, the companion's share)."""
+    write_settings(model_dir, {**read_settings(model_dir), **entries})
 
 
 def logged_weights_sha256(model_dir: Path) -> str:
@@ -62,12 +85,13 @@ def file_sha256(path: Path) -> str:
 
 
 class CorruptModelError(MlflowException):
-    """The weights on disk are not the weights that were logged."""
+    """The files on disk are not the files that were logged."""
 
 
 def verify_files(model_dir: Path, settings: dict) -> None:
-    """Refuse weights or graphs whose SHA-256 differs from the one recorded when the model was logged (a copy cut
-    short, or altered)."""
+    """Refuse settings, weights or graphs whose SHA-256 differs from the one recorded when the model was logged (a
+    copy cut short, or altered)."""
+    verify_settings_file(model_dir)
     expected = dict(settings.get("files_sha256", {}))
     if not expected and settings.get("weights_sha256"):  # logged before every file had a digest
         expected = {WEIGHTS_FILE: settings["weights_sha256"]}
@@ -81,13 +105,34 @@ def verify_files(model_dir: Path, settings: dict) -> None:
             )
 
 
+def verify_settings_file(model_dir: Path) -> None:
+    """Refuse a newscat.json edited after it was written (its digest in newscat.sha256 differs); a model logged
+    before newscat.sha256 existed loads with a warning."""
+    sidecar = model_dir / SETTINGS_DIGEST_FILE
+    if not sidecar.is_file():
+        log.warning(
+            "%s: no %s (a model logged before newscat recorded it): its settings file is not checked",
+            model_dir,
+            SETTINGS_DIGEST_FILE,
+        )
+        return
+    recorded = sidecar.read_text(encoding="utf-8").split()
+    digest = recorded[0] if recorded else "empty"
+    actual = file_sha256(model_dir / SETTINGS_FILE)
+    if actual != digest:
+        raise CorruptModelError(
+            f"{model_dir / SETTINGS_FILE}: SHA-256 {actual[:12]}... differs from the {digest[:12]}... recorded in "
+            f"{SETTINGS_DIGEST_FILE}: the model's settings were edited after it was logged (or the copy is "
+            "incomplete): download it again or re-log the model"
+        )
+
+
 def record_files(model_dir: Path, relatives: list[str]) -> None:
     """Add the SHA-256 of more files (ONNX graphs) to the model's settings, to be checked at every load."""
-    path = model_dir / SETTINGS_FILE
-    settings = json.loads(path.read_text(encoding="utf-8"))
+    settings = read_settings(model_dir)
     known = settings.get("files_sha256") or {WEIGHTS_FILE: settings["weights_sha256"]}  # older models: weights only
     settings["files_sha256"] = {**known, **{r: file_sha256(model_dir / r) for r in relatives}}
-    path.write_text(json.dumps(settings, indent=2), encoding="utf-8")
+    write_settings(model_dir, settings)
 
 
 # The CPU build of torch: PyPI's torch for Linux is the CUDA build (several GB of CUDA libraries).

@@ -19,7 +19,13 @@ THREADS_ENV = "NEWSCAT_THREADS"  # compute threads of the engine (default: the C
 
 
 class Engine(Protocol):
-    """Logits (float32, one row per text) from padded `input_ids` and `attention_mask`."""
+    """Logits (float32, one row per text) from padded `input_ids` and `attention_mask`.
+
+    `per_text` engines quantize activations with scales computed per forward pass (dynamic int8): a text's answer
+    would depend on its batch-mates and their padding, so they are only ever given one text at a time.
+    """
+
+    per_text: bool
 
     def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray: ...
 
@@ -44,6 +50,7 @@ class TorchEngine:
 
         self._torch = torch
         self.device = torch.device(device)
+        self.per_text = precision == "int8"
         model = AutoModelForSequenceClassification.from_pretrained(
             model_dir, use_safetensors=True, trust_remote_code=False
         ).eval()
@@ -71,6 +78,7 @@ class OnnxEngine:
     def __init__(self, model_dir: Path, precision: str) -> None:
         import onnxruntime as ort
 
+        self.per_text = precision == "int8"  # dynamic int8: activation scales per forward pass
         options = ort.SessionOptions()
         options.intra_op_num_threads = compute_threads()
         options.inter_op_num_threads = 1

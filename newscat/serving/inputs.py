@@ -50,7 +50,20 @@ def texts_from(model_input: Any) -> list[str]:
                 f"every {TEXT_COLUMN!r} value must be a string; row {row} is {_describe(value)} "
                 f'(send "" for an empty text); {INPUT_HELP}'
             )
+        _check_unicode(row, value)
     return [str(value) for value in values]  # numpy str_ -> str
+
+
+def _check_unicode(row: int, text: str) -> None:
+    """Refuse a text that is not valid Unicode (a lone surrogate such as "\\ud800", which JSON can carry but no
+    UTF-8 tokenizer reads) before it reaches a batch shared with other requests."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise invalid(
+            f"row {row} is not valid Unicode text: {exc.reason} at character {exc.start} "
+            f"({text[exc.start : exc.end]!a}); send UTF-8 text without lone surrogates"
+        ) from None
 
 
 def _column(columns: list[Any], values: Callable[[], list[Any]]) -> list[Any]:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,7 @@ from newscat.serving.batching import Batcher
 from newscat.serving.choice import Choice, Platform, resolve
 from newscat.serving.inputs import CHARS_PER_TOKEN_CAP, MAX_BATCH, MAX_BATCH_ENV, invalid, max_batch, texts_from
 from newscat.serving.lexical import LexicalModel, mix, prepare_texts
-from newscat.serving.tokens import TokenEncoder
+from newscat.serving.tokens import TokenEncoder, UnreadableText
 
 # Padded tokens per forward pass. Measured on a 2-core AMD EPYC (ONNX int8, batches of 128 news items merged from
 # concurrent requests): 352 texts/s at 512 tokens, 312 at 2,048, 193 with fixed batches of 64 texts; titles alone
@@ -45,26 +47,73 @@ SIGNATURE = mlflow.models.ModelSignature(
 )
 
 
+@dataclass(frozen=True)
+class Scores:
+    """What a model answers to a list of texts, and the parts it is mixed from."""
+
+    probabilities: np.ndarray  # texts x classes: the served answer (the encoder's, mixed with the companion's)
+    encoder: np.ndarray  # the encoder's alone, on the serving engine
+    lexical: np.ndarray | None  # the companion's alone (None: the model has none)
+    truncated: np.ndarray  # per text: tokens beyond max_length were cut off
+
+
+class Scorer:
+    """The one computation of what a model folder answers: its engine's probabilities mixed with the lexical
+    companion's. The served pyfunc, the release report and the model card all go through it.
+
+    Each text's answer depends on that text alone: batches are padded with a mask and every engine the gate can
+    choose quantizes nothing per batch, so who else was in the batch changes nothing.
+    """
+
+    def __init__(self, model_dir: Path, env: Mapping[str, str] | None = None) -> None:
+        """Load the folder's files (their SHA-256 checked) on the engine `env` (default: os.environ) selects:
+        with no NEWSCAT_* override, the recorded default path."""
+        settings = json.loads((model_dir / SETTINGS_FILE).read_text(encoding="utf-8"))
+        verify_files(model_dir, settings)
+        self.settings = settings
+        self.max_length = int(settings["max_length"])
+        self.tokens_per_batch = int(settings.get("tokens_per_batch", TOKENS_PER_BATCH))
+        self.label_names = _label_names(model_dir)
+        self.encoder = TokenEncoder(model_dir, self.max_length)
+        self.choice: Choice = resolve(settings.get("serving", {}), Platform.detect(), env)
+        self.engine = load_engine(model_dir, self.choice.backend, self.choice.precision, self.choice.device)
+        lexical = settings.get("lexical")  # the TF-IDF companion, when it won on validation
+        self.lexical = LexicalModel.load(model_dir, float(lexical["weight"])) if lexical else None
+        if self.lexical is not None and self.lexical.coef.shape[0] != len(self.label_names):
+            raise ValueError(
+                f"{model_dir}: the lexical companion has {self.lexical.coef.shape[0]} classes, the model "
+                f"{len(self.label_names)}"
+            )
+
+    def scores(self, texts: list[str]) -> Scores:
+        """The served probabilities of `texts` and their parts."""
+        if not texts:
+            empty = np.zeros((0, len(self.label_names)))
+            return Scores(empty, empty, None if self.lexical is None else empty, np.zeros(0, dtype=bool))
+        encoder, truncated = class_probabilities(self.encoder, self.engine, texts, self.tokens_per_batch)
+        if self.lexical is None:
+            return Scores(encoder, encoder, None, truncated)
+        lexical = self.lexical.probabilities(prepare_texts(texts, self.max_length * CHARS_PER_TOKEN_CAP))
+        return Scores(mix(encoder, lexical, self.lexical.weight), encoder, lexical, truncated)
+
+    def probabilities(self, texts: list[str]) -> np.ndarray:
+        """What the model answers: texts x classes, each row summing to 1."""
+        return self.scores(texts).probabilities
+
+
 class NewsClassifier(mlflow.pyfunc.PythonModel):
     """Loads once; predicts a topic, its probability and every class probability per text."""
 
     def load_context(self, context: Any) -> None:
-        model_dir = Path(context.artifacts["classifier"])
-        settings = json.loads((model_dir / SETTINGS_FILE).read_text(encoding="utf-8"))
-        verify_files(model_dir, settings)
-        self.max_length = int(settings["max_length"])
-        self.tokens_per_batch = int(settings.get("tokens_per_batch", TOKENS_PER_BATCH))
-        self.logged_max_batch = int(settings.get("max_batch", MAX_BATCH))
+        self.scorer = Scorer(Path(context.artifacts["classifier"]))
+        self.logged_max_batch = int(self.scorer.settings.get("max_batch", MAX_BATCH))
         max_batch(self.logged_max_batch)  # a bad NEWSCAT_MAX_BATCH fails at startup, not on the first request
-        self.label_names = _label_names(model_dir)
-        self.encoder = TokenEncoder(model_dir, self.max_length)
-        self.choice: Choice = resolve(settings.get("serving", {}), Platform.detect())
-        self.engine = load_engine(model_dir, self.choice.backend, self.choice.precision, self.choice.device)
-        lexical = settings.get("lexical")  # the TF-IDF companion, when it won on validation
-        self.lexical = LexicalModel.load(model_dir, float(lexical["weight"])) if lexical else None
+        self.label_names = self.scorer.label_names
+        self.choice = self.scorer.choice
         self._batcher = Batcher(self._forward)
-        # One line on the server's console says which engine answers (the scoring server configures no logging).
-        print(f"newscat model serves with {self.choice}", file=sys.stderr, flush=True)
+        # One line on the server's console says which engine answers and why (the scoring server configures no
+        # logging): the recorded default, a fallback this machine forced, or an operator's override.
+        print(f"newscat model serves with {self.choice}: {self.choice.reason}", file=sys.stderr, flush=True)
 
     # Annotated as DataFrame (MLflow would build an input schema from a list[str] hint); the server may also hand
     # over a dict of arrays or an array, as parsed from the JSON, which `_texts_from` checks.
@@ -76,7 +125,10 @@ class NewsClassifier(mlflow.pyfunc.PythonModel):
                 f"{len(texts)} texts in one request; the limit is {limit} ({MAX_BATCH_ENV} on the server): "
                 "split them into smaller requests"
             )
-        probabilities, truncated = self._batcher.submit(texts)
+        try:
+            probabilities, truncated = self._batcher.submit(texts)
+        except UnreadableText as exc:  # a pass that fails is rerun per request: the row is this request's
+            raise invalid(f"{exc}; send it as plain UTF-8 text") from None
         best = probabilities.argmax(axis=1) if len(texts) else np.empty(0, dtype=int)
         return pd.DataFrame(
             {
@@ -96,13 +148,8 @@ class NewsClassifier(mlflow.pyfunc.PythonModel):
 
     def _forward(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Runs on the batcher's thread: probabilities and truncation flags of the merged requests' texts."""
-        if not texts:
-            return np.zeros((0, len(self.label_names))), np.zeros(0, dtype=bool)
-        probabilities, truncated = class_probabilities(self.encoder, self.engine, texts, self.tokens_per_batch)
-        if self.lexical is not None:
-            prepared = prepare_texts(texts, self.max_length * CHARS_PER_TOKEN_CAP)
-            probabilities = mix(probabilities, self.lexical.probabilities(prepared), self.lexical.weight)
-        return probabilities, truncated
+        scores = self.scorer.scores(texts)
+        return scores.probabilities, scores.truncated
 
 
 def class_probabilities(
@@ -111,12 +158,14 @@ def class_probabilities(
     """Class probabilities of `texts` and, per text, whether tokens beyond `max_length` were cut off.
 
     Texts are sorted by length and cut into batches of at most `tokens_per_batch` padded tokens (and 64 texts), so
-    that no batch pads short texts to a long one's length and each fits the CPU's caches.
+    that no batch pads short texts to a long one's length and each fits the CPU's caches. A `per_text` engine gets
+    one text per pass, so that its answer never depends on the other texts.
     """
     encoded, truncated = encoder.encode(texts, max_chars=encoder.max_length * CHARS_PER_TOKEN_CAP)
     order = np.argsort([len(ids) for ids in encoded], kind="stable")
     out: np.ndarray | None = None
-    for rows in token_batches([len(encoded[i]) for i in order], tokens_per_batch):
+    max_rows = 1 if getattr(engine, "per_text", False) else 64
+    for rows in token_batches([len(encoded[i]) for i in order], tokens_per_batch, max_rows):
         rows = order[rows]
         logits = engine(*encoder.pad([encoded[i] for i in rows])).astype(np.float64)
         logits -= logits.max(axis=1, keepdims=True)  # a stable softmax
@@ -124,6 +173,8 @@ def class_probabilities(
         if out is None:
             out = np.zeros((len(texts), logits.shape[1]))
         out[rows] = exp / exp.sum(axis=1, keepdims=True)
+    if out is None:  # no texts: no pass ran, so the class count is unknown here
+        out = np.zeros((0, 0))
     return out, np.array(truncated, dtype=bool)
 
 

@@ -33,7 +33,10 @@ class TokenEncoder:
         Texts are first cut to `max_chars` characters, which bounds tokenizing time for absurdly long inputs.
         """
         cut = [normalize_text(text[:max_chars]) for text in texts]
-        ids = [encoding.ids for encoding in self._tokenizer.encode_batch(cut)]
+        try:
+            ids = [encoding.ids for encoding in self._tokenizer.encode_batch(cut)]
+        except Exception as exc:  # the Rust tokenizer's errors carry no row: find it, so the 400 can name it
+            raise UnreadableText(_first_unreadable(self._tokenizer, cut), exc) from exc
         limit = self.max_length
         truncated = [len(row) > limit or len(text) > max_chars for row, text in zip(ids, texts, strict=True)]
         return [row[: limit - 1] + row[-1:] if len(row) > limit else row for row in ids], truncated
@@ -47,6 +50,24 @@ class TokenEncoder:
             ids[i, : len(row)] = row
             mask[i, : len(row)] = 1
         return ids, mask
+
+
+class UnreadableText(ValueError):
+    """A text the tokenizer refuses; `row` is its index in the list encoded."""
+
+    def __init__(self, row: int, cause: BaseException) -> None:
+        super().__init__(f"row {row}: the tokenizer cannot read this text ({type(cause).__name__}: {cause})")
+        self.row = row
+
+
+def _first_unreadable(tokenizer: object, texts: list[str]) -> int:
+    """The index of the first text the tokenizer refuses on its own (-1: each one passes alone)."""
+    for row, text in enumerate(texts):
+        try:
+            tokenizer.encode(text)
+        except Exception:
+            return row
+    return -1
 
 
 def _pad_token(model_dir: Path) -> str:

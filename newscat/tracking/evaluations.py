@@ -50,5 +50,7 @@ def log_checks(report_: CheckReport, *, model_id: str | None = None) -> None:
     else:
         log_metrics(report_.metrics())
     mlflow.log_text(report_.text() + "\n", "checks/report.txt")
-    mlflow.log_dict({"results": report_.results, "failures": report_.failures}, "checks/report.json")
+    mlflow.log_dict(
+        {"results": report_.results, "failures": report_.failures, "notes": list(report_.notes)}, "checks/report.json"
+    )
     mlflow.set_tags({"newscat.role": "checks", "checks.failed": str(report_.failed)})

@@ -11,7 +11,7 @@ import optuna
 
 from newscat.config import Config
 from newscat.errors import NewscatError
-from newscat.registry.promotion import promote_with_gate
+from newscat.registry.promotion import AlreadyHeld, earlier_gate, promote_with_gate
 from newscat.tracking.datasets import log_study_setup
 from newscat.tracking.interrupted import end_dead_workers_runs, end_interrupted_run
 from newscat.tracking.models import best_model
@@ -24,6 +24,7 @@ from newscat.tracking.runs import (
     run_exists,
     start_study_run,
 )
+from newscat.tracking.store import explain_outages
 from newscat.tracking.study_report import log_study_report, log_study_summary
 from newscat.training import search_space
 from newscat.training import study as studies
@@ -31,7 +32,8 @@ from newscat.training.budget import Budget
 from newscat.training.inputs import StudyInputs, prepare
 from newscat.training.objective import make_objective
 from newscat.training.recovery import OnInterrupted
-from newscat.training.release import Release, release_best
+from newscat.training.refit import refit_best
+from newscat.training.release import Release, release_best, resume_release
 
 if TYPE_CHECKING:
     pass
@@ -53,6 +55,7 @@ class TuneOutcome:
     version: str | None
 
 
+@explain_outages("newscat tune")  # a store outage anywhere says what to do: rerun, the study resumes
 def tune_and_register(cfg: Config) -> TuneOutcome:
     """Run (or resume) the study under one parent run, refit the best params on more rows, evaluate, register.
 
@@ -81,7 +84,10 @@ def tune_and_register(cfg: Config) -> TuneOutcome:
             best = _best_trial(study, parent_run_id, inputs.cfg.train.metric)
             log_study_summary(studies.study_summary(study), best)
             log_study_report(study)
-            release = release_best(inputs, study, best, parent_run_id, budget)
+            release = resume_release(inputs, best)  # registered by an earlier process: finish it, do not refit
+            if release is None:
+                final = refit_best(inputs, study, best, budget)
+                release = release_best(inputs, study, best, final, parent_run_id)
     _auto_promote(cfg, release)  # after the study's run has ended: the decision gets a run of its own
     return _outcome(parent_run_id, best, release)
 
@@ -140,23 +146,36 @@ def _best_trial(study: optuna.Study, study_run_id: str, metric: str) -> optuna.t
 
 
 def _auto_promote(cfg: Config, release: Release) -> None:
-    """`promote=auto`: the challenger just registered faces the champion (the outcome is logged, never raised)."""
+    """`promote=auto`: the challenger just registered faces the champion (the outcome is logged, never raised).
+
+    A version an earlier process registered faces it too, unless that process's gate ended (moved or refused): a
+    kill between registration and the gate must not skip the gate.
+    """
     if cfg.promote.mode != "auto":
         return
+    number = str(release.version.version)
     if release.predictions is None:
-        log.info("promote=auto: version %s was registered (and gated) by an earlier process", release.version.version)
+        earlier = earlier_gate(cfg.registered_model, number)
+        if earlier is not None:
+            log.info("promote=auto: version %s was registered and gated (%s) by an earlier process", number, earlier)
+            return
+        log.info("promote=auto: version %s was registered by an earlier process that stopped before the gate", number)
+    try:
+        result = promote_with_gate(
+            cfg.registered_model,
+            version=number,  # the version released, whatever holds `challenger` by now
+            source=cfg.data.source,
+            metric=cfg.promote.metric,
+            margin=cfg.promote.margin,
+            alpha=cfg.promote.alpha,
+            min_accuracy=cfg.promote.min_accuracy,
+            seed=cfg.seed,
+            scored=release.predictions,
+            reason="promote=auto at the end of tuning",
+        )
+    except AlreadyHeld:  # a worker finishing at the same moment gated it first
+        log.info("promote=auto: version %s is champion already", number)
         return
-    result = promote_with_gate(
-        cfg.registered_model,
-        source=cfg.data.source,
-        metric=cfg.promote.metric,
-        margin=cfg.promote.margin,
-        alpha=cfg.promote.alpha,
-        min_accuracy=cfg.promote.min_accuracy,
-        seed=cfg.seed,
-        scored=release.predictions,
-        reason="promote=auto at the end of tuning",
-    )
     log.info("promotion gate (run %s):\n%s", result.run_id, result.decision.table())
 
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 
 from newscat.processes import Worker
+from newscat.redaction import redact_url
 from newscat.tracking.runs import end_trial_run, log_trial_params, start_trial_run
 from newscat.training.budget import Budget
 from newscat.training.recovery import WORKER_ATTR
@@ -63,9 +64,9 @@ class Objective:
             end_trial_run("PRUNED")
             raise
         except BaseException as exc:
-            reason = describe_failure(exc, params, cfg.model.max_length)
+            reason = redact_url(describe_failure(exc, params, cfg.model.max_length))  # e.g. a storage URL
             trial.set_user_attr("fail_reason", reason[:1000])
-            end_trial_run("FAIL", reason + "\n" + traceback.format_exc(limit=5))
+            end_trial_run("FAIL", reason + "\n" + redact_url(traceback.format_exc(limit=5)))
             raise
         finally:
             shutil.rmtree(trial_dir, ignore_errors=True)  # bounded disk: the checkpoint lives in MLflow

@@ -1,7 +1,10 @@
-"""The end of a study: the final LoggedModel (the refit's, or the best trial's) is scored on the test split, given
-its model card and registered.
+"""The end of a study: the final weights (the refit's, or the best trial's) become the model to register.
 
-Each step does one thing; `release_best` runs them in order.
+The seams, in order: `build_release` exports and gates the serving paths and fits the lexical companion, every choice
+made on validation or unlabelled texts; `score_test` scores the test split once, through the `ServingBuild` that
+answers exactly as the served model will; `log_release_model` logs the folder; `check_logged_model` loads it back
+as a user would (no overrides) and compares; then the card, the tags and the registration. The refit itself is
+started by the job (`training/job.py`), not here.
 """
 
 from __future__ import annotations
@@ -18,18 +21,19 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import optuna
+import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
 
-from newscat.config import Config
 from newscat.errors import NewscatError
 from newscat.evaluation.card import CardFacts, model_card
 from newscat.evaluation.report import Predictions, per_class_table, predict_split, report_metrics
-from newscat.export.package import ServingBuild, add_lexical, build_serving, path_probabilities, serving_table
+from newscat.export.gate import AGREEMENT_TEXTS, GateTexts
+from newscat.export.package import ServingBuild, add_lexical, gate_serving_paths, serving_table
 from newscat.registry.tags import VersionTags
-from newscat.registry.versions import find_version, register_version
+from newscat.registry.versions import find_version, finish_registration, register_version, version_model_id
 from newscat.serving.choice import BACKEND_ENV, DEVICE_ENV, PRECISION_ENV
 from newscat.serving.inputs import CHARS_PER_TOKEN_CAP
-from newscat.serving.lexical import mix, prepare_texts
+from newscat.serving.lexical import prepare_texts
 from newscat.tracking.evaluations import log_evaluation
 from newscat.tracking.models import (
     STUDY_RUN_TAG,
@@ -38,23 +42,22 @@ from newscat.tracking.models import (
     log_classifier_model,
     log_model_card,
     log_model_metrics,
+    logged_card,
     logged_params,
     weights_sha256,
 )
-from newscat.training.budget import Budget
 from newscat.training.lexical import Companion, build_companion, companion_metrics, companion_table
-from newscat.training.refit import FinalWeights, refit_best
+from newscat.training.refit import FinalWeights
 
 if TYPE_CHECKING:
     from newscat.training.inputs import StudyInputs
 
 log = logging.getLogger("newscat")
 # Test rows sent as one request to the logged model to check it against its release build, and the largest difference
-# in a class probability allowed. Both run the same batches, so only thread scheduling in float sums differs; the
-# full split's scores cannot serve as the reference: int8 activations are quantized per batch, and a text's
-# probabilities moved by up to 0.025 with other batch-mates (AMD EPYC).
+# in a class probability allowed. A text's answer does not depend on its batch-mates (`newscat.serving.model`), so the
+# build's scores of the whole split are the reference; only float rounding in differently shaped batches differs.
 CHECK_ROWS = 256
-CHECK_TOLERANCE = 1e-4
+CHECK_TOLERANCE = 1e-5
 
 
 class ReleaseError(NewscatError):
@@ -82,186 +85,197 @@ class Release:
     predictions: Predictions | None
 
 
-def release_best(
-    inputs: StudyInputs,
-    study: optuna.Study,
-    best: optuna.trial.FrozenTrial,
-    parent_run_id: str,
-    budget: Budget,
-) -> Release:
-    """Refit (or take the best trial's model), score it on the test split, write its card, register it."""
+@dataclass(frozen=True)
+class TestScores:
+    """The test split scored once, through the served model's code: its predictions and the parts of the mix."""
+
+    predictions: Predictions
+    encoder: np.ndarray
+    lexical: np.ndarray | None  # the companion's alone (None: no companion was fitted)
+
+
+def resume_release(inputs: StudyInputs, best: optuna.trial.FrozenTrial) -> Release | None:
+    """The release an earlier process of this study registered for `best`, completed where it was cut short; None
+    when there is none (the job then refits and releases)."""
     cfg = inputs.cfg
     existing = find_version(cfg.registered_model, best.user_attrs["mlflow_run_id"])
     if existing is not None:
         log.info("best trial %d is already registered as version %s", best.number, existing.version)
+        model_id = version_model_id(existing)  # the release LoggedModel: its description is the model card
+        card = logged_card(model_id) if model_id else None
+        if card is None:
+            log.warning("version %s has no model card on its LoggedModel: its description is left", existing.version)
+        existing = finish_registration(existing, description=card, alias="challenger")
         return Release(existing, dict(VersionTags.from_tags(existing.tags).test_metrics), None)
-    final = refit_best(inputs, study, best, budget)
-    model_id, build, companion, check = log_release_model(inputs, best, final, parent_run_id)
-    lexical = _lexical_test_probabilities(inputs, companion)
-    predictions = score_on_test(inputs, model_id, build, companion, lexical, check)
-    metrics = report_metrics(predictions)
-    log_evaluation(predictions, metrics, model_id=model_id)
-    section = _companion_section(inputs, model_id, companion, build, lexical, metrics)
-    card = write_card(inputs, study, best, final, predictions, metrics, build, section)
-    log_model_card(model_id, card)
-    tags = version_tags(inputs, study, best, final, parent_run_id, predictions, metrics)
-    version = register_version(f"models:/{model_id}", cfg.registered_model, tags=tags, description=card)
-    log.info("registered %s version %s with alias challenger", cfg.registered_model, version.version)
-    return Release(version, metrics, predictions)
+    return None
 
 
-def log_release_model(
-    inputs: StudyInputs, best: optuna.trial.FrozenTrial, final: FinalWeights, parent_run_id: str
-) -> tuple[str, ServingBuild, Companion | None, np.ndarray]:
-    """The final weights as the model to register (`release-trial-N`): ONNX graphs added, every serving path scored
-    on the test split by the accuracy gate, the lexical companion mixed in where it wins on validation, the
-    requirements of the default path. Returns its id, the build, the companion (None: not tried) and what the
-    build answers to the first `CHECK_ROWS` test texts sent as one request (to check the logged model against)."""
-    test = inputs.data.test
+def release_best(
+    inputs: StudyInputs,
+    study: optuna.Study,
+    best: optuna.trial.FrozenTrial,
+    final: FinalWeights,
+    parent_run_id: str,
+) -> Release:
+    """Build, score on the test split, log, check, describe and register the final weights."""
+    cfg = inputs.cfg
     with tempfile.TemporaryDirectory(prefix="newscat-release-") as tmp:
         source = download_model(f"models:/{final.model_id}", Path(tmp) / "source")
         model_dir = Path(shutil.copytree(source / "artifacts" / "classifier", Path(tmp) / "classifier"))
-        build = build_serving(
-            model_dir, test["text"].tolist(), test["label"].to_numpy(), inputs.cfg.model.serving_paths
-        )
-        companion = fit_companion(inputs, model_dir, final, build.decision.default)
-        if companion is not None and companion.choice.kept:
-            add_lexical(model_dir, companion.model)
-        check = _served_probabilities(
-            model_dir, build.decision.default, companion, test["text"].tolist()[:CHECK_ROWS], inputs.cfg
-        )
-        model_id = log_classifier_model(
-            model_dir,
-            name=f"release-trial-{best.number}",
-            step=0,
-            params=logged_params(final.model_id),
-            tags={
-                "newscat.study": inputs.cfg.tune.study_name,
-                "newscat.trial": str(best.number),
-                "newscat.role": "release",
-                "newscat.source_model_id": final.model_id,  # the trial's or refit's LoggedModel with these weights
-                STUDY_RUN_TAG: parent_run_id,
-                **build.decision.tags(),
-            },
-            backend=build.decision.default.split("/")[0],
-            run_id=final.run_id,  # the run that trained these weights: the registered version's run
-        )
-    log_model_metrics(model_id, build.decision.metrics(), inputs.records["test"])
+        build, companion = build_release(inputs, model_dir, final)
+        test = score_test(inputs, build, companion)
+        model_id = log_release_model(inputs, best, final, parent_run_id, build)
+    check_logged_model(model_id, test.predictions)
+    log_model_metrics(model_id, build.decision.metrics(), inputs.records["validation"])
     if companion is not None:
         log_model_metrics(model_id, companion.choice.metrics(), inputs.records["validation"])
-    return model_id, build, companion, check
+    metrics = report_metrics(test.predictions)
+    log_evaluation(test.predictions, metrics, model_id=model_id)
+    section = _companion_section(inputs, model_id, companion, test, metrics)
+    card = write_card(inputs, study, best, final, test.predictions, metrics, build, section)
+    log_model_card(model_id, card)
+    tags = version_tags(inputs, study, best, final, parent_run_id, test.predictions, metrics)
+    version = register_version(f"models:/{model_id}", cfg.registered_model, tags=tags, description=card)
+    return Release(version, metrics, test.predictions)
 
 
-def _served_probabilities(
-    model_dir: Path, path: str, companion: Companion | None, texts: list[str], cfg: Config
-) -> np.ndarray:
-    """What the model in `model_dir` answers to `texts` in one request on `path`: the same batches as served."""
-    probabilities = path_probabilities(model_dir, path, texts)
-    if companion is None or not companion.choice.kept:
-        return probabilities
-    lexical = companion.model.probabilities(prepare_texts(texts, cfg.model.max_length * CHARS_PER_TOKEN_CAP))
-    return mix(probabilities, lexical, companion.model.weight)
+def build_release(inputs: StudyInputs, model_dir: Path, final: FinalWeights) -> tuple[ServingBuild, Companion | None]:
+    """ONNX graphs and the serving-path gate (validation accuracy, agreement on validation and unlabelled training
+    texts), then the companion fitted on the final rows with its share chosen on validation against the default
+    path; returns the build that answers as the served model will."""
+    gated = gate_serving_paths(model_dir, gate_texts(inputs, final), inputs.cfg.model.serving_paths)
+    companion = fit_companion(inputs, final, gated.validation)
+    if companion is not None and companion.choice.kept:
+        add_lexical(model_dir, companion.model)
+    return ServingBuild.load(model_dir, gated), companion
 
 
-def fit_companion(inputs: StudyInputs, model_dir: Path, final: FinalWeights, path: str) -> Companion | None:
+def final_rows(inputs: StudyInputs, final: FinalWeights) -> pd.DataFrame:
+    """The training rows the final weights were trained on (the refit's, or the trials')."""
+    cfg, data = inputs.cfg, inputs.data
+    return data.refit_rows(cfg.train.refit_samples, seed=cfg.seed) if final.rows > len(data.train) else data.train
+
+
+def gate_texts(inputs: StudyInputs, final: FinalWeights) -> GateTexts:
+    """The gate's texts: the validation rows, and up to `AGREEMENT_TEXTS` training texts for label agreement, those
+    the final encoder did not see where any are left (else any training texts: agreement needs no unseen ones)."""
+    data = inputs.data
+    pool = data.train if data.train_pool is None else data.train_pool
+    seen = final_rows(inputs, final)
+    unseen = pool[~pool["text"].isin(set(seen["text"]))]
+    source, rows = ("training texts the final encoder did not see", unseen) if len(unseen) else ("training texts", seen)
+    if len(rows) > AGREEMENT_TEXTS:
+        rows = rows.sample(AGREEMENT_TEXTS, random_state=inputs.cfg.seed)
+    return GateTexts(
+        texts=data.validation["text"].tolist(),
+        labels=data.validation["label"].to_numpy(),
+        unlabeled=rows["text"].tolist(),
+        unlabeled_source=source,
+    )
+
+
+def fit_companion(inputs: StudyInputs, final: FinalWeights, encoder_validation: np.ndarray) -> Companion | None:
     """The lexical companion, fitted on the final weights' training rows; its share chosen on validation against
-    the encoder as served on `path` (None: `model.lexical` is off)."""
+    the encoder as served on the gate's default path (None: `model.lexical` is off)."""
     cfg, data = inputs.cfg, inputs.data
     if cfg.model.lexical == "off":
         return None
-    rows = data.refit_rows(cfg.train.refit_samples, seed=cfg.seed) if final.rows > len(data.train) else data.train
-    texts = data.validation["text"].tolist()
+    rows = final_rows(inputs, final)
     return build_companion(
         (rows["text"].tolist(), rows["label"].to_numpy()),
-        (texts, data.validation["label"].to_numpy()),
-        path_probabilities(model_dir, path, texts),
+        (data.validation["text"].tolist(), data.validation["label"].to_numpy()),
+        encoder_validation,
         max_chars=cfg.model.max_length * CHARS_PER_TOKEN_CAP,
         seed=cfg.seed,
     )
 
 
-def _lexical_test_probabilities(inputs: StudyInputs, companion: Companion | None) -> np.ndarray | None:
-    """The companion's class probabilities on the test texts (None: no companion)."""
-    if companion is None:
-        return None
-    max_chars = inputs.cfg.model.max_length * CHARS_PER_TOKEN_CAP
-    return companion.model.probabilities(prepare_texts(inputs.data.test["text"].tolist(), max_chars))
-
-
-def _companion_section(
-    inputs: StudyInputs,
-    model_id: str,
-    companion: Companion | None,
-    build: ServingBuild,
-    lexical: np.ndarray | None,
-    served: dict[str, float],
-) -> str:
-    """The encoder alone and the companion alone on the test split (metrics of the release model, linked to the
-    test set) and the card's table comparing them with the served model."""
-    if companion is None or lexical is None:
-        return ""
-    labels = inputs.data.test["label"].to_numpy()
-    scores = companion_metrics(labels, {"encoder": build.probabilities, "lexical": lexical}, inputs.data.label_names)
-    log_model_metrics(model_id, scores, inputs.records["test"])
-    return companion_table(companion, scores, served)
-
-
-def score_on_test(
-    inputs: StudyInputs,
-    model_id: str,
-    build: ServingBuild,
-    companion: Companion | None,
-    lexical: np.ndarray | None,
-    check: np.ndarray,
-) -> Predictions:
-    """The released model's predictions on the test split: the gate's scores of its default path (the same code,
-    engine and batches that serve it), mixed with the companion's as the served model mixes them.
-
-    The first `CHECK_ROWS` texts are also sent as one request to the logged model, which checks its files' SHA-256
-    at load: it must answer what the release build answered to that request (`check`), so a model cut short by a
-    kill, or assembled wrongly, is never registered.
-    """
-    data = inputs.data
-    probabilities = build.probabilities
-    if companion is not None and lexical is not None and companion.choice.kept:
-        probabilities = mix(probabilities, lexical, companion.model.weight)
-    sample = data.test.iloc[:CHECK_ROWS]
-    log.info("checking the logged model on %d of the %d test rows", len(sample), len(data.test))
-    with _serving_path(build.decision.default):  # the path the build answered on, whatever NEWSCAT_* say here
-        model = load_model(f"models:/{model_id}")
-    served = predict_split(model, sample, data.label_names, inputs.records["test"])
-    gap = float(np.abs(served.probabilities - check).max()) if len(sample) else 0.0
-    if gap > CHECK_TOLERANCE:
-        raise ReleaseError(
-            f"the logged model {model_id} answers differently from its release build (class probabilities differ "
-            f"by up to {gap:.2g} on {len(sample)} test rows): it is not registered"
-        )
-    return Predictions(
-        texts=data.test["text"].tolist(),
-        labels=data.test["label"].to_numpy(),
-        predicted=probabilities.argmax(axis=1),
-        probabilities=probabilities,
-        label_names=tuple(data.label_names),
+def score_test(inputs: StudyInputs, build: ServingBuild, companion: Companion | None) -> TestScores:
+    """The test split, scored once on the finally chosen served model (nothing is chosen from it): the served
+    probabilities, and the encoder's and companion's alone for the card."""
+    test = inputs.data.test
+    texts = test["text"].tolist()
+    log.info("scoring the %d test rows on the served model (%s)", len(texts), build.scorer.choice)
+    scores = build.scores(texts)
+    lexical = scores.lexical
+    if lexical is None and companion is not None:  # fitted but not served: still measured, for the card
+        max_chars = inputs.cfg.model.max_length * CHARS_PER_TOKEN_CAP
+        lexical = companion.model.probabilities(prepare_texts(texts, max_chars))
+    predictions = Predictions(
+        texts=texts,
+        labels=test["label"].to_numpy(),
+        predicted=scores.probabilities.argmax(axis=1),
+        probabilities=scores.probabilities,
+        label_names=tuple(inputs.data.label_names),
         data=dict(inputs.records["test"]),
+    )
+    return TestScores(predictions, scores.encoder, lexical)
+
+
+def log_release_model(
+    inputs: StudyInputs, best: optuna.trial.FrozenTrial, final: FinalWeights, parent_run_id: str, build: ServingBuild
+) -> str:
+    """Log the build's folder as the model to register (`release-trial-N`), with the requirements of its default
+    path; returns its id."""
+    return log_classifier_model(
+        build.model_dir,
+        name=f"release-trial-{best.number}",
+        step=0,
+        params=logged_params(final.model_id),
+        tags={
+            "newscat.study": inputs.cfg.tune.study_name,
+            "newscat.trial": str(best.number),
+            "newscat.role": "release",
+            "newscat.source_model_id": final.model_id,  # the trial's or refit's LoggedModel with these weights
+            STUDY_RUN_TAG: parent_run_id,
+            **build.decision.tags(),
+        },
+        backend=build.decision.default.split("/")[0],
+        run_id=final.run_id,  # the run that trained these weights: the registered version's run
     )
 
 
+def check_logged_model(model_id: str, reference: Predictions) -> None:
+    """Load the logged model as a user would (no NEWSCAT_* override, so on its recorded default path; its files'
+    SHA-256 checked) and send it the first `CHECK_ROWS` test texts as one request: it must answer what the build
+    answered, so a model cut short by a kill, or assembled wrongly, is never registered."""
+    rows = min(CHECK_ROWS, len(reference.texts))
+    log.info("checking the logged model on %d of the %d test rows", rows, len(reference.texts))
+    with _no_overrides():
+        model = load_model(f"models:/{model_id}")
+    frame = pd.DataFrame({"text": reference.texts[:rows], "label": reference.labels[:rows]})
+    served = predict_split(model, frame, reference.label_names, reference.data)
+    gap = float(np.abs(served.probabilities - reference.probabilities[:rows]).max()) if rows else 0.0
+    if gap > CHECK_TOLERANCE:
+        raise ReleaseError(
+            f"the logged model {model_id} answers differently from its release build (class probabilities differ "
+            f"by up to {gap:.2g} on {rows} test rows): it is not registered"
+        )
+
+
 @contextmanager
-def _serving_path(path: str) -> Iterator[None]:
-    """Load-time switches that make a model loaded inside this block serve `path` (`backend/precision`) on the CPU,
-    as the release build did: a user's NEWSCAT_BACKEND for serving, or a GPU, must not fail the release check."""
-    backend, precision = path.split("/")
-    wanted = {BACKEND_ENV: backend, PRECISION_ENV: precision, DEVICE_ENV: "cpu"}
-    saved = {name: os.environ.get(name) for name in wanted}
-    os.environ.update(wanted)
+def _no_overrides() -> Iterator[None]:
+    """Load-time switches cleared: a model loaded inside this block serves its recorded default, as users get it
+    (a user's NEWSCAT_BACKEND for their own serving must not change what the release check sees)."""
+    saved = {name: os.environ.pop(name) for name in (BACKEND_ENV, PRECISION_ENV, DEVICE_ENV) if name in os.environ}
     try:
         yield
     finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        os.environ.update(saved)
+
+
+def _companion_section(
+    inputs: StudyInputs, model_id: str, companion: Companion | None, test: TestScores, served: dict[str, float]
+) -> str:
+    """The encoder alone and the companion alone on the test split (metrics of the release model, linked to the
+    test set) and the card's table comparing them with the served model."""
+    if companion is None or test.lexical is None:
+        return ""
+    labels = test.predictions.labels
+    parts = {"encoder": test.encoder, "lexical": test.lexical}
+    scores = companion_metrics(labels, parts, inputs.data.label_names)
+    log_model_metrics(model_id, scores, inputs.records["test"])
+    return companion_table(companion, scores, served)
 
 
 def write_card(
@@ -292,7 +306,7 @@ def write_card(
             metrics=metrics,
             per_class=per_class_table(predictions, metrics),
             max_length=cfg.model.max_length,
-            serving=serving_table(build),
+            serving=serving_table(build.decision, build.gated.onnx_error),
             lexical=lexical,
         )
     )

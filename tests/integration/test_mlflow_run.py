@@ -105,12 +105,12 @@ def test_each_complete_trial_is_a_logged_model_with_its_params_and_validation_me
     assert list(tracked_study.work_dir.rglob("checkpoint-*")) == []
 
 
-def test_the_registered_model_is_the_release_with_its_serving_paths_gated_on_test(
+def test_the_registered_model_is_the_release_with_its_serving_paths_gated_on_validation(
     tracked_study: TrackedStudy, client: MlflowClient
 ) -> None:
     """The registered version is `release-trial-N`: the best weights plus ONNX graphs, each serving path scored on
-    the test split beside torch fp32, the gate's figures linked to the test set, torch-free requirements when ONNX
-    is the default."""
+    validation and training texts beside torch fp32 (never on test), the gate's figures linked to the validation
+    set, torch-free requirements when ONNX is the default."""
     version = client.get_model_version_by_alias(MODEL_NAME, "challenger")
     release = mlflow.get_logged_model(model_id_of(f"models:/{MODEL_NAME}/{version.version}"))
     trial = mlflow.get_logged_model(release.tags["newscat.source_model_id"])
@@ -118,11 +118,11 @@ def test_the_registered_model_is_the_release_with_its_serving_paths_gated_on_tes
     assert trial.name == f"trial-{version.tags['trial']}" and release.params == trial.params
     assert release.tags["newscat.weights_sha256"] == trial.tags["newscat.weights_sha256"]
     parent = client.get_run(tracked_study.parent_run_id)
-    test = next(d.dataset for d in parent.inputs.dataset_inputs if d.tags[0].value == "test")
+    validation = next(d.dataset for d in parent.inputs.dataset_inputs if d.tags[0].value == "validation")
     paths = ("torch_", "onnx_")
     gate = {m.key: m for m in release.metrics if m.key.startswith(paths) and not m.key.startswith("eval_")}
     assert {"torch_fp32_agreement", "onnx_int8_agreement", "onnx_fp32_agreement"} <= set(gate)
-    assert all(m.dataset_name == "test" and m.dataset_digest == test.digest for m in gate.values())
+    assert all(m.dataset_name == "validation" and m.dataset_digest == validation.digest for m in gate.values())
     assert gate["torch_fp32_agreement"].value == 1.0 and gate["onnx_fp32_agreement"].value == 1.0
     default = release.tags["newscat.serving.default"]
     assert default in release.tags["newscat.serving.passed"].split(",")
@@ -132,7 +132,9 @@ def test_the_registered_model_is_the_release_with_its_serving_paths_gated_on_tes
     requirements = (local / "requirements.txt").read_text()
     if default.startswith("onnx/"):
         assert "onnxruntime==" in requirements and "torch" not in requirements and "transformers" not in requirements
-    assert "| path | test accuracy | agreement with torch fp32 |" in release.tags["mlflow.note.content"]
+    card = release.tags["mlflow.note.content"]
+    assert "| path | validation accuracy | agreement with torch fp32 |" in card
+    assert "The test split chose nothing." in card
 
 
 def test_the_lexical_companion_is_scored_beside_the_encoder_and_served_only_if_it_won_on_validation(

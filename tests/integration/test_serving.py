@@ -129,6 +129,45 @@ def test_empty_and_odd_unicode_texts_get_predictions(server: str) -> None:
     assert _post(server, {"inputs": []}).json() == {"predictions": []}
 
 
+def _concurrently(url: str, bodies: list[object]) -> list[requests.Response]:
+    """Post every body at once from its own thread (the server merges them into shared passes)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        return list(pool.map(lambda body: _post(url, body), bodies))
+
+
+def test_one_text_gets_one_answer_alone_in_batches_and_among_other_clients(server: str) -> None:
+    """The same text gets the same probabilities (within 1e-5) sent alone, inside batches of other texts of every
+    length, and while other clients' requests are merged with it into the same forward passes."""
+    text = "Investors sell Boeing stock on merger worries as oil prices climb"
+    others = [f"{h} " * k for h in HEADLINES for k in (1, 3, 9)] + ["", "Goal!", "x" * 400]
+    alone = _post(server, {"inputs": [text]}).json()["predictions"][0]["probabilities"]
+    bodies: list[object] = []
+    for i in range(12):
+        batch = others[i % 4 : i % 4 + 1 + i % (MAX_BATCH - 1)][: MAX_BATCH - 1]
+        bodies.append({"inputs": [*batch[: i % 3], text, *batch[i % 3 :]]})
+        bodies.append({"inputs": others[i % len(others) : i % len(others) + 2]})  # another client's texts
+    gaps = []
+    for body, response in zip(bodies, _concurrently(server, bodies), strict=True):
+        assert response.status_code == 200, response.text
+        for sent, prediction in zip(body["inputs"], response.json()["predictions"], strict=True):
+            if sent == text:
+                gaps.extend(abs(prediction["probabilities"][c] - alone[c]) for c in CLASSES)
+    assert len(gaps) == 12 * len(CLASSES) and max(gaps) <= 1e-5
+
+
+def test_a_bad_text_fails_only_its_own_request_when_merged_with_others(server: str) -> None:
+    """A lone surrogate (valid JSON, not valid Unicode) in row 1 of one request: that request gets a 400 naming the
+    row; the requests answered in the same passes get their predictions."""
+    bad = {"inputs": [HEADLINES[0], "\ud800 broken", HEADLINES[1]]}
+    good = [{"inputs": [h, h + " again"]} for h in HEADLINES * 4]
+    responses = _concurrently(server, [*good[:4], bad, *good[4:]])
+    assert responses[4].status_code == 400
+    assert "row 1 is not valid Unicode text" in responses[4].json()["message"]
+    assert all(r.status_code == 200 and len(r.json()["predictions"]) == 2 for i, r in enumerate(responses) if i != 4)
+
+
 def test_long_texts_are_truncated_and_flagged(server: str) -> None:
     long = " ".join(HEADLINES * 200)  # ~2,000 words; the model reads its first max_length tokens
     predictions = _post(server, {"inputs": [long, HEADLINES[0]]}).json()["predictions"]

@@ -28,8 +28,7 @@ def _ag_news_test_split(tmp_path: Path) -> Path:
 @pytest.mark.skipif(shutil.which("java") is None, reason="Spark needs Java")
 def test_spark_scoring_matches_single_process_scoring(tracked_study: TrackedStudy, tmp_path: Path) -> None:
     source = _ag_news_test_split(tmp_path)
-    env = tool_env(tracked_study.tracking_uri)
-    env["NEWSCAT_PRECISION"] = "fp32"  # bf16 sums depend on how texts are batched, which differs between the two
+    env = tool_env(tracked_study.tracking_uri)  # no override: the model's recorded default path, int8 included
     model = f"models:/{MODEL_NAME}@champion"
     common = ["--layout", "ag_news", "-i", str(source)]
 
@@ -52,8 +51,12 @@ def test_spark_scoring_matches_single_process_scoring(tracked_study: TrackedStud
     assert len(single) == len(scored) == n_rows and f"scored {n_rows} text(s) on Spark" in spark.stderr
     assert [r["text"] for r in scored] == [r["text"] for r in single]  # same rows, same order
     assert [r["label"] for r in scored] == [r["label"] for r in single]
-    assert max(abs(a["score"] - b["score"]) for a, b in zip(scored, single, strict=True)) < 1e-4
     assert set(scored[0]["probabilities"]) == set(CLASSES)
+    # One text, one answer: Spark's partitions batch the texts differently from the single process.
+    gaps = [
+        abs(a["probabilities"][c] - b["probabilities"][c]) for a, b in zip(scored, single, strict=True) for c in CLASSES
+    ]
+    assert max(gaps) <= 1e-5
     assert [r["truncated"] for r in scored] == [r["truncated"] for r in single]
 
 

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -131,6 +134,67 @@ def test_batcher_hands_errors_to_the_caller_and_keeps_serving() -> None:
     with pytest.raises(ValueError, match="boom"):
         batcher.submit(["bad"])
     assert batcher.submit(["good"]).shape == (1, 1)
+
+
+def test_one_bad_request_in_a_merged_pass_fails_alone() -> None:
+    """Requests merged into one pass: the pass fails, is rerun request by request, and only the bad one errs."""
+    import numpy as np
+
+    from newscat.serving.batching import Batcher
+
+    calls: list[int] = []
+
+    def picky(texts: list[str]) -> np.ndarray:
+        calls.append(len(texts))
+        time.sleep(0.05)
+        if "bad" in texts:
+            raise ValueError("boom")
+        return np.array([[float(len(t))] for t in texts])
+
+    batcher = Batcher(picky)
+    outcomes: dict[int, object] = {}
+
+    def client(i: int) -> None:
+        try:
+            outcomes[i] = batcher.submit(["bad" if i == 3 else "x" * i]).ravel().tolist()
+        except ValueError as exc:
+            outcomes[i] = str(exc)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(1, 7)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert outcomes == {i: ("boom" if i == 3 else [float(i)]) for i in range(1, 7)}
+    assert max(calls) > 1  # some requests did share a pass
+
+
+def test_the_batching_thread_ends_when_idle_and_never_keeps_the_model_alive(monkeypatch: pytest.MonkeyPatch) -> None:
+    import gc
+    import weakref
+
+    import numpy as np
+
+    from newscat.serving import batching
+
+    monkeypatch.setattr(batching, "IDLE_SECONDS", 0.2)
+
+    class Model:
+        def run(self, texts: list[str]) -> np.ndarray:
+            return np.ones((len(texts), 2))
+
+    model = Model()
+    batcher = batching.Batcher(model.run)
+    assert batcher.submit(["a"]).shape == (1, 2) and batcher.running
+    deadline = time.monotonic() + 5
+    while batcher.running and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not batcher.running  # idle: the thread ended
+    assert batcher.submit(["b", "c"]).shape == (2, 2)  # and starts again on demand
+    alive = weakref.ref(model)
+    del model
+    gc.collect()
+    assert alive() is None  # the batcher's thread held no strong reference to the model
 
 
 def test_weights_that_differ_from_the_logged_digest_are_refused(tmp_path) -> None:
