@@ -68,3 +68,19 @@ def test_candidates_leave_out_what_cannot_run() -> None:
     assert candidates(every, onnx=False, native_bf16=True) == ["torch/fp32", "torch/bf16"]  # the export failed
     assert candidates(("onnx/fp32",), onnx=True, native_bf16=True) == ["torch/fp32", "onnx/fp32"]
     assert candidates((), onnx=False, native_bf16=True) == ["torch/fp32"]
+
+
+def test_the_card_table_has_a_header_cell_for_every_row_cell() -> None:
+    from newscat.export.package import serving_table
+
+    labels = np.array([0, 1, 2, 3] * 25)
+    decision = decide(
+        {"torch/fp32": _probs(labels), "onnx/int8": _probs(labels)},
+        labels,
+        {"torch/fp32": Timing(10, 10), "onnx/int8": Timing(50, 2)},
+        onnx=True,
+    )
+    lines = serving_table(decision).splitlines()
+    widths = {line.count("|") for line in lines if line.startswith("|")}
+    assert len(lines) >= 4 and widths == {8}  # 7 cells: path, accuracy, agreement, texts/s, ms, speed-up, passed
+    assert lines[3] == "| onnx/int8 | 1.0000 | 1.0000 | 50 | 2.0 | 5.00 | yes (default) |"  # sqrt(5 x 5)
