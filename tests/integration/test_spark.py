@@ -17,11 +17,17 @@ from tests.integration.conftest import TrackedStudy
 pytestmark = pytest.mark.integration
 
 
+SPARK_ROWS = 2000  # of the official test split: enough for several partitions of differently batched texts
+
+
 def _ag_news_test_split(tmp_path: Path) -> Path:
-    """The official AG News test split beside the repository when present, else generated rows in its layout."""
+    """The first `SPARK_ROWS` rows of the official AG News test split beside the repository when present, else
+    generated rows in its layout."""
     for candidate in (os.environ.get("NEWSCAT_AG_NEWS_TEST", ""), ROOT.parent / "shared/data/ag_news/test.csv"):
         if candidate and Path(candidate).is_file():
-            return Path(candidate)
+            lines = Path(candidate).read_bytes().splitlines(keepends=True)[:SPARK_ROWS]  # one news item per line
+            (tmp_path / "test.csv").write_bytes(b"".join(lines))
+            return tmp_path / "test.csv"
     return write_ag_news_dir(tmp_path / "generated", n_train=1, n_test=500) / "test.csv"
 
 

@@ -5,7 +5,7 @@ tests/integration/test_registry_outage.py)."""
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
@@ -17,21 +17,6 @@ from newscat.registry import versions
 from newscat.registry.promotion import promote_with_gate
 from tests.helpers import tool_env
 from tests.outage_servers import NO_RETRIES, answering
-
-
-@pytest.fixture
-def broken(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """The fluent API pointed at a real HTTP server that answers 500 to everything."""
-    for name, value in NO_RETRIES.items():
-        monkeypatch.setenv(name, value)
-    previous = mlflow.get_tracking_uri()
-    with answering(500) as url:
-        mlflow.set_tracking_uri(url)
-        try:
-            yield url
-        finally:
-            mlflow.set_tracking_uri(previous)
-
 
 LOOKUPS: dict[str, Callable[[], object]] = {
     "alias": lambda: versions.alias_version("m", "champion"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
@@ -15,22 +15,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from newscat.tracking import interrupted, models, runs, store
-from tests.outage_servers import NO_RETRIES, MlflowServer, answering, faulty_proxy
-
-
-@pytest.fixture
-def broken(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """The fluent API pointed at a real HTTP server that answers 500 to everything."""
-    for name, value in NO_RETRIES.items():
-        monkeypatch.setenv(name, value)
-    previous = mlflow.get_tracking_uri()
-    with answering(500) as url:
-        mlflow.set_tracking_uri(url)
-        try:
-            yield url
-        finally:
-            mlflow.set_tracking_uri(previous)
-
+from tests.outage_servers import NO_RETRIES, MlflowServer, faulty_proxy
 
 CALLS: dict[str, Callable[[], object]] = {
     "run exists": lambda: runs.run_exists("0123456789abcdef0123456789abcdef"),
