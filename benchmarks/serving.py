@@ -10,6 +10,11 @@ A model logged before the ONNX backend gets its serving build (ONNX graphs, the 
 made here first, as `newscat tune` does at release.
 
     MLFLOW_TRACKING_URI=sqlite:///mlflow.db python benchmarks/serving.py --model-uri models:/newscat@champion
+
+With `--tracing`, only newscat's default path, with request tracing off and on (NEWSCAT_TRACING=on, its default CPU
+budget unless NEWSCAT_TRACE_CPU is exported), at 8 clients x 1 and x 16 news items, the two servers taking turns
+round by round; the traces go to a fresh sqlite store (`--trace-uri` for another), and the traced server's own
+counts (traced, not traced, lost) are read from its log.
 """
 
 from __future__ import annotations
@@ -197,12 +202,78 @@ def measure_server(
     return results
 
 
+TRACING_LEVELS = (("items", 8, 1), ("items", 8, 16))  # the levels the tracing overhead target names
+
+
+def wait_traced(url: str, seconds: float = 60) -> None:
+    """Until answers carry prediction ids: the tracer has found its experiment (its setup is not measured)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        answer = requests.post(f"{url}/invocations", json={"inputs": ["warm-up"]}, timeout=60).json()
+        if answer["predictions"][0].get("prediction_id"):
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"the traced server gave no prediction id within {seconds:.0f} s")
+
+
+def measure_tracing(pyfunc_dir: Path, work: Path, corpora: dict[str, list[str]], args: argparse.Namespace) -> dict:
+    """Tracing off and on, taking turns each round (a fresh server each time, so drift hits both alike): the median
+    texts/s per level, their ratio, and the traced server's final counts from its log."""
+    import mlflow
+
+    trace_uri = args.trace_uri or f"sqlite:///{work}/traces.db"
+    mlflow.MlflowClient(trace_uri).search_experiments()  # a new sqlite store builds its tables here, not under load
+    variants = {"tracing_off": {"NEWSCAT_TRACING": "off"}, "tracing_on": {"NEWSCAT_TRACING": "on"}}
+    variants["tracing_on"]["MLFLOW_TRACKING_URI"] = trace_uri
+    runs: dict[str, dict[str, list[dict]]] = {name: {} for name in variants}
+    counts: list[str] = []
+    for round_ in range(args.rounds):
+        for name, env in variants.items():
+            log = work / f"{name}-{round_}.log"
+            process, url = start_server(pyfunc_dir, log, env)
+            try:
+                load(url, corpora["items"], clients=2, batch=1, seconds=2)  # warm-up
+                if name == "tracing_on":
+                    wait_traced(url)
+                for corpus, clients, batch in TRACING_LEVELS:
+                    result = load(url, corpora[corpus], clients=clients, batch=batch, seconds=args.seconds)
+                    runs[name].setdefault(f"{corpus}:clients={clients},batch={batch}", []).append(result)
+            finally:
+                process.terminate()
+                process.wait(timeout=60)
+            if name == "tracing_on":  # the tracer writes its final counts as the server shuts down (within 5 s)
+                time.sleep(6)
+                counts += [line for line in log.read_text().splitlines() if line.startswith("newscat tracing:")][-1:]
+    medians = {
+        name: {
+            level: {
+                "texts_per_s": statistics.median(r["texts_per_s"] for r in results),
+                "p50_ms": statistics.median(r["p50_ms"] for r in results),
+                "errors": sum(r["errors"] for r in results),
+                "requests": sum(r["requests"] for r in results),
+            }
+            for level, results in levels.items()
+        }
+        for name, levels in runs.items()
+    }
+    off, on = medians["tracing_off"], medians["tracing_on"]
+    return {
+        "trace_uri": trace_uri if args.trace_uri else "a fresh sqlite file",
+        "trace_cpu_share": os.environ.get("NEWSCAT_TRACE_CPU", "default"),
+        "servers": medians,
+        "texts_per_s_on_vs_off": {k: round(on[k]["texts_per_s"] / off[k]["texts_per_s"], 3) for k in off},
+        "tracer_counts_per_round": counts,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-uri", default="models:/newscat@champion", help="newscat pyfunc model URI")
     parser.add_argument("--data", default="../shared/data/ag_news", help="AG News directory (its test.csv)")
     parser.add_argument("--seconds", type=float, default=8.0, help="duration of each load level")
     parser.add_argument("--rounds", type=int, default=3, help="repeats of each level (medians reported)")
+    parser.add_argument("--tracing", action="store_true", help="measure request tracing off vs on instead")
+    parser.add_argument("--trace-uri", help="tracking URI the traced server writes to (default: a fresh sqlite file)")
     args = parser.parse_args()
 
     import mlflow
@@ -212,6 +283,11 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="newscat-serving-"))
     downloaded = Path(mlflow.artifacts.download_artifacts(args.model_uri, dst_path=str(work / "pyfunc")))
     pyfunc_dir, gate = serving_copy(downloaded, Path(args.data), work / "release")
+    if args.tracing:
+        report = {"benchmark": "serving_tracing", **provenance(), "model_uri": args.model_uri}
+        report |= {"seconds_per_level": args.seconds, "rounds": args.rounds}
+        print(json.dumps(report | measure_tracing(pyfunc_dir, work, corpora, args), indent=2))
+        return
     flavor_dir = flavor_copy(downloaded / "artifacts" / "classifier", work / "flavor")
     report: dict = {
         "benchmark": "serving",

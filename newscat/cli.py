@@ -6,6 +6,7 @@ import json
 import logging
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -318,3 +319,23 @@ def predict(
     with click.open_file(output, "w", encoding="utf-8") as out:
         count = predict_texts(model_uri, texts, batch_size=batch_size, out=out)
     click.echo(f"scored {count} text(s)", err=True)
+
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--source", help="Who gives these labels, recorded with each (default: the OS user).")
+@click.option("--replace", is_flag=True, help="Replace a true label already given for the same prediction.")
+def feedback(file: Path, source: str | None, replace: bool) -> None:
+    """Attach true labels to served predictions, as MLflow expectations on their traces.
+
+    FILE is CSV (with a header) or JSON lines (.jsonl) with `id` (the `prediction_id` the server answered with
+    NEWSCAT_TRACING=on, e.g. tr-...:0) and `label`. Every row is checked first (the trace exists, the row and
+    the label are the model's, no duplicates, no label given before unless --replace); one refused row and
+    nothing is written: the report says why per row and the exit status is 1.
+    """
+    from newscat.monitoring.feedback import attach_feedback, read_feedback
+
+    report = attach_feedback(read_feedback(file), source=source, replace=replace)
+    click.echo(report.text())
+    if report.refused:  # the report's last line already says what happened
+        raise click.exceptions.Exit(1)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from newscat.serving.choice import Choice, Platform, resolve
 from newscat.serving.inputs import CHARS_PER_TOKEN_CAP, MAX_BATCH, MAX_BATCH_ENV, invalid, max_batch, texts_from
 from newscat.serving.lexical import LexicalModel, mix, prepare_texts
 from newscat.serving.tokens import TokenEncoder, UnreadableText
+from newscat.serving.tracing import PREDICTION_ID_COLUMN, Tracer, TraceSettings
 
 # Padded tokens per forward pass. Measured on a 2-core AMD EPYC (ONNX int8, batches of 128 news items merged from
 # concurrent requests): 352 texts/s at 512 tokens, 312 at 2,048, 193 with fixed batches of 64 texts; titles alone
@@ -111,6 +113,7 @@ class NewsClassifier(mlflow.pyfunc.PythonModel):
         self.label_names = self.scorer.label_names
         self.choice = self.scorer.choice
         self._batcher = Batcher(self._forward)
+        self._tracer = _tracer(self.scorer, str(self.choice))  # None unless NEWSCAT_TRACING=on
         # One line on the server's console says which engine answers and why (the scoring server configures no
         # logging): the recorded default, a fallback this machine forced, or an operator's override.
         print(f"newscat model serves with {self.choice}: {self.choice.reason}", file=sys.stderr, flush=True)
@@ -118,6 +121,7 @@ class NewsClassifier(mlflow.pyfunc.PythonModel):
     # Annotated as DataFrame (MLflow would build an input schema from a list[str] hint); the server may also hand
     # over a dict of arrays or an array, as parsed from the JSON, which `_texts_from` checks.
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        start_ns = time.time_ns()
         texts = texts_from(model_input)
         limit = max_batch(self.logged_max_batch)
         if limit is not None and len(texts) > limit:
@@ -130,7 +134,7 @@ class NewsClassifier(mlflow.pyfunc.PythonModel):
         except UnreadableText as exc:  # a pass that fails is rerun per request: the row is this request's
             raise invalid(f"{exc}; send it as plain UTF-8 text") from None
         best = probabilities.argmax(axis=1) if len(texts) else np.empty(0, dtype=int)
-        return pd.DataFrame(
+        answer = pd.DataFrame(
             {
                 "label": [self.label_names[i] for i in best],
                 "score": probabilities[np.arange(len(texts)), best].astype(float),
@@ -138,6 +142,12 @@ class NewsClassifier(mlflow.pyfunc.PythonModel):
                 "truncated": truncated.astype(bool),
             }
         )
+        if getattr(self, "_tracer", None) is not None and len(texts):
+            # The column exists only with tracing on (older clients never see it); None where a request went
+            # untraced (sampling, the tracer's CPU budget, an unreachable store).
+            ids = self._tracer.record(texts, probabilities, truncated, start_ns=start_ns)
+            answer[PREDICTION_ID_COLUMN] = ids if ids is not None else [None] * len(texts)
+        return answer
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
         """Class probabilities, shape (len(texts), n_classes).
@@ -150,6 +160,20 @@ class NewsClassifier(mlflow.pyfunc.PythonModel):
         """Runs on the batcher's thread: probabilities and truncation flags of the merged requests' texts."""
         scores = self.scorer.scores(texts)
         return scores.probabilities, scores.truncated
+
+
+def _tracer(scorer: Scorer, engine: str) -> Tracer | None:
+    """The request tracer NEWSCAT_TRACING=on asks for (its settings checked now, at load), else None."""
+    settings = TraceSettings.from_env()
+    if settings is None:
+        return None
+    encoder, max_chars = scorer.encoder, scorer.max_length * CHARS_PER_TOKEN_CAP
+
+    def token_counts(texts: list[str]) -> list[int]:  # tokens each text gave the model, as it was scored
+        return [len(ids) for ids in encoder.encode(texts, max_chars=max_chars)[0]]
+
+    attributes = {"newscat.engine": engine, "newscat.max_length": str(scorer.max_length)}
+    return Tracer(settings, label_names=scorer.label_names, token_counts=token_counts, attributes=attributes)
 
 
 def class_probabilities(

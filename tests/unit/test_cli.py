@@ -9,7 +9,7 @@ from newscat.cli import main
 
 
 @pytest.mark.parametrize(
-    "command", [[], ["tune"], ["promote"], ["rollback"], ["audit"], ["evaluate"], ["check"], ["predict"]]
+    "command", [[], ["tune"], ["promote"], ["rollback"], ["audit"], ["evaluate"], ["check"], ["predict"], ["feedback"]]
 )
 def test_every_command_explains_itself(command: list[str]) -> None:
     result = CliRunner().invoke(main, [*command, "--help"])

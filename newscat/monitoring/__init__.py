@@ -1,0 +1,1 @@
+"""Watching the served model: feedback on its traced predictions."""

@@ -1,0 +1,218 @@
+"""Traced serving and feedback end to end: a real `mlflow models serve` of the champion with NEWSCAT_TRACING=on writes
+one trace per request to the sqlite store, linked by MLflow to the served LoggedModel and tagged with the registered
+version; `newscat feedback` refuses a bad file whole and writes a good one; a server whose tracking store is
+unreachable or slow keeps answering at once."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import pytest
+import requests
+
+from newscat.serving.tracing import CLASSES_TAG, REGISTERED_MODEL_TAG, REGISTERED_VERSION_TAG, ROWS_TAG
+from tests.helpers import CLASSES, MODEL_NAME, free_port, serve_model, tool_env
+from tests.integration.conftest import TrackedStudy
+from tests.outage_servers import faulty_proxy
+
+pytestmark = pytest.mark.integration
+EXPERIMENT = "tiny-served"
+HEADLINES = [
+    "Yankees beat rivals in the championship final",
+    "Shares of Intel rise after quarterly earnings",
+    "Researchers unveil faster quantum chip",
+]
+TRACING = {"NEWSCAT_TRACING": "on", "NEWSCAT_TRACE_EXPERIMENT": EXPERIMENT, "NEWSCAT_TRACE_CPU": "1"}
+
+
+def _post(url: str, texts: list[str], timeout: float = 60) -> requests.Response:
+    return requests.post(f"{url}/invocations", json={"inputs": texts}, timeout=timeout)
+
+
+def _champion_model_id(tracked_study: TrackedStudy) -> tuple[str, str]:
+    """(LoggedModel id, version) behind the champion alias (on sqlite the version's source holds the id)."""
+    version = mlflow.MlflowClient(tracked_study.tracking_uri).get_model_version_by_alias(MODEL_NAME, "champion")
+    return version.model_id or version.source.removeprefix("models:/"), str(version.version)
+
+
+@pytest.fixture(scope="module")
+def traced(tracked_study: TrackedStudy) -> Iterator[tuple[str, Path]]:
+    env = {**tool_env(tracked_study.tracking_uri), **TRACING}
+    env["NEWSCAT_TRACE_MODEL_URI"] = f"models:/{MODEL_NAME}@champion"
+    log = tracked_study.root / "serve-traced.log"
+    with serve_model(f"models:/{MODEL_NAME}@champion", env, log) as url:
+        yield url, log
+
+
+def _traced_answer(url: str, texts: list[str]) -> list[dict]:
+    """The first answer that carries ids (the tracer starts tracing once it has found its experiment)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        response = _post(url, texts)
+        assert response.status_code == 200, response.text
+        predictions = response.json()["predictions"]
+        if predictions[0]["prediction_id"] is not None:
+            return predictions
+        time.sleep(0.5)
+    pytest.fail("no traced answer within 60 s")
+
+
+def _trace(trace_id: str, timeout: float = 60) -> mlflow.entities.Trace:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        trace = mlflow.get_trace(trace_id, silent=True)
+        if trace is not None:
+            return trace
+        time.sleep(0.5)
+    pytest.fail(f"trace {trace_id} not in the store within {timeout:.0f} s")
+
+
+def test_each_request_is_one_trace_linked_to_the_served_model_with_ids_in_the_answer(
+    traced: tuple[str, Path], tracked_study: TrackedStudy
+) -> None:
+    url, log = traced
+    mlflow.set_tracking_uri(tracked_study.tracking_uri)
+    predictions = _traced_answer(url, HEADLINES)
+    ids = [p["prediction_id"] for p in predictions]
+    trace_id = ids[0].rsplit(":", 1)[0]
+    assert ids == [f"{trace_id}:{row}" for row in range(3)] and trace_id.startswith("tr-")
+    assert all(
+        p["label"] in CLASSES and set(p) == {"label", "score", "probabilities", "truncated", "prediction_id"}
+        for p in predictions
+    )
+
+    model_id, version = _champion_model_id(tracked_study)
+    _trace(trace_id)
+    experiment = mlflow.MlflowClient().get_experiment_by_name(EXPERIMENT)
+    linked = mlflow.search_traces(locations=[experiment.experiment_id], model_id=model_id, return_type="list")
+    assert trace_id in [t.info.trace_id for t in linked]  # MLflow linked the trace to the model being served
+    trace = next(t for t in linked if t.info.trace_id == trace_id)
+    tags = trace.info.tags
+    assert (tags[REGISTERED_MODEL_TAG], tags[REGISTERED_VERSION_TAG]) == (MODEL_NAME, version)
+    assert json.loads(tags[CLASSES_TAG]) == list(CLASSES) and tags[ROWS_TAG] == "3"
+    (span,) = trace.data.spans
+    records = span.outputs["predictions"]
+    assert [r["sha256"] for r in records] == [hashlib.sha256(h.encode()).hexdigest() for h in HEADLINES]
+    assert [r["label"] for r in records] == [p["label"] for p in predictions]
+    scores = [r["probabilities"][r["label"]] for r in records]
+    assert scores == pytest.approx([p["score"] for p in predictions], abs=1e-6)
+    assert all(0 < r["tokens"] <= 32 and r["truncated"] is False for r in records)
+    assert not any(h in json.dumps(trace.to_dict()) for h in HEADLINES)  # texts stay out unless opted in
+    assert "newscat tracing on: experiment 'tiny-served'" in log.read_text()
+
+
+def test_feedback_refuses_a_bad_file_whole_then_writes_a_good_one(
+    traced: tuple[str, Path], tracked_study: TrackedStudy, tmp_path: Path
+) -> None:
+    url, _ = traced
+    mlflow.set_tracking_uri(tracked_study.tracking_uri)
+    ids = [p["prediction_id"] for p in _traced_answer(url, HEADLINES[:2])]
+    _trace(ids[0].rsplit(":", 1)[0])
+    env = tool_env(tracked_study.tracking_uri)
+    bad = tmp_path / "bad.jsonl"
+    rows = [
+        {"id": ids[0], "label": "Sports"},
+        {"id": "tr-00000000000000000000000000000000:0", "label": "Sports"},
+        {"id": ids[1], "label": "Weather"},
+        {"id": ids[0], "label": "World"},
+    ]
+    bad.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = subprocess.run(
+        ["newscat", "feedback", str(bad), "--source", "editor-1"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"line 1: {ids[0]} 'Sports': valid, not written" in result.stdout
+    assert "line 2: tr-00000000000000000000000000000000:0 'Sports': REFUSED: unknown id" in result.stdout
+    assert "line 3: " in result.stdout and "REFUSED: unknown label 'Weather'" in result.stdout
+    assert "line 4: " in result.stdout and "REFUSED: duplicate of line 1 (same prediction)" in result.stdout
+    assert result.stdout.splitlines()[-1] == "3 of 4 rows refused: nothing written"
+    trace_id = ids[0].rsplit(":", 1)[0]
+    assert not mlflow.get_trace(trace_id).info.assessments
+
+    good = tmp_path / "good.csv"
+    good.write_text(f"id,label\n{ids[0]},Sports\n{ids[1]},Business\n")
+    result = subprocess.run(
+        ["newscat", "feedback", str(good), "--source", "editor-1"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    expectations = {
+        a.name: (a.value, a.source.source_type, a.source.source_id) for a in mlflow.get_trace(trace_id).info.assessments
+    }
+    assert expectations == {
+        "true_label[0]": ("Sports", "HUMAN", "editor-1"),
+        "true_label[1]": ("Business", "HUMAN", "editor-1"),
+    }
+
+
+def test_with_tracing_off_the_answer_keeps_its_four_columns(
+    tracked_study: TrackedStudy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pandas as pd
+
+    mlflow.set_tracking_uri(tracked_study.tracking_uri)
+    local = mlflow.artifacts.download_artifacts(f"models:/{MODEL_NAME}@champion", dst_path=str(tmp_path / "model"))
+    monkeypatch.delenv("NEWSCAT_TRACING", raising=False)
+    answer = mlflow.pyfunc.load_model(local).predict(pd.DataFrame({"text": HEADLINES}))
+    assert list(answer.columns) == ["label", "score", "probabilities", "truncated"]  # what clients got before
+
+
+def _answers_at_once(url: str, n: int = 20) -> list[dict]:
+    """`n` requests in a row, each answered 200 within 2 s (the tiny model needs far less)."""
+    predictions = []
+    for _ in range(n):
+        began = time.perf_counter()
+        response = _post(url, HEADLINES[:1], timeout=10)
+        assert response.status_code == 200, response.text
+        assert time.perf_counter() - began < 2.0
+        predictions += response.json()["predictions"]
+    return predictions
+
+
+def test_an_unreachable_tracking_store_neither_slows_nor_fails_serving(
+    tracked_study: TrackedStudy, tmp_path: Path
+) -> None:
+    mlflow.set_tracking_uri(tracked_study.tracking_uri)
+    local = mlflow.artifacts.download_artifacts(f"models:/{MODEL_NAME}@champion", dst_path=str(tmp_path / "model"))
+    env = {**tool_env(f"http://127.0.0.1:{free_port()}"), **TRACING}  # nothing listens there
+    log = tmp_path / "serve-down.log"
+    with serve_model(local, env, log) as url:
+        predictions = _answers_at_once(url)
+        assert all(p["label"] in CLASSES and p["prediction_id"] is None for p in predictions)
+        deadline = time.monotonic() + 30
+        while "lost traces" not in log.read_text() and time.monotonic() < deadline:
+            _post(url, HEADLINES[:1])
+            time.sleep(1)
+    assert re.search(r"newscat tracing: [1-9]\d* lost traces", log.read_text()), log.read_text()[-3000:]
+
+
+def test_a_slow_tracking_store_neither_slows_nor_fails_serving(tracked_study: TrackedStudy, tmp_path: Path) -> None:
+    """Every call to the store takes 3 s (a real `mlflow server` behind a slow proxy): answers still come at once,
+    and the traces are written meanwhile."""
+    from tests.outage_servers import MlflowServer
+
+    server = MlflowServer(tmp_path, f"sqlite:///{tmp_path}/slow.db").start()
+    try:
+        mlflow.set_tracking_uri(tracked_study.tracking_uri)
+        local = mlflow.artifacts.download_artifacts(f"models:/{MODEL_NAME}@champion", dst_path=str(tmp_path / "m"))
+
+        def slow(method: str, path: str) -> None:
+            time.sleep(3)
+
+        with faulty_proxy(lambda: server.url, slow) as proxy:
+            env = {**tool_env(proxy), **TRACING}
+            with serve_model(local, env, tmp_path / "serve-slow.log") as url:
+                first = _traced_answer(url, HEADLINES[:1])[0]["prediction_id"]
+                predictions = _answers_at_once(url, 30)
+                mlflow.set_tracking_uri(server.url)  # the store itself, not the slow way in
+                assert _trace(first.rsplit(":", 1)[0]).info.tags[ROWS_TAG] == "1"
+        assert all(p["label"] in CLASSES for p in predictions)
+    finally:
+        mlflow.set_tracking_uri(tracked_study.tracking_uri)
+        server.stop()

@@ -1,0 +1,117 @@
+"""Feedback: true labels checked against real traces in a temporary sqlite store (written by the serving tracer),
+all or nothing, and logged as HUMAN expectations; through the function and through `newscat feedback`."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from newscat.cli import main
+from newscat.monitoring.feedback import FeedbackFileError, attach_feedback, read_feedback
+from newscat.serving.tracing import Tracer, TraceSettings, parse_prediction_id
+
+LABELS = ["World", "Sports", "Business", "Sci/Tech"]
+
+
+@pytest.fixture
+def served(tracking_uri: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """Prediction ids of two traced requests (two texts, then one), as the served model answers them."""
+    monkeypatch.setenv("MLFLOW_ENABLE_ASYNC_TRACE_LOGGING", "true")  # the tracer's process-wide switch, undone
+    tracer = Tracer(TraceSettings(), label_names=LABELS, token_counts=lambda t: [3] * len(t), log=lambda line: None)
+    deadline = time.monotonic() + 30
+    while tracer.experiment_id is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    probabilities = np.array([[0.1, 0.7, 0.1, 0.1], [0.7, 0.1, 0.1, 0.1]])
+    ids = tracer.record(["a", "b"], probabilities, np.array([False, False]), start_ns=time.time_ns())
+    ids += tracer.record(["c"], probabilities[:1], np.array([False]), start_ns=time.time_ns())
+    assert tracer.wait_idle() and tracer.counts == {"traced": 2}
+    yield ids
+    mlflow.tracing.reset()
+
+
+def _expectations(prediction_id: str) -> dict[str, tuple[str, str, str]]:
+    trace = mlflow.MlflowClient().get_trace(parse_prediction_id(prediction_id)[0])
+    return {
+        a.name: (a.value, a.source.source_type, a.source.source_id)
+        for a in trace.info.assessments
+        if a.expectation is not None and a.valid is not False
+    }
+
+
+def test_one_refused_row_and_nothing_is_written_each_refusal_named(served: list[str]) -> None:
+    other = mlflow.start_span_no_context("not-newscat")  # a trace of something else in the same store
+    other.end()
+    rows = [
+        {"id": served[0], "label": "Sports"},  # fine on its own
+        {"id": "tr-00000000000000000000000000000000:0", "label": "Sports"},
+        {"id": served[1], "label": "Weather"},
+        {"id": served[0], "label": "World"},  # the same prediction again
+        {"id": served[2].rsplit(":", 1)[0] + ":5", "label": "World"},
+        {"id": "no-row-here", "label": "World"},
+        {"id": served[2], "label": ""},
+        {"id": f"{other.trace_id}:0", "label": "World"},
+    ]
+    report = attach_feedback(rows, source="alice")
+    reasons = [o.refused for o in report.outcomes]
+    assert reasons[0] == ""
+    assert reasons[1] == "unknown id: no trace tr-00000000000000000000000000000000 in the tracking store"
+    assert reasons[2] == "unknown label 'Weather': the model's classes are World, Sports, Business, Sci/Tech"
+    assert reasons[3] == "duplicate of entry 1 (same prediction)"
+    assert reasons[4] == "unknown row 5: that request held 1 text(s)"
+    assert "is not a prediction id" in reasons[5] and reasons[6] == "no label"
+    assert reasons[7] == f"trace {other.trace_id} is not a newscat prediction"
+    assert report.text().splitlines()[-1] == "7 of 8 rows refused: nothing written"
+    assert "entry 1: " in report.text() and "valid, not written" in report.text()
+    assert all(_expectations(i) == {} for i in served)
+
+
+def test_good_rows_become_human_expectations_and_a_second_label_needs_replace(served: list[str]) -> None:
+    rows = [{"id": served[0], "label": "Sports"}, {"id": served[2], "label": "Business"}]
+    report = attach_feedback(rows, source="bob")
+    assert not report.refused and report.text().splitlines()[-1] == "2 true labels written"
+    assert _expectations(served[0]) == {"true_label[0]": ("Sports", "HUMAN", "bob")}
+    assert _expectations(served[2]) == {"true_label[0]": ("Business", "HUMAN", "bob")}
+
+    again = attach_feedback([{"id": served[0], "label": "World"}, {"id": served[1], "label": "World"}], source="eve")
+    assert again.outcomes[0].refused == "already labelled 'Sports' by bob; use --replace to change it"
+    assert _expectations(served[0]) == {"true_label[0]": ("Sports", "HUMAN", "bob")}  # row 1 was not written either
+
+    replaced = attach_feedback([{"id": served[0], "label": "World"}], source="eve", replace=True)
+    assert not replaced.refused and replaced.outcomes[0].written == "replaced 'Sports'"
+    assert _expectations(served[0]) == {"true_label[0]": ("World", "HUMAN", "eve")}
+    every = mlflow.MlflowClient().get_trace(parse_prediction_id(served[0])[0]).info.assessments
+    assert sorted((a.value, a.valid) for a in every) == [("Sports", False), ("World", True)]  # bob's label kept
+
+
+def test_the_command_reads_csv_and_jsonl_and_exits_1_on_any_refusal(served: list[str], tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"id": served[0], "label": "Sports"}) + "\n\n" + json.dumps({"id": "x:0", "label": "W"}))
+    result = CliRunner().invoke(main, ["feedback", str(bad), "--source", "carol"])
+    assert result.exit_code == 1, result.output
+    assert "line 3: x:0 'W': REFUSED: unknown id: no trace x in the tracking store" in result.output
+    assert "1 of 2 rows refused: nothing written" in result.output and "Traceback" not in result.output
+    assert _expectations(served[0]) == {}
+
+    trace_id = parse_prediction_id(served[0])[0]
+    good = tmp_path / "good.csv"
+    good.write_text(f"id,row,label\n{trace_id},1,World\n{served[2]},,Sci/Tech\n")  # a bare trace id with its row
+    result = CliRunner().invoke(main, ["feedback", str(good), "--source", "carol"])
+    assert result.exit_code == 0, result.output
+    assert "2 true labels written" in result.output
+    assert _expectations(served[1]) == {"true_label[1]": ("World", "HUMAN", "carol")}
+
+
+def test_a_file_that_cannot_be_read_as_rows_is_refused_whole(tmp_path: Path) -> None:
+    (tmp_path / "a.csv").write_text("prediction,truth\ntr-1:0,World\n")
+    with pytest.raises(FeedbackFileError, match=r"the header needs columns id and label .*missing id, label"):
+        read_feedback(tmp_path / "a.csv")
+    (tmp_path / "b.jsonl").write_text('{"id": "tr-1:0", "label": "World"}\n{oops\n')
+    with pytest.raises(FeedbackFileError, match="line 2 is not JSON"):
+        read_feedback(tmp_path / "b.jsonl")
