@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,10 +33,28 @@ def prepare_store() -> None:
     database is created or upgraded under a file lock, since MLflow's schema migration is not safe against several
     workers starting at the same moment ("duplicate column name")."""
     with beside_sqlite(mlflow.get_tracking_uri()):
-        try:
-            MlflowClient().search_experiments(max_results=1)
-        except MlflowException as exc:
-            raise_failure(exc, "reaching the tracking store before any work", then=RESUME)
+        for attempt in range(MIGRATION_ATTEMPTS):
+            try:
+                MlflowClient().search_experiments(max_results=1)
+                return
+            except MlflowException as exc:
+                raise_failure(exc, "reaching the tracking store before any work", then=RESUME)
+            except Exception as exc:  # sqlalchemy's OperationalError: a process outside newscat's lock (`mlflow run`
+                # itself) migrated the same new sqlite file at the same moment; its schema is complete a moment later
+                if attempt == MIGRATION_ATTEMPTS - 1 or not _migration_race(exc):
+                    raise
+                time.sleep(2.0)
+
+
+MIGRATION_ATTEMPTS = 5
+
+
+def _migration_race(exc: Exception) -> bool:
+    """Whether a store error is another process creating the same sqlite schema concurrently."""
+    text = str(exc)
+    return type(exc).__name__ == "OperationalError" and any(
+        words in text for words in ("already exists", "duplicate column", "database is locked")
+    )
 
 
 def create_study_run(cfg: Config) -> str:
