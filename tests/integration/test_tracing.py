@@ -74,6 +74,22 @@ def _trace(trace_id: str, timeout: float = 60) -> mlflow.entities.Trace:
     pytest.fail(f"trace {trace_id} not in the store within {timeout:.0f} s")
 
 
+def _linked_trace(trace_id: str, model_id: str, timeout: float = 60) -> mlflow.entities.Trace:
+    """The trace as `search_traces(model_id=...)` finds it. The store may hold a trace's spans a moment before its
+    final info (tags, the model link): wait for the link rather than read the first half-written state."""
+    _trace(trace_id, timeout)
+    experiment = mlflow.MlflowClient().get_experiment_by_name(EXPERIMENT)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        linked = mlflow.search_traces(locations=[experiment.experiment_id], model_id=model_id, return_type="list")
+        found = [t for t in linked if t.info.trace_id == trace_id]
+        if found:
+            return found[0]
+        time.sleep(0.5)
+    stored = mlflow.get_trace(trace_id)
+    pytest.fail(f"trace {trace_id} not linked to model {model_id} within {timeout:.0f} s: {stored.info.trace_metadata}")
+
+
 def test_each_request_is_one_trace_linked_to_the_served_model_with_ids_in_the_answer(
     traced: tuple[str, Path], tracked_study: TrackedStudy
 ) -> None:
@@ -89,11 +105,7 @@ def test_each_request_is_one_trace_linked_to_the_served_model_with_ids_in_the_an
     )
 
     model_id, version = _champion_model_id(tracked_study)
-    _trace(trace_id)
-    experiment = mlflow.MlflowClient().get_experiment_by_name(EXPERIMENT)
-    linked = mlflow.search_traces(locations=[experiment.experiment_id], model_id=model_id, return_type="list")
-    assert trace_id in [t.info.trace_id for t in linked]  # MLflow linked the trace to the model being served
-    trace = next(t for t in linked if t.info.trace_id == trace_id)
+    trace = _linked_trace(trace_id, model_id)  # MLflow linked the trace to the model being served
     tags = trace.info.tags
     assert (tags[REGISTERED_MODEL_TAG], tags[REGISTERED_VERSION_TAG]) == (MODEL_NAME, version)
     assert json.loads(tags[CLASSES_TAG]) == list(CLASSES) and tags[ROWS_TAG] == "3"
