@@ -339,3 +339,35 @@ def feedback(file: Path, source: str | None, replace: bool) -> None:
     click.echo(report.text())
     if report.refused:  # the report's last line already says what happened
         raise click.exceptions.Exit(1)
+
+
+@main.command()
+@click.argument("target", metavar="NAME@ALIAS")
+@click.option(
+    "--since", callback=_empty_is_unset, help="The live window: the last N minutes/hours/days (30m, 12h, 7d)."
+)
+@click.option("--experiment", callback=_empty_is_unset, help="Experiment the server traces to.")
+@click.option(
+    "--config",
+    "config_file",
+    type=OrUnset(click.Path(dir_okay=False)),
+    callback=_empty_is_unset,
+    help="YAML/JSON file whose `monitor` section sets the window and the thresholds; flags override it.",
+)
+def monitor(target: str, since: str | None, experiment: str | None, config_file: str | None) -> None:
+    """Drift and live accuracy of the model NAME@ALIAS (or NAME/VERSION) points at, from its traces.
+
+    Compares the live window's traced answers with the training reference logged beside the model (Evidently's
+    drift per feature: length, tokens, unknown-token share, truncation, predicted label, confidence), measures
+    accuracy on the answers given true labels by `newscat feedback`, logs a run with the drift report, and
+    prints a summary. Exit status 0: healthy; 1: drift or live accuracy beyond the config's thresholds.
+    """
+    from newscat.config import build_config, read_config_file
+    from newscat.monitoring.monitor import monitor as run_monitor
+
+    file_values = read_config_file(config_file) if config_file else {}
+    cfg = build_config(file_values, {"monitor.since": since, "monitor.experiment": experiment})
+    report = run_monitor(target, cfg.monitor)
+    click.echo(report.text())
+    if not report.healthy:
+        raise click.exceptions.Exit(1)

@@ -176,6 +176,44 @@ class PromoteConfig:
             raise ConfigError(f"promote min_accuracy must be in [0, 1], got {self.min_accuracy}")
 
 
+WINDOW_UNITS = {"m": 60, "h": 3600, "d": 86400}
+
+
+def window_seconds(value: str) -> int:
+    """Seconds of a window written as N followed by m, h or d (`7d`, `12h`, `30m`)."""
+    text = str(value).strip().lower()
+    if len(text) < 2 or text[-1] not in WINDOW_UNITS or not text[:-1].isdigit() or int(text[:-1]) == 0:
+        raise ConfigError(f"a window is a whole number followed by m, h or d (e.g. 7d, 12h, 30m), got {value!r}")
+    return int(text[:-1]) * WINDOW_UNITS[text[-1]]
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    """`newscat monitor`: which traces it reads and what it calls unhealthy (exit status 1)."""
+
+    since: str = "7d"  # the live window: the traces of the last N minutes (m), hours (h) or days (d)
+    experiment: str = "newscat-serving"  # where the server writes traces (its NEWSCAT_TRACE_EXPERIMENT)
+    max_drift_share: float = 0.5  # unhealthy when at least this share of the features drifted ...
+    prediction_drift: bool = True  # ... or when the predicted labels' distribution drifted (if true)
+    min_texts: int = 100  # fewer live texts than this: drift is not judged
+    min_labelled: int = 30  # fewer texts with true labels than this: live accuracy is not judged
+    max_accuracy_drop: float = 0.05  # unhealthy when live accuracy's 95% upper bound < test accuracy - this ...
+    min_accuracy: float = 0.0  # ... or < this (0: no absolute floor)
+
+    def __post_init__(self) -> None:
+        window_seconds(self.since)
+        if not self.experiment:
+            raise ConfigError("monitor experiment is empty: name the experiment the server traces to")
+        if not 0.0 < self.max_drift_share <= 1.0:
+            raise ConfigError(f"monitor max_drift_share must be in (0, 1], got {self.max_drift_share}")
+        for name in ("max_accuracy_drop", "min_accuracy"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"monitor {name} must be in [0, 1], got {getattr(self, name)}")
+        for name in ("min_texts", "min_labelled"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"monitor {name} must be at least 1, got {getattr(self, name)}")
+
+
 @dataclass(frozen=True)
 class Config:
     """Everything one `newscat tune` needs."""
@@ -185,6 +223,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     promote: PromoteConfig = field(default_factory=PromoteConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
     registered_model: str = "newscat"
     experiment: str = "newscat"
     seed: int = 42
@@ -193,6 +232,8 @@ class Config:
         """Flat `section.key -> string` params, passwords masked (tracking cuts long values to MLflow's limit)."""
         flat: dict[str, str] = {}
         for section in _SECTIONS:
+            if section == "monitor":  # how a served model is watched later: not a parameter of its training
+                continue
             for key, value in dataclasses.asdict(getattr(self, section)).items():
                 if key == "search_space":
                     value = "custom" if value else "default"
@@ -210,6 +251,7 @@ _SECTIONS = {
     "train": TrainConfig,
     "tune": TuneConfig,
     "promote": PromoteConfig,
+    "monitor": MonitorConfig,
 }
 
 

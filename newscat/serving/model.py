@@ -169,8 +169,8 @@ def _tracer(scorer: Scorer, engine: str) -> Tracer | None:
         return None
     encoder, max_chars = scorer.encoder, scorer.max_length * CHARS_PER_TOKEN_CAP
 
-    def token_counts(texts: list[str]) -> list[int]:  # tokens each text gave the model, as it was scored
-        return [len(ids) for ids in encoder.encode(texts, max_chars=max_chars)[0]]
+    def token_counts(texts: list[str]) -> tuple[list[int], list[int]]:  # tokens read, unknown ones among them
+        return encoder.counts(texts, max_chars=max_chars)
 
     attributes = {"newscat.engine": engine, "newscat.max_length": str(scorer.max_length)}
     return Tracer(settings, label_names=scorer.label_names, token_counts=token_counts, attributes=attributes)

@@ -26,6 +26,8 @@ class TokenEncoder:
         # One token more than allowed tells "exactly max_length" from "longer"; that extra id is dropped below.
         self._tokenizer.enable_truncation(max_length + 1)
         self.pad_id = self._tokenizer.token_to_id(_pad_token(model_dir)) or 0
+        unknown = getattr(self._tokenizer.model, "unk_token", None)  # WordPiece/BPE name one; byte-level BPE none
+        self.unknown_id = self._tokenizer.token_to_id(unknown) if unknown else None
 
     def encode(self, texts: list[str], *, max_chars: int) -> tuple[list[list[int]], list[bool]]:
         """Token ids per text (special tokens included) and whether anything was cut off.
@@ -40,6 +42,13 @@ class TokenEncoder:
         limit = self.max_length
         truncated = [len(row) > limit or len(text) > max_chars for row, text in zip(ids, texts, strict=True)]
         return [row[: limit - 1] + row[-1:] if len(row) > limit else row for row in ids], truncated
+
+    def counts(self, texts: list[str], *, max_chars: int) -> tuple[list[int], list[int]]:
+        """Per text, the tokens the model read and how many of them were the unknown token (what monitoring
+        compares between live traffic and the training reference)."""
+        rows, _ = self.encode(texts, max_chars=max_chars)
+        unknown = [row.count(self.unknown_id) if self.unknown_id is not None else 0 for row in rows]
+        return [len(row) for row in rows], unknown
 
     def pad(self, rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
         """`input_ids` and `attention_mask` (int64), padded on the right to the longest row."""

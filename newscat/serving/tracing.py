@@ -157,10 +157,12 @@ def text_records(
     tokens: Sequence[int],
     label_names: Sequence[str],
     *,
+    unknown: Sequence[int] | None = None,
     keep_texts: bool = False,
 ) -> list[dict[str, Any]]:
-    """What a trace keeps per text: its SHA-256 (UTF-8), characters, tokens read, truncated flag, the label, score
-    and class probabilities; the text itself only with `keep_texts`."""
+    """What a trace keeps per text: its SHA-256 (UTF-8), characters, tokens read and how many of them the
+    tokenizer did not know, truncated flag, the label, score and class probabilities; the text itself only with
+    `keep_texts`."""
     records = []
     for row, text in enumerate(texts):
         probs = probabilities[row]
@@ -170,6 +172,7 @@ def text_records(
             "sha256": hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest(),
             "chars": len(text),
             "tokens": int(tokens[row]),
+            "unknown": int(unknown[row]) if unknown is not None else 0,
             "truncated": bool(truncated[row]),
             "label": label_names[best],
             "score": round(float(probs[best]), PROBABILITY_DIGITS),
@@ -205,7 +208,7 @@ class Tracer:
         settings: TraceSettings,
         *,
         label_names: Sequence[str],
-        token_counts: Callable[[list[str]], list[int]],
+        token_counts: Callable[[list[str]], tuple[list[int], list[int]]],  # tokens read, unknown ones
         attributes: Mapping[str, str] | None = None,
         log: Callable[[str], None] | None = None,
     ) -> None:
@@ -327,12 +330,14 @@ class Tracer:
         began = time.thread_time()
         with _ExportFailures() as failures:
             try:
+                tokens, unknown = self._token_counts(job.texts)
                 records = text_records(
                     job.texts,
                     job.probabilities,
                     job.truncated,
-                    self._token_counts(job.texts),
+                    tokens,
                     self.label_names,
+                    unknown=unknown,
                     keep_texts=self.settings.texts,
                 )
                 job.span.end(outputs={"predictions": records}, end_time_ns=job.end_ns)

@@ -17,8 +17,10 @@ import mlflow
 import pandas as pd
 from mlflow.entities import Dataset as DatasetEntity
 from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from newscat.monitoring.reference import REFERENCE_ARTIFACT, REFERENCE_DIR, REFERENCE_FILE
 from newscat.serving.artifacts import export_classifier, logged_weights_sha256, pip_requirements, shipped_code
 from newscat.serving.inputs import TEXT_COLUMN
 from newscat.serving.model import SIGNATURE
@@ -27,6 +29,7 @@ log = logging.getLogger("newscat")
 MODEL_TYPE = "news-topic-classifier"
 WEIGHTS_TAG = "newscat.weights_sha256"  # the SHA-256 of model.safetensors inside the model
 STUDY_RUN_TAG = "newscat.study_run_id"  # the study's parent run
+REFERENCE_TAG = "newscat.monitoring_reference"  # how many texts the training reference holds, and which
 DESCRIPTION_TAG = "mlflow.note.content"  # what the MLflow UI shows as a model's description
 EXAMPLE = pd.DataFrame({TEXT_COLUMN: ["Stocks rally as oil prices fall", "Striker scores twice in cup final win"]})
 
@@ -190,6 +193,32 @@ def log_model_card(model_id: str, card: str) -> None:
         MlflowClient().log_model_artifact(model_id, str(path))
     mlflow.set_logged_model_tags(model_id, {DESCRIPTION_TAG: card})
     mlflow.log_text(card, "model_card.md")
+
+
+def log_reference(model_id: str, frame: pd.DataFrame, source: str) -> None:
+    """The training reference beside the model's files (`monitoring/reference.parquet`), what it was built from as
+    a LoggedModel tag."""
+    with tempfile.TemporaryDirectory(prefix="newscat-reference-") as tmp:
+        folder = Path(tmp) / REFERENCE_DIR
+        folder.mkdir()
+        frame.to_parquet(folder / REFERENCE_FILE, index=False)
+        MlflowClient().log_model_artifacts(model_id, tmp)
+    mlflow.set_logged_model_tags(model_id, {REFERENCE_TAG: f"{len(frame)} texts: {source}"})
+
+
+def logged_reference(model_id: str) -> pd.DataFrame | None:
+    """The training reference logged beside a model (None: logged before newscat recorded one)."""
+    location = mlflow.get_logged_model(model_id).artifact_location.rstrip("/")
+    with tempfile.TemporaryDirectory(prefix="newscat-reference-") as tmp:
+        try:
+            path = mlflow.artifacts.download_artifacts(f"{location}/{REFERENCE_ARTIFACT}", dst_path=tmp)
+        except (MlflowException, OSError):
+            return None
+        return pd.read_parquet(path)
+
+
+def logged_tags(model_id: str) -> dict[str, str]:
+    return dict(mlflow.get_logged_model(model_id).tags)
 
 
 def logged_card(model_id: str) -> str | None:

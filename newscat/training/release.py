@@ -29,6 +29,7 @@ from newscat.evaluation.card import CardFacts, model_card
 from newscat.evaluation.report import Predictions, per_class_table, predict_split, report_metrics
 from newscat.export.gate import AGREEMENT_TEXTS, GateTexts
 from newscat.export.package import ServingBuild, add_lexical, gate_serving_paths, serving_table
+from newscat.monitoring.reference import features_of_answers
 from newscat.registry.tags import VersionTags
 from newscat.registry.versions import find_version, finish_registration, register_version, version_model_id
 from newscat.serving.choice import BACKEND_ENV, DEVICE_ENV, PRECISION_ENV
@@ -42,6 +43,7 @@ from newscat.tracking.models import (
     log_classifier_model,
     log_model_card,
     log_model_metrics,
+    log_reference,
     logged_card,
     logged_params,
     weights_sha256,
@@ -124,7 +126,9 @@ def release_best(
         model_dir = Path(shutil.copytree(source / "artifacts" / "classifier", Path(tmp) / "classifier"))
         build, companion = build_release(inputs, model_dir, final)
         test = score_test(inputs, build, companion)
+        reference = training_reference(inputs, final, build)
         model_id = log_release_model(inputs, best, final, parent_run_id, build)
+    log_reference(model_id, reference.frame, reference.source)
     check_logged_model(model_id, test.predictions)
     log_model_metrics(model_id, build.decision.metrics(), inputs.records["validation"])
     if companion is not None:
@@ -172,6 +176,30 @@ def gate_texts(inputs: StudyInputs, final: FinalWeights) -> GateTexts:
         unlabeled=rows["text"].tolist(),
         unlabeled_source=source,
     )
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The training reference monitoring compares live traffic with, and which texts it was built from."""
+
+    frame: pd.DataFrame
+    source: str
+
+
+def training_reference(inputs: StudyInputs, final: FinalWeights, build: ServingBuild) -> Reference:
+    """Features of texts from the training distribution the final encoder did not train on (the validation rows,
+    plus the gate's training texts where it did not see them), answered as the served model answers them: their
+    confidence is what the model shows on new news of the kind it learned, not on news it memorised."""
+    gate = gate_texts(inputs, final)
+    unseen = gate.unlabeled_source.endswith("did not see")
+    texts = gate.texts + (gate.unlabeled if unseen else [])
+    source = f"{len(gate.texts)} validation rows" + (f" and {len(gate.unlabeled)} {gate.unlabeled_source}" * unseen)
+    log.info("training reference for monitoring: %s, answered on %s", source, build.scorer.choice)
+    scores = build.scores(texts)
+    scorer = build.scorer
+    counts = scorer.encoder.counts(texts, max_chars=scorer.max_length * CHARS_PER_TOKEN_CAP)
+    frame = features_of_answers(texts, scores.probabilities, scores.truncated, counts, scorer.label_names)
+    return Reference(frame, source)
 
 
 def fit_companion(inputs: StudyInputs, final: FinalWeights, encoder_validation: np.ndarray) -> Companion | None:

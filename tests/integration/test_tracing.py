@@ -17,6 +17,7 @@ import mlflow
 import pytest
 import requests
 
+from newscat.monitoring.feedback import attach_feedback
 from newscat.serving.tracing import CLASSES_TAG, REGISTERED_MODEL_TAG, REGISTERED_VERSION_TAG, ROWS_TAG
 from tests.helpers import CLASSES, MODEL_NAME, free_port, serve_model, tool_env
 from tests.integration.conftest import TrackedStudy
@@ -161,6 +162,42 @@ def test_feedback_refuses_a_bad_file_whole_then_writes_a_good_one(
         "true_label[0]": ("Sports", "HUMAN", "editor-1"),
         "true_label[1]": ("Business", "HUMAN", "editor-1"),
     }
+
+
+def test_monitor_judges_the_served_champion_on_its_own_traces_against_its_training_reference(
+    traced: tuple[str, Path], tracked_study: TrackedStudy, tmp_path: Path
+) -> None:
+    url, _ = traced
+    mlflow.set_tracking_uri(tracked_study.tracking_uri)
+    texts = [f"{headline} (edition {i})" for i in range(12) for headline in HEADLINES]
+    ids = [p["prediction_id"] for p in _traced_answer(url, texts)]
+    model_id, version = _champion_model_id(tracked_study)
+    _linked_trace(ids[0].rsplit(":", 1)[0], model_id)
+    truth = ["Sports", "Business", "Sci/Tech"] * 4
+    assert not attach_feedback([{"id": i, "label": t} for i, t in zip(ids, truth, strict=False)]).refused
+    config = tmp_path / "monitor.yaml"
+    config.write_text(f"monitor:\n  since: 1h\n  experiment: {EXPERIMENT}\n  min_texts: 20\n  min_labelled: 10\n")
+    result = subprocess.run(
+        ["newscat", "monitor", f"{MODEL_NAME}@champion", "--config", str(config)],
+        env=tool_env(tracked_study.tracking_uri),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    out = result.stdout
+    assert result.returncode in (0, 1), out + result.stderr[-3000:]
+    assert out.startswith(f"newscat monitor: {MODEL_NAME}@champion = version {version} (model {model_id})")
+    assert re.search(r"reference: \d+ texts: \d+ validation rows", out), out  # logged at release beside the model
+    assert re.search(r"; \d+ texts in \d+ traces, (1[2-9]|[2-9]\d|\d{3,}) with true labels\n", out), out
+    table = [line.split()[0] for line in out.splitlines() if re.search(r"\s(YES|no)$", line)]
+    assert table == ["chars", "tokens", "unknown_share", "confidence", "label", "truncated"], out
+    assert re.search(r"live accuracy [01]\.\d{4} \(95% CI", out), out
+    assert (result.returncode == 1) == ("UNHEALTHY" in out)  # the exit status is the verdict printed
+    run_id = re.search(r"logged: run (\w+) in experiment", out).group(1)
+    run = mlflow.get_run(run_id)
+    assert [m.model_id for m in run.inputs.model_inputs] == [model_id]
+    artifacts = {f.path for f in mlflow.MlflowClient().list_artifacts(run_id, "monitor")}
+    assert "monitor/drift_report.html" in artifacts
 
 
 def test_with_tracing_off_the_answer_keeps_its_four_columns(

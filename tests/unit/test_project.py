@@ -53,6 +53,19 @@ def test_mlproject_parameters_are_the_declared_options() -> None:
     assert {name: spec["default"] for name, spec in main_entry["parameters"].items()} == dict.fromkeys(params, "")
 
 
+def test_the_monitor_entry_point_passes_each_parameter_to_a_flag_of_newscat_monitor() -> None:
+    entry = yaml.safe_load((ROOT / "MLproject").read_text())["entry_points"]["monitor"]
+    command = entry["command"]
+    assert command.startswith("python -m newscat monitor {model}")
+    flags = dict((p, f) for f, p in re.findall(r"(--[a-z0-9-]+) \{([a-z0-9_]+)\}", command))
+    assert flags == {"since": "--since", "experiment": "--experiment", "config": "--config"}
+    assert set(entry["parameters"]) == {"model", *flags}
+    help_text = CliRunner().invoke(main, ["monitor", "--help"], terminal_width=200).output
+    assert all(flag in help_text for flag in flags.values())
+    # '' is "not set" for every flag, so a config file's `monitor` section is not overridden by MLproject defaults.
+    assert all(entry["parameters"][name]["default"] == "" for name in flags)
+
+
 def test_ci_runs_the_readme_test_command() -> None:
     readme = (ROOT / "README.md").read_text()
     command = re.search(r"<!-- test-command -->\s*```bash\n(.+?)\n```", readme, re.S).group(1).strip()

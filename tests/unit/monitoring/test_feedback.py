@@ -24,7 +24,9 @@ LABELS = ["World", "Sports", "Business", "Sci/Tech"]
 def served(tracking_uri: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     """Prediction ids of two traced requests (two texts, then one), as the served model answers them."""
     monkeypatch.setenv("MLFLOW_ENABLE_ASYNC_TRACE_LOGGING", "true")  # the tracer's process-wide switch, undone
-    tracer = Tracer(TraceSettings(), label_names=LABELS, token_counts=lambda t: [3] * len(t), log=lambda line: None)
+    tracer = Tracer(
+        TraceSettings(), label_names=LABELS, token_counts=lambda t: ([3] * len(t), [0] * len(t)), log=lambda line: None
+    )
     deadline = time.monotonic() + 30
     while tracer.experiment_id is None and time.monotonic() < deadline:
         time.sleep(0.02)

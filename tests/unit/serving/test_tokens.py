@@ -39,3 +39,13 @@ def test_padding_right_with_a_mask(model_dir: Path, tokenizer: PreTrainedTokeniz
     ids, mask = encoder.pad([[101, 5, 102], [101, 102]])
     assert ids.tolist() == [[101, 5, 102], [101, 102, tokenizer.pad_token_id]]
     assert mask.tolist() == [[1, 1, 1], [1, 1, 0]] and ids.dtype.name == mask.dtype.name == "int64"
+
+
+def test_counts_give_tokens_read_and_unknown_ones(model_dir: Path, tokenizer: PreTrainedTokenizerBase) -> None:
+    encoder = TokenEncoder(model_dir, 32)
+    texts = ["Oil prices climb", "\U0001f980\U0001f99e crabs", "word " * 300]
+    tokens, unknown = encoder.counts(texts, max_chars=32 * 32)
+    expected = [tokenizer(t, truncation=True, max_length=32)["input_ids"] for t in texts]
+    assert tokens == [len(ids) for ids in expected] and tokens[2] == 32  # cut like the model reads it
+    assert unknown == [ids.count(tokenizer.unk_token_id) for ids in expected]
+    assert unknown[0] == unknown[2] == 0 and unknown[1] >= 1  # emoji are not in BERT's vocabulary

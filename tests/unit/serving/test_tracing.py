@@ -36,18 +36,20 @@ PROBABILITIES = np.array([[0.1, 0.7, 0.1, 0.1], [0.05, 0.05, 0.0000004, 0.899999
 
 def test_records_hold_digest_length_tokens_flag_and_answer_but_no_text_unless_asked() -> None:
     texts = ["Striker scores twice", "Chip \U0001f680 launch"]
-    records = text_records(texts, PROBABILITIES, [False, True], [5, 128], LABELS)
+    records = text_records(texts, PROBABILITIES, [False, True], [5, 128], LABELS, unknown=[0, 1])
     assert records[0] == {
         "row": 0,
         "sha256": hashlib.sha256(b"Striker scores twice").hexdigest(),
         "chars": 20,
         "tokens": 5,
+        "unknown": 0,
         "truncated": False,
         "label": "Sports",
         "score": 0.7,
         "probabilities": {"World": 0.1, "Sports": 0.7, "Business": 0.1, "Sci/Tech": 0.1},
     }
     assert records[1]["sha256"] == hashlib.sha256(texts[1].encode("utf-8")).hexdigest()
+    assert records[1]["unknown"] == 1  # the rocket is not in the vocabulary
     assert records[1]["chars"] == 13 and records[1]["truncated"] is True and records[1]["label"] == "Sci/Tech"
     assert records[1]["probabilities"]["Business"] == 0.0  # rounded to 6 digits: small traces
     assert not any("text" in r for r in records)
@@ -107,8 +109,8 @@ def store(tracking_uri: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     mlflow.tracing.reset()
 
 
-def _counts(texts: list[str]) -> list[int]:
-    return [len(t.split()) + 2 for t in texts]
+def _counts(texts: list[str]) -> tuple[list[int], list[int]]:
+    return [len(t.split()) + 2 for t in texts], [0] * len(texts)
 
 
 def _tracer(settings: TraceSettings, lines: list[str] | None = None) -> Tracer:
@@ -167,9 +169,9 @@ def test_requests_beyond_a_full_queue_go_untraced_and_are_counted(store: str, mo
     monkeypatch.setattr(tracing, "QUEUE_SIZE", 3)
     held = threading.Event()
 
-    def slow_counts(texts: list[str]) -> list[int]:  # holds the tracer thread, as a slow store would
+    def slow_counts(texts: list[str]) -> tuple[list[int], list[int]]:  # holds the tracer thread, as a slow store would
         held.wait(30)
-        return [1] * len(texts)
+        return [1] * len(texts), [0] * len(texts)
 
     tracer = Tracer(TraceSettings(cpu_share=100.0), label_names=LABELS, token_counts=slow_counts, log=lambda _: None)
     deadline = time.monotonic() + 30

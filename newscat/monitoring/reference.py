@@ -1,0 +1,78 @@
+"""What monitoring compares: per text, the features of what the model read and what it answered.
+
+The same table is built twice. At release, from texts of the training distribution that the final encoder did not
+train on (the validation rows, and the gate's training texts where it did not see them), answered by the built model
+on its served path: the **training reference**, logged beside the model. Later, from the served model's traces: the
+**live window**. Texts are never kept in the reference, only the features below.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+NUMERIC = ("chars", "tokens", "unknown_share", "confidence")
+CATEGORICAL = ("label", "truncated")
+FEATURES = NUMERIC + CATEGORICAL
+REFERENCE_DIR = "monitoring"  # the folder beside the served model's files
+REFERENCE_FILE = "reference.parquet"
+REFERENCE_ARTIFACT = f"{REFERENCE_DIR}/{REFERENCE_FILE}"
+
+
+def feature_frame(
+    chars: Sequence[int],
+    tokens: Sequence[int],
+    unknown: Sequence[int],
+    truncated: Sequence[bool],
+    labels: Sequence[str],
+    confidence: Sequence[float],
+) -> pd.DataFrame:
+    """The feature table (one row per text); `unknown` counts unknown tokens, turned into a share of `tokens`."""
+    tokens_array = np.asarray(tokens, dtype=np.int64)
+    share = np.asarray(unknown, dtype=np.float64) / np.maximum(tokens_array, 1)
+    return pd.DataFrame(
+        {
+            "chars": np.asarray(chars, dtype=np.int64),
+            "tokens": tokens_array,
+            "unknown_share": share,
+            "confidence": np.asarray(confidence, dtype=np.float64),
+            "label": pd.Series(list(labels), dtype="object"),
+            "truncated": pd.Series([bool(t) for t in truncated], dtype="object").map({True: "yes", False: "no"}),
+        },
+        columns=list(FEATURES),
+    )
+
+
+def features_of_answers(
+    texts: Sequence[str],
+    probabilities: np.ndarray,
+    truncated: Sequence[bool],
+    counts: tuple[Sequence[int], Sequence[int]],
+    label_names: Sequence[str],
+) -> pd.DataFrame:
+    """The feature table of texts as a model answered them (`counts`: tokens read and unknown ones, per text)."""
+    best = probabilities.argmax(axis=1)
+    return feature_frame(
+        [len(t) for t in texts],
+        counts[0],
+        counts[1],
+        truncated,
+        [label_names[i] for i in best],
+        probabilities[np.arange(len(best)), best],
+    )
+
+
+def features_of_records(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """The feature table of traced answers (the per-text records `newscat.serving.tracing.text_records` writes)."""
+    rows = list(records)
+    return feature_frame(
+        [r["chars"] for r in rows],
+        [r["tokens"] for r in rows],
+        [r.get("unknown", 0) for r in rows],  # traces written before newscat recorded unknown tokens: none
+        [r["truncated"] for r in rows],
+        [r["label"] for r in rows],
+        [r["score"] for r in rows],
+    )

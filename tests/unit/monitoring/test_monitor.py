@@ -1,0 +1,178 @@
+"""The monitor on real traces in a temporary sqlite store: a registered model with a training reference, requests
+traced by the serving tracer, true labels fed back; Evidently measures the drift. Traffic like the reference is
+healthy; traffic of one class with longer texts is prediction and input drift; wrong answers on labelled rows fail
+the live-accuracy floor. The run it logs is linked to the served LoggedModel and to the live window."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import mlflow
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from newscat.cli import main
+from newscat.config import ConfigError, MonitorConfig, window_seconds
+from newscat.monitoring.feedback import attach_feedback
+from newscat.monitoring.monitor import MonitorError, live_accuracy, monitor, wilson
+from newscat.monitoring.reference import FEATURES, feature_frame
+from newscat.serving.tracing import Tracer, TraceSettings
+from newscat.tracking.models import REFERENCE_TAG, log_reference
+
+LABELS = ["World", "Sports", "Business", "Sci/Tech"]
+NAME = "news"
+EXPERIMENT = "served-news"
+CFG = MonitorConfig(experiment=EXPERIMENT, since="1h", min_texts=100, min_labelled=30)
+
+
+def _traffic(rng: np.random.Generator, n: int, shares: list[float], words: float) -> tuple[list[str], np.ndarray]:
+    """`n` texts of about `words` words and confident answers whose labels follow `shares`."""
+    texts = [" ".join(["news"] * max(1, int(rng.normal(words, words / 4)))) for _ in range(n)]
+    labels = rng.choice(len(LABELS), n, p=shares)
+    probabilities = np.full((n, len(LABELS)), 0.0)
+    top = rng.uniform(0.7, 0.99, n)
+    probabilities[:] = ((1 - top) / (len(LABELS) - 1))[:, None]
+    probabilities[np.arange(n), labels] = top
+    return texts, probabilities
+
+
+def _reference(rng: np.random.Generator) -> object:
+    texts, probabilities = _traffic(rng, 1200, [0.25] * 4, 30)
+    best = probabilities.argmax(axis=1)
+    tokens = [len(t.split()) + 2 for t in texts]
+    return feature_frame(
+        [len(t) for t in texts],
+        tokens,
+        [0] * len(texts),
+        [False] * len(texts),
+        [LABELS[i] for i in best],
+        probabilities.max(axis=1),
+    )
+
+
+@pytest.fixture
+def champion(tracking_uri: str) -> str:
+    """A LoggedModel with a training reference, registered as `news` version 1 with alias champion."""
+    rng = np.random.default_rng(0)
+    model = mlflow.initialize_logged_model(name="release")
+    mlflow.finalize_logged_model(model.model_id, "READY")
+    log_reference(model.model_id, _reference(rng), "1200 synthetic validation rows")
+    version = mlflow.register_model(f"models:/{model.model_id}", NAME)
+    mlflow.MlflowClient().set_registered_model_alias(NAME, "champion", version.version)
+    mlflow.MlflowClient().set_model_version_tag(NAME, version.version, "test_accuracy", "0.9000")
+    return model.model_id
+
+
+@pytest.fixture
+def tracer(champion: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Tracer]:
+    monkeypatch.setenv("MLFLOW_ENABLE_ASYNC_TRACE_LOGGING", "true")  # the tracer's process-wide switch, undone
+    settings = TraceSettings(experiment=EXPERIMENT, model_uri=f"models:/{NAME}@champion", cpu_share=100.0)
+    counts = lambda texts: ([len(t.split()) + 2 for t in texts], [0] * len(texts))  # noqa: E731
+    tracer = Tracer(settings, label_names=LABELS, token_counts=counts, log=lambda line: None)
+    deadline = time.monotonic() + 30
+    while tracer.experiment_id is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    yield tracer
+    mlflow.tracing.reset()
+
+
+def _serve(tracer: Tracer, texts: list[str], probabilities: np.ndarray, per_request: int = 10) -> list[str]:
+    ids: list[str] = []
+    for start in range(0, len(texts), per_request):
+        part = slice(start, start + per_request)
+        got = tracer.record(texts[part], probabilities[part], np.zeros(len(texts[part]), bool), start_ns=time.time_ns())
+        assert got is not None, tracer.report()
+        ids += got
+    assert tracer.wait_idle(60), tracer.report()
+    return ids
+
+
+def test_traffic_like_the_reference_is_healthy_and_logged_on_the_served_model(tracer: Tracer, champion: str) -> None:
+    texts, probabilities = _traffic(np.random.default_rng(1), 200, [0.25] * 4, 30)
+    ids = _serve(tracer, texts, probabilities)
+    predicted = [LABELS[i] for i in probabilities.argmax(axis=1)]
+    assert not attach_feedback([{"id": i, "label": p} for i, p in zip(ids[:40], predicted, strict=False)]).refused
+
+    report = monitor(f"{NAME}@champion", CFG)
+    assert report.healthy and not report.problems and not report.notes, report.text()
+    assert (len(report.window.answers), report.window.traces, report.version) == (200, 20, "1")
+    assert [f.feature for f in report.drift.features] == list(FEATURES) and report.drift.share < 0.5
+    assert (
+        report.accuracy.labelled == 40
+        and report.accuracy.accuracy == 1.0
+        and report.accuracy.high == pytest.approx(1.0)
+    )
+    assert report.accuracy.expected == pytest.approx(probabilities.max(axis=1)[40:].mean(), abs=1e-5)
+    assert "1200 texts: 1200 synthetic validation rows" in report.text() and report.text().endswith(
+        f"logged: run {report.run_id} in experiment '{EXPERIMENT}'"
+    )
+
+    run = mlflow.get_run(report.run_id)
+    assert run.data.metrics["live_texts"] == 200 and run.data.metrics["healthy"] == 1.0
+    assert run.data.tags["newscat.monitored"] == "news@champion"
+    (live,) = run.inputs.dataset_inputs
+    assert live.dataset.source.startswith("mlflow-traces:") and f"model_id={champion}" in live.dataset.source
+    assert [m.model_id for m in run.inputs.model_inputs] == [champion]
+    linked = {m.key: m for m in mlflow.get_logged_model(champion).metrics}
+    assert linked["drift_label"].dataset_digest == live.dataset.digest  # metrics linked to the live window
+    artifacts = {f.path for f in mlflow.MlflowClient().list_artifacts(report.run_id, "monitor")}
+    assert artifacts == {"monitor/summary.txt", "monitor/metrics.json", "monitor/drift_report.html"}
+
+
+def test_one_class_of_longer_texts_is_drift_and_wrong_answers_fail_the_accuracy_floor(tracer: Tracer) -> None:
+    texts, probabilities = _traffic(np.random.default_rng(2), 200, [0.85, 0.05, 0.05, 0.05], 60)
+    ids = _serve(tracer, texts, probabilities)
+    predicted = probabilities.argmax(axis=1)
+    wrong = [LABELS[(p + 1) % 4] if row % 2 else LABELS[p] for row, p in enumerate(predicted[:60])]  # half wrong
+    assert not attach_feedback([{"id": i, "label": w} for i, w in zip(ids, wrong, strict=False)]).refused
+
+    report = monitor(f"{NAME}@champion", CFG)
+    assert not report.healthy
+    assert report.drift.feature("label").drifted and report.drift.feature("chars").drifted
+    assert any(p.startswith("prediction drift:") for p in report.problems)
+    assert report.accuracy.accuracy == 0.5 and report.accuracy.high < 0.85
+    assert any("below 0.8500 (test accuracy 0.9000 - monitor.max_accuracy_drop 0.05)" in p for p in report.problems)
+
+    result = CliRunner().invoke(main, ["monitor", f"{NAME}@champion", "--since", "1h", "--experiment", EXPERIMENT])
+    assert result.exit_code == 1, result.output
+    assert "UNHEALTHY: prediction drift" in result.output and "live accuracy 0.5000" in result.output
+
+
+def test_too_few_texts_are_not_judged_and_say_so(tracer: Tracer) -> None:
+    texts, probabilities = _traffic(np.random.default_rng(3), 20, [0.85, 0.05, 0.05, 0.05], 60)
+    _serve(tracer, texts, probabilities)
+    report = monitor(f"{NAME}@champion", CFG)
+    assert report.healthy and report.drift is None
+    assert report.notes == (
+        "drift not judged: 20 live texts < monitor.min_texts 100",
+        "live accuracy not judged: 0 labelled texts < monitor.min_labelled 30",
+    )
+    assert report.text().splitlines()[-2] == "HEALTHY (within what could be judged)"
+
+
+def test_what_cannot_be_monitored_is_refused_with_what_to_do(champion: str) -> None:
+    with pytest.raises(MonitorError, match="no experiment 'served-news': serve with NEWSCAT_TRACING=on"):
+        monitor(f"{NAME}@champion", CFG)
+    with pytest.raises(MonitorError, match="takes NAME@ALIAS or NAME/VERSION"):
+        monitor("news", CFG)
+    other = mlflow.initialize_logged_model(name="old-release")
+    version = mlflow.register_model(f"models:/{other.model_id}", NAME)
+    mlflow.set_experiment(EXPERIMENT)
+    with pytest.raises(MonitorError, match="has no training reference: it was released before"):
+        monitor(f"{NAME}/{version.version}", CFG)
+    assert mlflow.get_logged_model(champion).tags[REFERENCE_TAG] == "1200 texts: 1200 synthetic validation rows"
+
+
+def test_accuracy_interval_and_window_parsing() -> None:
+    low, high = wilson(45, 50)
+    assert (round(low, 4), round(high, 4)) == (0.7864, 0.9565)  # the textbook Wilson interval
+    assert wilson(0, 10)[0] == 0.0 and wilson(10, 10)[1] == pytest.approx(1.0)
+    assert [window_seconds(w) for w in ("30m", "12h", "7d")] == [1800, 43200, 604800]
+    for bad in ("7", "d", "0d", "1w", "-1d"):
+        with pytest.raises(ConfigError, match="a window is a whole number followed by m, h or d"):
+            window_seconds(bad)
+    import pandas as pd
+
+    assert live_accuracy(pd.DataFrame(), tuple(LABELS)).labelled == 0
