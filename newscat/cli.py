@@ -129,6 +129,10 @@ def tune(config_file: str | None, **values: Any) -> None:
     cfg = build_config(file_values, overrides_from_options(values), environ=os.environ)
     outcome = tune_and_register(cfg)
     click.echo(json.dumps(outcome.__dict__, indent=2, default=str))
+    if outcome.ui:
+        store = os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
+        start = "" if store.startswith(("http://", "https://")) else f" (mlflow ui --backend-store-uri {store})"
+        click.echo(f"Models of this experiment in the MLflow UI{redact_url(start)}: {outcome.ui}")
 
 
 @main.command()

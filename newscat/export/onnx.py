@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,11 +37,39 @@ def export_onnx(model_dir: Path) -> OnnxExport:
     target.mkdir(exist_ok=True)
     raw = target / "raw.onnx"
     config = _export_raw(model_dir, raw)
-    fused = _optimize(raw, target / ONNX_FILES["fp32"], config)
-    raw.unlink()
-    _quantize(target / ONNX_FILES["fp32"], target / ONNX_FILES["int8"])
+    with onnxruntime_at_debug():
+        fused = _optimize(raw, target / ONNX_FILES["fp32"], config)
+        raw.unlink()
+        _quantize(target / ONNX_FILES["fp32"], target / ONNX_FILES["int8"])
     log.info("ONNX export: fused %s", ", ".join(f"{k} x{v}" for k, v in fused.items()) or "nothing")
     return OnnxExport({p: f"{ONNX_DIR}/{name}" for p, name in ONNX_FILES.items()}, fused)
+
+
+class _OnnxRuntimeAtDebug(logging.Filter):
+    """ONNX Runtime's optimizer and quantizer report every tensor they skip at INFO and WARNING, partly on the root
+    logger: their lines are demoted to DEBUG (shown with `newscat -v`), so that the job's output is newscat's own."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "onnxruntime" not in record.name and "onnxruntime" not in record.pathname:
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
+@contextmanager
+def onnxruntime_at_debug() -> Iterator[None]:
+    """Within the block, ONNX Runtime's log records are DEBUG records: on the root logger (the quantizer logs there
+    directly) and on its handlers (which its own loggers' records reach by propagation)."""
+    demote = _OnnxRuntimeAtDebug()
+    root = logging.getLogger()
+    targets = [root, *root.handlers]
+    for target in targets:
+        target.addFilter(demote)
+    try:
+        yield
+    finally:
+        for target in targets:
+            target.removeFilter(demote)
 
 
 def _export_raw(model_dir: Path, path: Path) -> object:

@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 from newscat.config import Config
 from newscat.locks import beside_sqlite
 from newscat.processes import Worker
+from newscat.redaction import redact_url
 from newscat.serving.precision import use_bf16
 from newscat.tracking.limits import PARAM_VALUE_LIMIT, TAG_VALUE_LIMIT
 from newscat.tracking.store import RESUME, is_missing, raise_failure
@@ -84,6 +85,18 @@ def mark_model_training(experiment_id: str) -> None:
         client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
 
 
+LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` listens by default
+
+
+def models_view(experiment_id: str) -> str:
+    """The MLflow UI page of this experiment's models in the model-training view: MLflow 3.17 opens experiments in
+    its GenAI view otherwise, whatever the experiment kind says (mlflow/mlflow#24498). A tracking server's own
+    address (its password left out); for a local store, where `mlflow ui` serves it by default."""
+    uri = mlflow.get_tracking_uri()
+    base = redact_url(uri) if uri.startswith(("http://", "https://")) else LOCAL_UI
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/models?workflowType=machine_learning"
+
+
 def link_worker_run(study_run_id: str) -> None:
     """Under `mlflow run`, a worker whose own run is not the study's run says where its trials went."""
     own = os.environ.get("MLFLOW_RUN_ID")
@@ -95,6 +108,10 @@ def link_worker_run(study_run_id: str) -> None:
 def active_experiment_id() -> str:
     """The experiment of the active run."""
     return mlflow.active_run().info.experiment_id
+
+
+def run_experiment_id(run_id: str) -> str:
+    return MlflowClient().get_run(run_id).info.experiment_id
 
 
 def run_exists(run_id: str) -> bool:

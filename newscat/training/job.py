@@ -20,8 +20,10 @@ from newscat.tracking.runs import (
     claim_study_run,
     create_study_run,
     link_worker_run,
+    models_view,
     prepare_store,
     run_exists,
+    run_experiment_id,
     start_study_run,
 )
 from newscat.tracking.store import explain_outages
@@ -53,6 +55,7 @@ class TuneOutcome:
     model_uri: str
     registered_model: str
     version: str | None
+    ui: str = ""  # the experiment's models in the MLflow UI's model-training view
 
 
 @explain_outages("newscat tune")  # a store outage anywhere says what to do: rerun, the study resumes
@@ -190,4 +193,5 @@ def _outcome(parent_run_id: str, best: optuna.trial.FrozenTrial, release: Releas
         model_uri=f"models:/{version.name}/{version.version}",
         registered_model=version.name,
         version=str(version.version),
+        ui=models_view(run_experiment_id(parent_run_id)),
     )

@@ -33,6 +33,10 @@ def test_the_mlflow_run_is_the_parent_of_one_run_per_trial(tracked_study: Tracke
     trials = _trials(client, tracked_study)
     assert sorted(trials) == [0, 1, 2]
     assert {run.info.run_name for run in trials.values()} == {"trial-0", "trial-1", "trial-2"}
+    # The job ends with the link that opens its models in the UI's model-training view (not the GenAI one).
+    link = f"http://127.0.0.1:5000/#/experiments/{parent.info.experiment_id}/models?workflowType=machine_learning"
+    assert "Models of this experiment in the MLflow UI (mlflow ui --backend-store-uri " in tracked_study.output
+    assert link in tracked_study.output
 
 
 def test_states_match_between_optuna_and_mlflow(tracked_study: TrackedStudy, client: MlflowClient) -> None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from newscat.export.gate import GateTexts
+from newscat.export.onnx import onnxruntime_at_debug
 from newscat.export.package import ServingBuild, gate_serving_paths
 from newscat.serving.artifacts import SETTINGS_FILE, verify_files
 from tests.helpers import fresh_classifier, make_news
@@ -19,8 +21,12 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return fresh_classifier(tmp_path_factory.mktemp("model") / "classifier")
 
 
-def test_export_fuses_attention_quantizes_and_gates_every_path(model_dir: Path) -> None:
+def test_export_fuses_attention_quantizes_and_gates_every_path(
+    model_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     import onnx
+
+    caplog.set_level(logging.INFO)
 
     news = make_news(10, seed=3)
     labels = np.array([label - 1 for label, _, _ in news])
@@ -45,6 +51,26 @@ def test_export_fuses_attention_quantizes_and_gates_every_path(model_dir: Path) 
     assert all("/attention/output/" in n or "/intermediate/" in n for n in quantized)  # the head stays fp32 too
     assert build.validation.shape == (20, 4) and np.allclose(build.validation.sum(axis=1), 1.0)
     assert build.decision.validation_rows == 20 and build.decision.agreement_rows == len(texts)
+    chatter = [r.getMessage() for r in caplog.records if "onnxruntime" in r.pathname or "onnxruntime" in r.name]
+    assert not chatter, chatter[:3]  # the job's output is newscat's own lines
+
+
+def test_onnxruntime_records_are_demoted_to_debug_inside_the_export(caplog: pytest.LogCaptureFixture) -> None:
+    ort = logging.getLogger("onnxruntime.quantization.onnx_quantizer")
+    caplog.set_level(logging.INFO)
+    with onnxruntime_at_debug():
+        logging.info("root line from onnxruntime")  # pathname is this file: kept, as newscat's own would be
+        ort.warning("please consider pre-processing")
+    ort.warning("outside the export")
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("INFO", "root line from onnxruntime"),
+        ("WARNING", "outside the export"),
+    ]
+    caplog.clear()
+    caplog.set_level(logging.DEBUG)
+    with onnxruntime_at_debug():
+        ort.warning("please consider pre-processing")
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [("DEBUG", "please consider pre-processing")]
 
 
 def test_the_served_model_mixes_the_lexical_companion_into_every_path(
