@@ -375,3 +375,36 @@ def monitor(target: str, since: str | None, experiment: str | None, config_file:
     click.echo(report.text())
     if not report.healthy:
         raise click.exceptions.Exit(1)
+
+
+@main.command()
+@click.argument("target", metavar="NAME@ALIAS")
+@click.option("--since", callback=_empty_is_unset, help="Learn from the labelled traffic of the last 30m, 12h, 7d ...")
+@click.option(
+    "--promote",
+    type=OrUnset(click.Choice(["none", "auto"])),
+    callback=_empty_is_unset,
+    help="auto: the challenger becomes champion if it passes the gate on both the recent traffic and the test split.",
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=OrUnset(click.Path(dir_okay=False)),
+    callback=_empty_is_unset,
+    help="YAML/JSON config (the one the served model was tuned with; its `retrain` section); flags override it.",
+)
+def retrain(target: str, since: str | None, promote: str | None, config_file: str | None) -> None:
+    """Retrain the model NAME@ALIAS points at on its original data plus its labelled live answers.
+
+    The answers given true labels (`newscat feedback`) whose traces kept their texts (NEWSCAT_TRACE_TEXTS=on) are
+    split by time: the newest `retrain.holdout_share` is never trained on. A study starting from the served model's
+    params registers a `challenger`; the gate compares it with the served model on those held-out answers and on
+    the original test split, and with --promote auto moves the alias only if it passes both.
+    """
+    from newscat.config import build_config, read_config_file
+    from newscat.monitoring.retrain import retrain as run_retrain
+
+    file_values = read_config_file(config_file) if config_file else {}
+    cfg = build_config(file_values, {"retrain.since": since, "promote.mode": promote}, environ=os.environ)
+    outcome = run_retrain(target, cfg, work_dir=Path(cfg.train.work_dir))
+    click.echo(outcome.text())

@@ -215,6 +215,25 @@ class MonitorConfig:
 
 
 @dataclass(frozen=True)
+class RetrainConfig:
+    """`newscat retrain`: which labelled live answers it learns from and how many it holds out for the gate."""
+
+    since: str = "30d"  # the labelled traffic of the last N minutes (m), hours (h) or days (d)
+    holdout_share: float = 0.3  # the newest share of it is never trained on: the challenger is gated on it
+    min_live_rows: int = 20  # fewer labelled answers with their texts: nothing to learn from, refused
+    n_trials: int = 1  # trials of the retrain's study; the first is the champion's params
+
+    def __post_init__(self) -> None:
+        window_seconds(self.since)
+        if not 0.0 < self.holdout_share < 1.0:
+            raise ConfigError(f"retrain holdout_share must be in (0, 1), got {self.holdout_share}")
+        if self.min_live_rows < 2:
+            raise ConfigError(f"retrain min_live_rows must be at least 2, got {self.min_live_rows}")
+        if self.n_trials < 1:
+            raise ConfigError(f"retrain n_trials must be at least 1, got {self.n_trials}")
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything one `newscat tune` needs."""
 
@@ -224,6 +243,7 @@ class Config:
     tune: TuneConfig = field(default_factory=TuneConfig)
     promote: PromoteConfig = field(default_factory=PromoteConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
     registered_model: str = "newscat"
     experiment: str = "newscat"
     seed: int = 42
@@ -232,7 +252,7 @@ class Config:
         """Flat `section.key -> string` params, passwords masked (tracking cuts long values to MLflow's limit)."""
         flat: dict[str, str] = {}
         for section in _SECTIONS:
-            if section == "monitor":  # how a served model is watched later: not a parameter of its training
+            if section in ("monitor", "retrain"):  # what happens after serving: not a parameter of this training
                 continue
             for key, value in dataclasses.asdict(getattr(self, section)).items():
                 if key == "search_space":
@@ -252,6 +272,7 @@ _SECTIONS = {
     "tune": TuneConfig,
     "promote": PromoteConfig,
     "monitor": MonitorConfig,
+    "retrain": RetrainConfig,
 }
 
 

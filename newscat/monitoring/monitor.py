@@ -74,7 +74,7 @@ class MonitorReport:
 
 def monitor(target: str, cfg: MonitorConfig, *, now_ms: int | None = None) -> MonitorReport:
     """Judge the model `target` (NAME@ALIAS or NAME/VERSION) on its traces of the last `cfg.since`."""
-    version = _version(target)
+    version = resolve_version(target)
     model_id = version_model_id(version)
     if not model_id:
         raise MonitorError(f"{target} (version {version.version}) is not linked to a LoggedModel: nothing traces it")
@@ -123,7 +123,8 @@ def monitor(target: str, cfg: MonitorConfig, *, now_ms: int | None = None) -> Mo
     return MonitorReport(**{**report.__dict__, "run_id": run_id})
 
 
-def _version(target: str) -> ModelVersion:
+def resolve_version(target: str) -> ModelVersion:
+    """The registered version NAME@ALIAS or NAME/VERSION names."""
     name, at, alias = target.partition("@")
     if at and name and alias:
         return version_by_alias(name, alias)

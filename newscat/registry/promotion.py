@@ -59,11 +59,13 @@ def promote_with_gate(
     reason: str = "",
     seed: int = 42,
     scored: Predictions | None = None,
+    move: bool = True,
 ) -> PromotionResult:
     """Score both versions on the same test rows, decide with `gate.decide`, move the alias if it passes (or forced).
 
     The challenger is `version` or the version `from_alias` points at. `scored` may hold its predictions already
-    made on that data (the main job has them).
+    made on that data (the main job has them). `move=False` records the decision and moves nothing (one of several
+    gates a move needs).
     """
     challenger = version_by_number(name, version) if version else version_by_alias(name, from_alias)
     champion = alias_version(name, to_alias)
@@ -80,7 +82,7 @@ def promote_with_gate(
         alpha=alpha,
         min_accuracy=min_accuracy,
     )
-    moved, forced = decision.passed or force, force and not decision.passed
+    moved, forced = move and (decision.passed or force), move and force and not decision.passed
     run_id = _record(name, decision, attacking, defending, forced=forced, to_alias=to_alias)
     if moved:
         why = reason or decision.reason

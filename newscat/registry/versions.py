@@ -53,6 +53,20 @@ def register_version(
     return finish_registration(version, description=description, alias=alias, tags=tags.to_tags())
 
 
+def set_version_tags(name: str, version: str, tags: dict[str, str]) -> None:
+    client = MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value[:TAG_VALUE_LIMIT])
+
+
+def append_description(name: str, version: str, section: str) -> None:
+    """Add `section` to a version's description (its model card) unless it is there already (a rerun)."""
+    client = MlflowClient()
+    current = client.get_model_version(name, version).description or ""
+    if section.strip() not in current:
+        client.update_model_version(name, version, description=current.rstrip() + section)
+
+
 def finish_registration(
     version: ModelVersion,
     *,

@@ -92,7 +92,7 @@ def _answers(trace: Any) -> list[dict[str, Any]]:
     }
     return [
         {
-            **{k: v for k, v in record.items() if k not in ("text", "probabilities")},
+            **{k: v for k, v in record.items() if k != "probabilities"},  # `text` where the server kept texts
             "trace_id": trace.info.trace_id,
             "timestamp_ms": trace.info.request_time,
             "true_label": truth.get(f"{EXPECTATION_PREFIX}[{record['row']}]"),
@@ -131,3 +131,18 @@ def log_monitoring(
         for name, text in artifacts.items():
             mlflow.log_text(text, name)
     return run.info.run_id
+
+
+def log_live_datasets(run_id: str, window: LiveWindow, train: pd.DataFrame, holdout: pd.DataFrame) -> None:
+    """The live rows a retrain learned from and held out, as inputs of its study run, their source the window."""
+    inputs = []
+    for context, rows in (("live_train", train), ("live_holdout", holdout)):
+        entity = DatasetEntity(
+            name=f"{context}-{window.since_ms}-{window.until_ms}",
+            digest=compute_pandas_digest(rows[["text", "label"]]),
+            source_type=SOURCE_TYPE,
+            source=window.source,
+            profile=json.dumps({"num_rows": len(rows)}),
+        )
+        inputs.append(DatasetInput(entity, [InputTag(MLFLOW_DATASET_CONTEXT, context)]))
+    MlflowClient().log_inputs(run_id, inputs)

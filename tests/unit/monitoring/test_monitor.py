@@ -17,52 +17,12 @@ from newscat.cli import main
 from newscat.config import ConfigError, MonitorConfig, window_seconds
 from newscat.monitoring.feedback import attach_feedback
 from newscat.monitoring.monitor import MonitorError, live_accuracy, monitor, wilson
-from newscat.monitoring.reference import FEATURES, feature_frame
+from newscat.monitoring.reference import FEATURES
 from newscat.serving.tracing import Tracer, TraceSettings
-from newscat.tracking.models import REFERENCE_TAG, log_reference
+from newscat.tracking.models import REFERENCE_TAG
+from tests.unit.monitoring.traffic import EXPERIMENT, LABELS, NAME, serve, traffic
 
-LABELS = ["World", "Sports", "Business", "Sci/Tech"]
-NAME = "news"
-EXPERIMENT = "served-news"
 CFG = MonitorConfig(experiment=EXPERIMENT, since="1h", min_texts=100, min_labelled=30)
-
-
-def _traffic(rng: np.random.Generator, n: int, shares: list[float], words: float) -> tuple[list[str], np.ndarray]:
-    """`n` texts of about `words` words and confident answers whose labels follow `shares`."""
-    texts = [" ".join(["news"] * max(1, int(rng.normal(words, words / 4)))) for _ in range(n)]
-    labels = rng.choice(len(LABELS), n, p=shares)
-    probabilities = np.full((n, len(LABELS)), 0.0)
-    top = rng.uniform(0.7, 0.99, n)
-    probabilities[:] = ((1 - top) / (len(LABELS) - 1))[:, None]
-    probabilities[np.arange(n), labels] = top
-    return texts, probabilities
-
-
-def _reference(rng: np.random.Generator) -> object:
-    texts, probabilities = _traffic(rng, 1200, [0.25] * 4, 30)
-    best = probabilities.argmax(axis=1)
-    tokens = [len(t.split()) + 2 for t in texts]
-    return feature_frame(
-        [len(t) for t in texts],
-        tokens,
-        [0] * len(texts),
-        [False] * len(texts),
-        [LABELS[i] for i in best],
-        probabilities.max(axis=1),
-    )
-
-
-@pytest.fixture
-def champion(tracking_uri: str) -> str:
-    """A LoggedModel with a training reference, registered as `news` version 1 with alias champion."""
-    rng = np.random.default_rng(0)
-    model = mlflow.initialize_logged_model(name="release")
-    mlflow.finalize_logged_model(model.model_id, "READY")
-    log_reference(model.model_id, _reference(rng), "1200 synthetic validation rows")
-    version = mlflow.register_model(f"models:/{model.model_id}", NAME)
-    mlflow.MlflowClient().set_registered_model_alias(NAME, "champion", version.version)
-    mlflow.MlflowClient().set_model_version_tag(NAME, version.version, "test_accuracy", "0.9000")
-    return model.model_id
 
 
 @pytest.fixture
@@ -78,20 +38,9 @@ def tracer(champion: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Tracer]:
     mlflow.tracing.reset()
 
 
-def _serve(tracer: Tracer, texts: list[str], probabilities: np.ndarray, per_request: int = 10) -> list[str]:
-    ids: list[str] = []
-    for start in range(0, len(texts), per_request):
-        part = slice(start, start + per_request)
-        got = tracer.record(texts[part], probabilities[part], np.zeros(len(texts[part]), bool), start_ns=time.time_ns())
-        assert got is not None, tracer.report()
-        ids += got
-    assert tracer.wait_idle(60), tracer.report()
-    return ids
-
-
 def test_traffic_like_the_reference_is_healthy_and_logged_on_the_served_model(tracer: Tracer, champion: str) -> None:
-    texts, probabilities = _traffic(np.random.default_rng(1), 200, [0.25] * 4, 30)
-    ids = _serve(tracer, texts, probabilities)
+    texts, probabilities = traffic(np.random.default_rng(1), 200, [0.25] * 4, 30)
+    ids = serve(tracer, texts, probabilities)
     predicted = [LABELS[i] for i in probabilities.argmax(axis=1)]
     assert not attach_feedback([{"id": i, "label": p} for i, p in zip(ids[:40], predicted, strict=False)]).refused
 
@@ -122,8 +71,8 @@ def test_traffic_like_the_reference_is_healthy_and_logged_on_the_served_model(tr
 
 
 def test_one_class_of_longer_texts_is_drift_and_wrong_answers_fail_the_accuracy_floor(tracer: Tracer) -> None:
-    texts, probabilities = _traffic(np.random.default_rng(2), 200, [0.85, 0.05, 0.05, 0.05], 60)
-    ids = _serve(tracer, texts, probabilities)
+    texts, probabilities = traffic(np.random.default_rng(2), 200, [0.85, 0.05, 0.05, 0.05], 60)
+    ids = serve(tracer, texts, probabilities)
     predicted = probabilities.argmax(axis=1)
     wrong = [LABELS[(p + 1) % 4] if row % 2 else LABELS[p] for row, p in enumerate(predicted[:60])]  # half wrong
     assert not attach_feedback([{"id": i, "label": w} for i, w in zip(ids, wrong, strict=False)]).refused
@@ -141,8 +90,8 @@ def test_one_class_of_longer_texts_is_drift_and_wrong_answers_fail_the_accuracy_
 
 
 def test_too_few_texts_are_not_judged_and_say_so(tracer: Tracer) -> None:
-    texts, probabilities = _traffic(np.random.default_rng(3), 20, [0.85, 0.05, 0.05, 0.05], 60)
-    _serve(tracer, texts, probabilities)
+    texts, probabilities = traffic(np.random.default_rng(3), 20, [0.85, 0.05, 0.05, 0.05], 60)
+    serve(tracer, texts, probabilities)
     report = monitor(f"{NAME}@champion", CFG)
     assert report.healthy and report.drift is None
     assert report.notes == (

@@ -1,0 +1,211 @@
+"""`newscat retrain NAME@ALIAS`: a challenger trained on the original data plus the labelled live traffic.
+
+The served model's traced answers that received true labels (and kept their texts: NEWSCAT_TRACE_TEXTS=on) over
+the window are split by time: the newest share is held out and never trained on; the rest joins the original
+training rows. The study starts from the served model's params (its first trial), registers the result with alias
+`challenger` (its version tags and card name the live window), and the gate faces it with the served model twice,
+on the held-out recent traffic and on the original test split. With `promote=auto` it becomes champion only when
+it passes both.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from newscat.config import Config, window_seconds
+from newscat.data.load import load_news
+from newscat.errors import NewscatError
+from newscat.monitoring.monitor import MonitorError, resolve_version
+from newscat.registry.gate import GateDecision
+from newscat.registry.promotion import promote_with_gate
+from newscat.registry.tags import VersionTags
+from newscat.registry.versions import append_description, set_version_tags, version_model_id
+from newscat.tracking.live import LiveWindow, experiment_id_of, log_live_datasets, read_live_window
+from newscat.tracking.models import logged_params
+from newscat.training.job import TuneOutcome, tune_and_register
+from newscat.training.search_space import DEFAULT_SPACE
+
+log = logging.getLogger("newscat")
+LIVE_WINDOW_TAG = "newscat.live_window"  # on the challenger's version: the traces it learned from
+LIVE_ROWS_TAG = "newscat.live_rows"
+
+
+class RetrainError(NewscatError):
+    """Nothing to retrain from: no labelled live answers with their texts."""
+
+
+@dataclass(frozen=True)
+class LiveRows:
+    """Labelled live answers, oldest first, split by time into rows to learn from and newer rows held out."""
+
+    train: pd.DataFrame  # text, label (a class name), timestamp_ms
+    holdout: pd.DataFrame
+    window: LiveWindow
+
+
+@dataclass(frozen=True)
+class RetrainOutcome:
+    tuned: TuneOutcome
+    live: LiveRows
+    on_recent: GateDecision
+    on_test: GateDecision
+    promoted: bool
+
+    def text(self) -> str:
+        w = self.live.window
+        lines = [
+            f"challenger: {self.tuned.registered_model} version {self.tuned.version}, trained on the original rows and "
+            f"{len(self.live.train)} labelled live texts; {len(self.live.holdout)} newer ones held out",
+            f"live window: {w.source}",
+            "gate on the held-out recent traffic:",
+            self.on_recent.table(),
+            "gate on the original test split:",
+            self.on_test.table(),
+        ]
+        verdict = "passed both gates" if self.on_recent.passed and self.on_test.passed else "did not pass both gates"
+        moved = "; promoted to champion" if self.promoted else ""
+        lines.append(f"the challenger {verdict}{moved}")
+        return "\n".join(lines)
+
+
+def retrain(target: str, cfg: Config, *, work_dir: Path, now_ms: int | None = None) -> RetrainOutcome:
+    """Train, register and gate a challenger for the model `target` points at (NAME@ALIAS or NAME/VERSION)."""
+    version = resolve_version(target)
+    model_id = version_model_id(version)
+    tags = VersionTags.from_tags(version.tags)
+    original = tags.data_config()
+    if original is None or model_id is None:
+        raise MonitorError(f"{target} records no training data or LoggedModel: it cannot be retrained from here")
+    live = labelled_live_rows(cfg, model_id, now_ms)
+    data = load_news(replace(original, max_train_samples=None), seed=cfg.seed)
+    folder = work_dir / f"retrain-{version.name}-{int(time.time())}"
+    write_data(folder / "train", data, live.train, test=data.test)
+    write_data(folder / "recent", data, pd.DataFrame(columns=["text", "label"]), test=_encoded(live.holdout, data))
+    tuned = tune_and_register(retrain_config(cfg, folder / "train", tags, logged_params(model_id), version.name))
+    number = str(tuned.version)
+    set_version_tags(
+        version.name,
+        number,
+        {
+            LIVE_WINDOW_TAG: live.window.source,
+            LIVE_ROWS_TAG: f"{len(live.train)} trained on, {len(live.holdout)} held out",
+        },
+    )
+    append_description(version.name, number, live_card_section(live, target, str(version.version)))
+    log_live_datasets(tuned.parent_run_id, live.window, live.train, live.holdout)
+    gate = {"metric": cfg.promote.metric, "margin": cfg.promote.margin, "alpha": cfg.promote.alpha, "seed": cfg.seed}
+    alias = target.partition("@")[2] or "champion"
+    recent = promote_with_gate(
+        version.name, version=number, to_alias=alias, source=str(folder / "recent"), move=False, **gate
+    )
+    on_test = promote_with_gate(
+        version.name,
+        version=number,
+        to_alias=alias,
+        source=None,  # the challenger's own data folder, whose test.csv is the original test split, as read then
+        move=cfg.promote.mode == "auto" and recent.decision.passed,
+        reason=f"retrained on live traffic; passed on the held-out recent traffic (run {recent.run_id})",
+        **gate,
+    )
+    return RetrainOutcome(tuned, live, recent.decision, on_test.decision, on_test.moved)
+
+
+def labelled_live_rows(cfg: Config, model_id: str, now_ms: int | None = None) -> LiveRows:
+    """The window's answers with a true label and their text, oldest first, split by time (newest held out)."""
+    experiment_id = experiment_id_of(cfg.monitor.experiment)
+    if experiment_id is None:
+        raise RetrainError(f"no experiment {cfg.monitor.experiment!r} holds traces: nothing to learn from")
+    now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
+    window = read_live_window(experiment_id, model_id, now_ms - window_seconds(cfg.retrain.since) * 1000, now_ms)
+    answers = window.answers
+    labelled = answers[answers["true_label"].notna()] if len(answers) else answers
+    with_text = labelled[labelled["text"].notna()] if "text" in labelled else labelled.iloc[0:0]
+    if len(with_text) < cfg.retrain.min_live_rows:
+        kept = (
+            ""
+            if len(with_text) == len(labelled)
+            else (
+                f"; {len(labelled) - len(with_text)} of them without their text: serve with NEWSCAT_TRACE_TEXTS=on to "
+                "keep the texts retraining needs"
+            )
+        )
+        raise RetrainError(
+            f"{len(with_text)} labelled live answers with their texts in the last {cfg.retrain.since} "
+            f"(retrain.min_live_rows {cfg.retrain.min_live_rows}){kept}"
+        )
+    rows = with_text.sort_values(["timestamp_ms", "trace_id", "row"])
+    rows = pd.DataFrame({"text": rows["text"], "label": rows["true_label"], "timestamp_ms": rows["timestamp_ms"]})
+    held = max(1, round(len(rows) * cfg.retrain.holdout_share))
+    return LiveRows(rows.iloc[:-held].reset_index(drop=True), rows.iloc[-held:].reset_index(drop=True), window)
+
+
+def write_data(folder: Path, data: Any, live_train: pd.DataFrame, *, test: pd.DataFrame) -> None:
+    """A data folder newscat reads (train.csv, test.csv with text and label names, classes.txt in the model's class
+    order): the original training rows (validation included: the new study draws its own) plus `live_train`."""
+    names = list(data.label_names)
+    folder.mkdir(parents=True)
+    (folder / "classes.txt").write_text("\n".join(names) + "\n", encoding="utf-8")
+    original = pd.concat([data.train, data.validation])
+    train = pd.concat(
+        [
+            pd.DataFrame({"text": original["text"], "label": [names[i] for i in original["label"]]}),
+            live_train[["text", "label"]],
+        ]
+    )
+    train.to_csv(folder / "train.csv", index=False)
+    pd.DataFrame({"text": test["text"], "label": [names[i] for i in test["label"]]}).to_csv(
+        folder / "test.csv", index=False
+    )
+
+
+def _encoded(rows: pd.DataFrame, data: Any) -> pd.DataFrame:
+    to_id = {name: i for i, name in enumerate(data.label_names)}
+    return pd.DataFrame({"text": rows["text"], "label": rows["label"].map(to_id)})
+
+
+def retrain_config(cfg: Config, source: Path, tags: VersionTags, params: dict[str, str], name: str) -> Config:
+    """The tune config of the retrain: the data folder, the served model's base model, a study of its own whose
+    first trial is the served model's params, registered under the same name, never promoted by the job itself."""
+    first = {k: _number(v) for k, v in params.items() if k in DEFAULT_SPACE}
+    space = dict(cfg.tune.search_space or {})
+    space["enqueue"] = [first, *space.get("enqueue", ())]
+    return replace(
+        cfg,
+        data=replace(cfg.data, source=str(source), text_columns=("text",), label_column="label"),
+        model=replace(cfg.model, name=tags.base_model or cfg.model.name),
+        tune=replace(
+            cfg.tune,
+            study_name=f"{cfg.tune.study_name}-retrain-{int(time.time())}",
+            n_trials=cfg.retrain.n_trials,
+            search_space=space,
+        ),
+        promote=replace(cfg.promote, mode="none"),  # gated below, on the recent traffic and the test split
+        registered_model=name,
+    )
+
+
+def _number(value: str) -> int | float | str:
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            continue
+    return value
+
+
+def live_card_section(live: LiveRows, target: str, served_version: str) -> str:
+    w = live.window
+    return (
+        "\n\n## Live data\n\n"
+        f"Retrained from {target} (version {served_version}) on its original training rows plus "
+        f"{len(live.train)} labelled answers it served (traces of LoggedModel {w.model_id} between "
+        f"{pd.Timestamp(w.since_ms, unit='ms')} and {pd.Timestamp(w.until_ms, unit='ms')} UTC, source `{w.source}`). "
+        f"The newest {len(live.holdout)} labelled answers were held out, never trained on: the gate compared this "
+        "version with the served one on them and on the original test split."
+    )

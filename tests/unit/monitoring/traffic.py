@@ -1,0 +1,51 @@
+"""Synthetic served traffic for the monitoring tests: texts and answers, a training reference, traced requests."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+
+from newscat.monitoring.reference import feature_frame
+from newscat.serving.tracing import Tracer
+
+LABELS = ["World", "Sports", "Business", "Sci/Tech"]
+NAME = "news"
+EXPERIMENT = "served-news"
+
+
+def traffic(rng: np.random.Generator, n: int, shares: list[float], words: float) -> tuple[list[str], np.ndarray]:
+    """`n` texts of about `words` words and confident answers whose labels follow `shares`."""
+    texts = [" ".join(["news"] * max(1, int(rng.normal(words, words / 4)))) for _ in range(n)]
+    labels = rng.choice(len(LABELS), n, p=shares)
+    probabilities = np.full((n, len(LABELS)), 0.0)
+    top = rng.uniform(0.7, 0.99, n)
+    probabilities[:] = ((1 - top) / (len(LABELS) - 1))[:, None]
+    probabilities[np.arange(n), labels] = top
+    return texts, probabilities
+
+
+def reference(rng: np.random.Generator) -> pd.DataFrame:
+    texts, probabilities = traffic(rng, 1200, [0.25] * 4, 30)
+    best = probabilities.argmax(axis=1)
+    tokens = [len(t.split()) + 2 for t in texts]
+    return feature_frame(
+        [len(t) for t in texts],
+        tokens,
+        [0] * len(texts),
+        [False] * len(texts),
+        [LABELS[i] for i in best],
+        probabilities.max(axis=1),
+    )
+
+
+def serve(tracer: Tracer, texts: list[str], probabilities: np.ndarray, per_request: int = 10) -> list[str]:
+    ids: list[str] = []
+    for start in range(0, len(texts), per_request):
+        part = slice(start, start + per_request)
+        got = tracer.record(texts[part], probabilities[part], np.zeros(len(texts[part]), bool), start_ns=time.time_ns())
+        assert got is not None, tracer.report()
+        ids += got
+    assert tracer.wait_idle(60), tracer.report()
+    return ids
