@@ -9,7 +9,20 @@ from newscat.cli import main
 
 
 @pytest.mark.parametrize(
-    "command", [[], ["tune"], ["promote"], ["rollback"], ["audit"], ["evaluate"], ["check"], ["predict"], ["feedback"]]
+    "command",
+    [
+        [],
+        ["tune"],
+        ["promote"],
+        ["rollback"],
+        ["audit"],
+        ["evaluate"],
+        ["check"],
+        ["predict"],
+        ["feedback"],
+        ["monitor"],
+        ["retrain"],
+    ],
 )
 def test_every_command_explains_itself(command: list[str]) -> None:
     result = CliRunner().invoke(main, [*command, "--help"])

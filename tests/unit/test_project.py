@@ -6,6 +6,7 @@ import re
 import tomllib
 from pathlib import Path
 
+import pytest
 import yaml
 from click.testing import CliRunner
 
@@ -53,17 +54,23 @@ def test_mlproject_parameters_are_the_declared_options() -> None:
     assert {name: spec["default"] for name, spec in main_entry["parameters"].items()} == dict.fromkeys(params, "")
 
 
-def test_the_monitor_entry_point_passes_each_parameter_to_a_flag_of_newscat_monitor() -> None:
-    entry = yaml.safe_load((ROOT / "MLproject").read_text())["entry_points"]["monitor"]
-    command = entry["command"]
-    assert command.startswith("python -m newscat monitor {model}")
-    flags = dict((p, f) for f, p in re.findall(r"(--[a-z0-9-]+) \{([a-z0-9_]+)\}", command))
-    assert flags == {"since": "--since", "experiment": "--experiment", "config": "--config"}
-    assert set(entry["parameters"]) == {"model", *flags}
-    help_text = CliRunner().invoke(main, ["monitor", "--help"], terminal_width=200).output
+@pytest.mark.parametrize(
+    ("entry", "flags"),
+    [
+        ("monitor", {"since": "--since", "experiment": "--experiment", "config": "--config"}),
+        ("retrain", {"since": "--since", "promote": "--promote", "config": "--config"}),
+    ],
+)
+def test_the_loop_entry_points_pass_each_parameter_to_a_flag_of_their_command(entry: str, flags: dict) -> None:
+    spec = yaml.safe_load((ROOT / "MLproject").read_text())["entry_points"][entry]
+    command = spec["command"]
+    assert command.startswith(f"python -m newscat {entry} {{model}}")
+    found = dict((p, f) for f, p in re.findall(r"(--[a-z0-9-]+) \{([a-z0-9_]+)\}", command))
+    assert found == flags and set(spec["parameters"]) == {"model", *flags}
+    help_text = CliRunner().invoke(main, [entry, "--help"], terminal_width=200).output
     assert all(flag in help_text for flag in flags.values())
-    # '' is "not set" for every flag, so a config file's `monitor` section is not overridden by MLproject defaults.
-    assert all(entry["parameters"][name]["default"] == "" for name in flags)
+    # '' is "not set" for every flag, so a config file's sections are not overridden by MLproject defaults.
+    assert all(spec["parameters"][name]["default"] == "" for name in flags)
 
 
 def test_ci_runs_the_readme_test_command() -> None:
