@@ -408,3 +408,21 @@ def retrain(target: str, since: str | None, promote: str | None, config_file: st
     cfg = build_config(file_values, {"retrain.since": since, "promote.mode": promote}, environ=os.environ)
     outcome = run_retrain(target, cfg, work_dir=Path(cfg.train.work_dir))
     click.echo(outcome.text())
+
+
+@main.command("prune-traces")
+@click.option("--older-than", "older_than", required=True, help="Delete traces started before this: 90d, 12h, 30m.")
+@click.option("--experiment", default="newscat-serving", show_default=True, help="Experiment the server traces to.")
+def prune_traces(older_than: str, experiment: str) -> None:
+    """Trace retention: delete the served model's traces (and the true labels on them) older than a window."""
+    import time
+
+    from newscat.config import ConfigError, window_seconds
+    from newscat.tracking.live import delete_traces_before, experiment_id_of
+
+    experiment_id = experiment_id_of(experiment)
+    if experiment_id is None:
+        raise ConfigError(f"no experiment {experiment!r} in the tracking store")
+    before_ms = int(time.time() * 1000) - window_seconds(older_than) * 1000
+    deleted = delete_traces_before(experiment_id, before_ms)
+    click.echo(f"deleted {deleted} traces of experiment {experiment!r} older than {older_than}")

@@ -146,3 +146,9 @@ def log_live_datasets(run_id: str, window: LiveWindow, train: pd.DataFrame, hold
         )
         inputs.append(DatasetInput(entity, [InputTag(MLFLOW_DATASET_CONTEXT, context)]))
     MlflowClient().log_inputs(run_id, inputs)
+
+
+def delete_traces_before(experiment_id: str, before_ms: int) -> int:
+    """Delete the experiment's traces (with their spans and true labels) that started before `before_ms`; returns
+    how many were deleted."""
+    return int(MlflowClient().delete_traces(experiment_id, max_timestamp_millis=before_ms) or 0)

@@ -125,3 +125,16 @@ def test_accuracy_interval_and_window_parsing() -> None:
     import pandas as pd
 
     assert live_accuracy(pd.DataFrame(), tuple(LABELS)).labelled == 0
+
+
+def test_prune_traces_deletes_only_traces_older_than_the_window(tracer: Tracer) -> None:
+    texts, probabilities = traffic(np.random.default_rng(4), 3, [0.25] * 4, 10)
+    old = time.time_ns() - 3 * 86400 * 10**9  # answered three days ago
+    for start_ns in (old, old, time.time_ns()):
+        assert tracer.record(texts, probabilities, np.zeros(3, bool), start_ns=start_ns) is not None
+    assert tracer.wait_idle(60)
+    experiment = mlflow.get_experiment_by_name(EXPERIMENT).experiment_id
+    result = CliRunner().invoke(main, ["prune-traces", "--older-than", "2d", "--experiment", EXPERIMENT])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == f"deleted 2 traces of experiment '{EXPERIMENT}' older than 2d"
+    assert len(mlflow.search_traces(locations=[experiment], return_type="list")) == 1
