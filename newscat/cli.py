@@ -345,19 +345,20 @@ def feedback(file: Path, source: str | None, replace: bool) -> None:
         raise click.exceptions.Exit(1)
 
 
+def _config_option(text: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """`--config FILE` of the loop's commands ('' from MLproject: not set)."""
+    return click.option(
+        "--config", "config_file", type=OrUnset(click.Path(dir_okay=False)), callback=_empty_is_unset, help=text
+    )
+
+
 @main.command()
 @click.argument("target", metavar="NAME@ALIAS")
 @click.option(
     "--since", callback=_empty_is_unset, help="The live window: the last N minutes/hours/days (30m, 12h, 7d)."
 )
 @click.option("--experiment", callback=_empty_is_unset, help="Experiment the server traces to.")
-@click.option(
-    "--config",
-    "config_file",
-    type=OrUnset(click.Path(dir_okay=False)),
-    callback=_empty_is_unset,
-    help="YAML/JSON file whose `monitor` section sets the window and the thresholds; flags override it.",
-)
+@_config_option("YAML/JSON file whose `monitor` section sets the window and the thresholds; flags override it.")
 def monitor(target: str, since: str | None, experiment: str | None, config_file: str | None) -> None:
     """Drift and live accuracy of the model NAME@ALIAS (or NAME/VERSION) points at, from its traces.
 
@@ -386,13 +387,7 @@ def monitor(target: str, since: str | None, experiment: str | None, config_file:
     callback=_empty_is_unset,
     help="auto: the challenger becomes champion if it passes the gate on both the recent traffic and the test split.",
 )
-@click.option(
-    "--config",
-    "config_file",
-    type=OrUnset(click.Path(dir_okay=False)),
-    callback=_empty_is_unset,
-    help="YAML/JSON config (the one the served model was tuned with; its `retrain` section); flags override it.",
-)
+@_config_option("YAML/JSON config (the one the served model was tuned with; its `retrain` section); flags override it.")
 def retrain(target: str, since: str | None, promote: str | None, config_file: str | None) -> None:
     """Retrain the model NAME@ALIAS points at on its original data plus its labelled live answers.
 

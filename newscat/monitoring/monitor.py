@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 import pandas as pd
@@ -53,9 +53,7 @@ class MonitorReport:
     target: str
     version: str
     window: LiveWindow
-    since: str
     reference_source: str
-    reference_rows: int
     drift: DriftResult | None
     accuracy: LiveAccuracy
     test_accuracy: float | None
@@ -102,9 +100,7 @@ def monitor(target: str, cfg: MonitorConfig, *, now_ms: int | None = None) -> Mo
         target=target,
         version=str(version.version),
         window=window,
-        since=cfg.since,
         reference_source=logged_tags(model_id).get(REFERENCE_TAG, f"{len(reference)} texts"),
-        reference_rows=len(reference),
         drift=drift,
         accuracy=accuracy,
         test_accuracy=test_accuracy,
@@ -120,7 +116,7 @@ def monitor(target: str, cfg: MonitorConfig, *, now_ms: int | None = None) -> Mo
         tags={"newscat.monitored": target, "newscat.version": report.version, "newscat.healthy": str(report.healthy)},
         artifacts=_artifacts(report),
     )
-    return MonitorReport(**{**report.__dict__, "run_id": run_id})
+    return replace(report, run_id=run_id)
 
 
 def resolve_version(target: str) -> ModelVersion:
@@ -246,7 +242,7 @@ def summary(report: MonitorReport) -> str:
     w, acc = report.window, report.accuracy
     lines = [
         f"newscat monitor: {report.target} = version {report.version} (model {w.model_id})",
-        f"window: {_utc(w.since_ms)} -> {_utc(w.until_ms)} UTC (last {report.since}); "
+        f"window: {_utc(w.since_ms)} -> {_utc(w.until_ms)} UTC (last {report.config.since}); "
         f"{len(w.answers):,} texts in {w.traces:,} traces, {acc.labelled:,} with true labels",
         f"reference: {report.reference_source}",
     ]
