@@ -393,8 +393,9 @@ def retrain(target: str, since: str | None, promote: str | None, config_file: st
 
     The answers given true labels (`newscat feedback`) whose traces kept their texts (NEWSCAT_TRACE_TEXTS=on) are
     split by time: the newest `retrain.holdout_share` is never trained on. A study starting from the served model's
-    params registers a `challenger`; the gate compares it with the served model on those held-out answers and on
-    the original test split, and with --promote auto moves the alias only if it passes both.
+    params registers a `challenger`; the gate compares it with the served model on those held-out answers (it must
+    win there) and on the original test split (it must not regress: `retrain.max_test_drop`), and with
+    --promote auto moves the alias only if it passes both.
     """
     from newscat.config import build_config, read_config_file
     from newscat.monitoring.retrain import retrain as run_retrain

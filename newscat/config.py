@@ -222,9 +222,14 @@ class RetrainConfig:
     holdout_share: float = 0.3  # the newest share of it is never trained on: the challenger is gated on it
     min_live_rows: int = 20  # fewer labelled answers with their texts: nothing to learn from, refused
     n_trials: int = 1  # trials of the retrain's study; the first is the champion's params
+    # On the original test split the challenger must not regress: it may lose at most this much of the gate's
+    # metric, and not significantly (it has to win on the recent traffic, not on the old test rows).
+    max_test_drop: float = 0.01
 
     def __post_init__(self) -> None:
         window_seconds(self.since)
+        if not 0.0 <= self.max_test_drop < 1.0:
+            raise ConfigError(f"retrain max_test_drop must be in [0, 1), got {self.max_test_drop}")
         if not 0.0 < self.holdout_share < 1.0:
             raise ConfigError(f"retrain holdout_share must be in (0, 1), got {self.holdout_share}")
         if self.min_live_rows < 2:

@@ -4,8 +4,9 @@ The served model's traced answers that received true labels (and kept their text
 the window are split by time: the newest share is held out and never trained on; the rest joins the original
 training rows. The study starts from the served model's params (its first trial), registers the result with alias
 `challenger` (its version tags and card name the live window), and the gate faces it with the served model twice,
-on the held-out recent traffic and on the original test split. With `promote=auto` it becomes champion only when
-it passes both.
+on the held-out recent traffic (where it must be significantly better) and on the original test split (where it
+must not be worse by more than `max_test_drop`, nor significantly). With `promote=auto` it becomes champion only
+when it passes both.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class LiveRows:
     train: pd.DataFrame  # text, label (a class name), timestamp_ms
     holdout: pd.DataFrame
     window: LiveWindow
+    leaked: int = 0  # newer answers not held out after all: their text is among the training rows too
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,8 @@ class RetrainOutcome:
         w = self.live.window
         lines = [
             f"challenger: {self.tuned.registered_model} version {self.tuned.version}, trained on the original rows and "
-            f"{len(self.live.train)} labelled live texts; {len(self.live.holdout)} newer ones held out",
+            f"{len(self.live.train)} labelled live texts; {len(self.live.holdout)} newer ones held out"
+            + (f" ({self.live.leaked} more dropped: their texts are training rows too)" if self.live.leaked else ""),
             f"live window: {w.source}",
             "gate on the held-out recent traffic:",
             self.on_recent.table(),
@@ -84,6 +87,7 @@ def retrain(target: str, cfg: Config, *, work_dir: Path, now_ms: int | None = No
         raise MonitorError(f"{target} records no training data or LoggedModel: it cannot be retrained from here")
     live = labelled_live_rows(cfg, model_id, now_ms)
     data = load_news(replace(original, max_train_samples=None), seed=cfg.seed)
+    live = without_leaks(live, set(data.train["text"]) | set(data.validation["text"]))
     folder = work_dir / f"retrain-{version.name}-{int(time.time())}"
     write_data(folder / "train", data, live.train, test=data.test)
     write_data(folder / "recent", data, pd.DataFrame(columns=["text", "label"]), test=_encoded(live.holdout, data))
@@ -110,6 +114,7 @@ def retrain(target: str, cfg: Config, *, work_dir: Path, now_ms: int | None = No
         to_alias=alias,
         source=None,  # the challenger's own data folder, whose test.csv is the original test split, as read then
         move=cfg.promote.mode == "auto" and recent.decision.passed,
+        max_drop=cfg.retrain.max_test_drop,  # a guard here: no regression on the old test rows
         reason=f"retrained on live traffic; passed on the held-out recent traffic (run {recent.run_id})",
         **gate,
     )
@@ -143,6 +148,19 @@ def labelled_live_rows(cfg: Config, model_id: str, now_ms: int | None = None) ->
     rows = pd.DataFrame({"text": rows["text"], "label": rows["true_label"], "timestamp_ms": rows["timestamp_ms"]})
     held = max(1, round(len(rows) * cfg.retrain.holdout_share))
     return LiveRows(rows.iloc[:-held].reset_index(drop=True), rows.iloc[-held:].reset_index(drop=True), window)
+
+
+def without_leaks(live: LiveRows, original: set[str]) -> LiveRows:
+    """The held-out answers minus those whose text is also a training row (an earlier live answer or an original
+    row): the gate must score the challenger on texts it never saw, or a repeated headline wins it the gate."""
+    known = original | set(live.train["text"])
+    leaked = live.holdout["text"].isin(known)
+    if leaked.all():
+        raise RetrainError(
+            f"all {len(live.holdout)} held-out answers repeat texts of the training rows: nothing new to gate on"
+        )
+    holdout = live.holdout[~leaked].reset_index(drop=True)
+    return replace(live, holdout=holdout, leaked=live.leaked + int(leaked.sum()))
 
 
 def write_data(folder: Path, data: Any, live_train: pd.DataFrame, *, test: pd.DataFrame) -> None:

@@ -31,6 +31,7 @@ class GateDecision:
     data: dict[str, Any] = field(default_factory=dict)
     min_accuracy: float = 0.0  # the floor a first champion must reach
     baseline_accuracy: float | None = None  # always predicting the most frequent class, on the same rows
+    max_drop: float | None = None  # set: a guard (the challenger may lose at most this much, not significantly)
 
     def table(self) -> str:
         """The comparison as a fixed-width text table, followed by the verdict."""
@@ -51,10 +52,14 @@ class GateDecision:
                 f"majority-class baseline {self.baseline_accuracy:.4f}"
             )
         if self.champion is not None:
+            required = (
+                f"required {self.metric} gain > {self.margin}"
+                if self.max_drop is None
+                else f"allowed {self.metric} drop <= {self.max_drop}, and no significant loss"
+            )
             lines.append(
                 f"McNemar exact: only challenger right {self.only_challenger_right}, only champion right "
-                f"{self.only_champion_right}, p = {self.p_value:.4g} (alpha {self.alpha}); required {self.metric} "
-                f"gain > {self.margin}"
+                f"{self.only_champion_right}, p = {self.p_value:.4g} (alpha {self.alpha}); {required}"
             )
         lines.append(f"{'PASS' if self.passed else 'REFUSED'}: {self.reason}")
         return "\n".join(lines)
@@ -88,9 +93,11 @@ def decide(
     margin: float = 0.0,
     alpha: float = 0.05,
     min_accuracy: float = 0.0,
+    max_drop: float | None = None,
 ) -> GateDecision:
     """Pass when there is no champion and the challenger reaches `min_accuracy`, or when it beats the champion by
-    more than `margin` and McNemar's p < `alpha`."""
+    more than `margin` and McNemar's p < `alpha`. With `max_drop` the gate is a guard against regression instead: pass
+    unless the challenger loses more than `max_drop` or loses significantly (McNemar's p < `alpha`)."""
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
     new = report_metrics(challenger)
@@ -119,7 +126,9 @@ def decide(
     old = report_metrics(champion)
     b, c, p_value = mcnemar_exact(challenger.correct, champion.correct)
     gain = new[metric] - old[metric]
-    if gain <= margin:
+    if max_drop is not None:
+        passed, reason = _guard(gain, max_drop, lost=c > b and p_value < alpha, metric=metric, p_value=p_value)
+    elif gain <= margin:
         passed, reason = False, f"{metric} gain {gain:+.4f} is not above the margin {margin}"
     elif p_value >= alpha:
         passed, reason = False, f"the difference is not significant (McNemar p = {p_value:.4g} >= {alpha})"
@@ -133,7 +142,17 @@ def decide(
         p_value=p_value,
         passed=passed,
         reason=reason,
+        max_drop=max_drop,
     )
+
+
+def _guard(gain: float, max_drop: float, *, lost: bool, metric: str, p_value: float) -> tuple[bool, str]:
+    """The regression guard's verdict: a retrained challenger must keep what the champion could do."""
+    if gain < -max_drop:
+        return False, f"{metric} drop {-gain:.4f} is above the allowed {max_drop}"
+    if lost:
+        return False, f"the champion is significantly better here (McNemar p = {p_value:.4g})"
+    return True, f"{metric} change {gain:+.4f} is within the allowed drop {max_drop}, and no significant loss"
 
 
 def majority_baseline(labels: np.ndarray) -> float:

@@ -55,6 +55,7 @@ def promote_with_gate(
     margin: float = 0.0,
     alpha: float = 0.05,
     min_accuracy: float = 0.0,
+    max_drop: float | None = None,
     force: bool = False,
     reason: str = "",
     seed: int = 42,
@@ -65,7 +66,7 @@ def promote_with_gate(
 
     The challenger is `version` or the version `from_alias` points at. `scored` may hold its predictions already
     made on that data (the main job has them). `move=False` records the decision and moves nothing (one of several
-    gates a move needs).
+    gates a move needs). `max_drop` makes the gate a guard against regression (see `gate.decide`).
     """
     challenger = version_by_number(name, version) if version else version_by_alias(name, from_alias)
     champion = alias_version(name, to_alias)
@@ -81,6 +82,7 @@ def promote_with_gate(
         margin=margin,
         alpha=alpha,
         min_accuracy=min_accuracy,
+        max_drop=max_drop,
     )
     moved, forced = move and (decision.passed or force), move and force and not decision.passed
     run_id = _record(name, decision, attacking, defending, forced=forced, to_alias=to_alias)
@@ -181,5 +183,6 @@ def log_gate_decision(decision: GateDecision, *, forced: bool) -> None:
             "gate.reason": decision.reason[:TAG_VALUE_LIMIT],
             "gate.min_accuracy": str(decision.min_accuracy),
             "gate.dataset_digest": str(decision.data.get("digest", "")),
+            "gate.kind": "improvement" if decision.max_drop is None else f"guard (max drop {decision.max_drop})",
         }
     )

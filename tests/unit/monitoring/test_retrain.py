@@ -1,6 +1,7 @@
 """What a retrain learns from, on real traces in a temporary sqlite store: only labelled answers that kept their
 texts, oldest first, the newest share held out; a clear refusal when the texts were not kept; the study it runs
-starts from the served model's params. (The whole retrain, trained and gated: tests/integration/test_retrain.py.)"""
+starts from the served model's params; held-out answers that repeat a training text are dropped. (The whole loop,
+trained and gated: tests/integration/test_loop.py.)"""
 
 from __future__ import annotations
 
@@ -8,11 +9,12 @@ import time
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 
 from newscat.config import build_config
 from newscat.monitoring.feedback import attach_feedback
-from newscat.monitoring.retrain import RetrainError, labelled_live_rows, retrain_config
+from newscat.monitoring.retrain import LiveRows, RetrainError, labelled_live_rows, retrain_config, without_leaks
 from newscat.registry.tags import VersionTags
 from newscat.serving.tracing import Tracer, TraceSettings
 from tests.unit.monitoring.traffic import EXPERIMENT, LABELS, NAME, serve, traffic
@@ -74,3 +76,12 @@ def test_the_study_starts_from_the_served_params_and_never_promotes_by_itself(tm
     assert (tuned.tune.n_trials, tuned.promote.mode, tuned.registered_model) == (3, "none", "news")
     assert tuned.model.name == "some/bert" and tuned.data.text_columns == ("text",)
     assert tuned.tune.study_name.startswith("newscat-retrain-")
+
+
+def test_held_out_answers_that_repeat_a_training_text_are_dropped() -> None:
+    rows = lambda *texts: pd.DataFrame({"text": list(texts), "label": ["Sports"] * len(texts)})  # noqa: E731
+    live = LiveRows(rows("a", "b"), rows("b", "c", "d"), window=None)  # type: ignore[arg-type]
+    kept = without_leaks(live, original={"d"})  # "b" is a live training row, "d" an original one
+    assert list(kept.holdout["text"]) == ["c"] and kept.leaked == 2
+    with pytest.raises(RetrainError, match="all 3 held-out answers repeat texts of the training rows"):
+        without_leaks(live, original={"c", "d"})

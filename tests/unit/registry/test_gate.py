@@ -100,3 +100,19 @@ def test_twenty_classes_are_gated_like_two() -> None:
     decision = decide(scored(0.9), scored(0.6), challenger_version="2", champion_version="1")
     assert decision.passed and decision.baseline_accuracy == pytest.approx(0.05)
     assert decision.only_challenger_right > decision.only_champion_right
+
+
+def test_the_regression_guard_passes_a_tie_and_a_small_loss_but_not_a_large_or_significant_one() -> None:
+    champion = _preds([True] * 100)
+    guard = {"challenger_version": "2", "champion_version": "1", "max_drop": 0.05}
+    tie = decide(_preds([True] * 100), champion, **guard)
+    assert tie.passed and "change +0.0000 is within the allowed drop 0.05" in tie.reason
+    assert "allowed accuracy drop <= 0.05, and no significant loss" in tie.table()
+    small = decide(_preds([False] * 3 + [True] * 97), champion, **guard)  # 3 lost, p = 0.25
+    assert small.passed and small.only_champion_right == 3
+    large = decide(_preds([False] * 8 + [True] * 92), champion, **guard)
+    assert not large.passed and large.reason == "accuracy drop 0.0800 is above the allowed 0.05"
+    significant = decide(_preds([False] * 6 + [True] * 94), champion, **{**guard, "max_drop": 0.1})  # p = 0.031
+    assert not significant.passed and "champion is significantly better here" in significant.reason
+    # Without max_drop the same tie is refused: the improvement gate asks for a significant gain.
+    assert not decide(_preds([True] * 100), champion, challenger_version="2", champion_version="1").passed
