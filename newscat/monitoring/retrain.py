@@ -195,7 +195,8 @@ def retrain_config(cfg: Config, source: Path, tags: VersionTags, params: dict[st
     space["enqueue"] = [first, *space.get("enqueue", ())]
     return replace(
         cfg,
-        data=replace(cfg.data, source=str(source), text_columns=("text",), label_column="label"),
+        # Every row of the folder is trained on: a subsample would drop most of the live rows it exists for.
+        data=replace(cfg.data, source=str(source), text_columns=("text",), label_column="label", max_train_samples=None),
         model=replace(cfg.model, name=tags.base_model or cfg.model.name),
         tune=replace(
             cfg.tune,

@@ -75,6 +75,7 @@ def test_the_study_starts_from_the_served_params_and_never_promotes_by_itself(tm
     }
     assert (tuned.tune.n_trials, tuned.promote.mode, tuned.registered_model) == (3, "none", "news")
     assert tuned.model.name == "some/bert" and tuned.data.text_columns == ("text",)
+    assert cfg.data.max_train_samples and tuned.data.max_train_samples is None  # no live row sampled away
     assert tuned.tune.study_name.startswith("newscat-retrain-")
 
 
