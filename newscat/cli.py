@@ -357,7 +357,11 @@ def _config_option(text: str) -> Callable[[Callable[..., Any]], Callable[..., An
 @click.option(
     "--since", callback=_empty_is_unset, help="The live window: the last N minutes/hours/days (30m, 12h, 7d)."
 )
-@click.option("--experiment", callback=_empty_is_unset, help="Experiment the server traces to.")
+@click.option(
+    "--experiment",
+    callback=_empty_is_unset,
+    help="Experiment the server traces to (default: the model's own experiment, the server's default).",
+)
 @_config_option("YAML/JSON file whose `monitor` section sets the window and the thresholds; flags override it.")
 def monitor(target: str, since: str | None, experiment: str | None, config_file: str | None) -> None:
     """Drift and live accuracy of the model NAME@ALIAS (or NAME/VERSION) points at, from its traces.
@@ -407,18 +411,16 @@ def retrain(target: str, since: str | None, promote: str | None, config_file: st
 
 
 @main.command("prune-traces")
+@click.argument("target", required=False, default="")
 @click.option("--older-than", "older_than", required=True, help="Delete traces started before this: 90d, 12h, 30m.")
-@click.option("--experiment", default="newscat-serving", show_default=True, help="Experiment the server traces to.")
-def prune_traces(older_than: str, experiment: str) -> None:
-    """Trace retention: delete the served model's traces (and the true labels on them) older than a window."""
-    import time
+@click.option("--experiment", default="", help="Experiment the server traces to (default: TARGET's own experiment).")
+def prune_traces(target: str, older_than: str, experiment: str) -> None:
+    """Trace retention: delete the served model's traces (and the true labels on them) older than a window.
 
-    from newscat.config import ConfigError, window_seconds
-    from newscat.tracking.live import delete_traces_before, experiment_id_of
+    TARGET (NAME@ALIAS or NAME/VERSION) names the served model: its traces live in its LoggedModel's experiment
+    unless the server was given NEWSCAT_TRACE_EXPERIMENT (then pass that as --experiment).
+    """
+    from newscat.monitoring.retention import prune_traces as prune
 
-    experiment_id = experiment_id_of(experiment)
-    if experiment_id is None:
-        raise ConfigError(f"no experiment {experiment!r} in the tracking store")
-    before_ms = int(time.time() * 1000) - window_seconds(older_than) * 1000
-    deleted = delete_traces_before(experiment_id, before_ms)
-    click.echo(f"deleted {deleted} traces of experiment {experiment!r} older than {older_than}")
+    deleted, name = prune(older_than, target=target, experiment=experiment)
+    click.echo(f"deleted {deleted} traces of experiment {name!r} older than {older_than}")

@@ -192,7 +192,9 @@ class MonitorConfig:
     """`newscat monitor`: which traces it reads and what it calls unhealthy (exit status 1)."""
 
     since: str = "7d"  # the live window: the traces of the last N minutes (m), hours (h) or days (d)
-    experiment: str = "newscat-serving"  # where the server writes traces (its NEWSCAT_TRACE_EXPERIMENT)
+    # Where the server writes traces (its NEWSCAT_TRACE_EXPERIMENT); empty: the served model's own experiment,
+    # where the server traces by default.
+    experiment: str = ""
     max_drift_share: float = 0.5  # unhealthy when at least this share of the features drifted ...
     prediction_drift: bool = True  # ... or when the predicted labels' distribution drifted (if true)
     min_texts: int = 100  # fewer live texts than this: drift is not judged
@@ -202,8 +204,6 @@ class MonitorConfig:
 
     def __post_init__(self) -> None:
         window_seconds(self.since)
-        if not self.experiment:
-            raise ConfigError("monitor experiment is empty: name the experiment the server traces to")
         if not 0.0 < self.max_drift_share <= 1.0:
             raise ConfigError(f"monitor max_drift_share must be in (0, 1], got {self.max_drift_share}")
         for name in ("max_accuracy_drop", "min_accuracy"):

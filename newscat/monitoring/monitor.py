@@ -24,7 +24,7 @@ from newscat.monitoring.drift import DriftResult, measure_drift
 from newscat.monitoring.reference import features_of_records
 from newscat.registry.tags import VersionTags
 from newscat.registry.versions import version_by_alias, version_by_number, version_model_id
-from newscat.tracking.live import LiveWindow, experiment_id_of, log_monitoring, read_live_window
+from newscat.tracking.live import LiveWindow, log_monitoring, read_live_window, traces_experiment_id
 from newscat.tracking.models import REFERENCE_TAG, logged_reference, logged_tags
 
 Z95 = 1.959964  # the normal quantile of a two-sided 95% interval
@@ -82,7 +82,7 @@ def monitor(target: str, cfg: MonitorConfig, *, now_ms: int | None = None) -> Mo
             f"{target} (version {version.version}) has no training reference: it was released before newscat "
             "recorded one. Retrain or re-release it to monitor drift."
         )
-    experiment_id = experiment_id_of(cfg.experiment)
+    experiment_id = traces_experiment_id(cfg.experiment, model_id)
     if experiment_id is None:
         raise MonitorError(
             f"no experiment {cfg.experiment!r}: serve with NEWSCAT_TRACING=on (and NEWSCAT_TRACE_EXPERIMENT) first, "

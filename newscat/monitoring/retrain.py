@@ -27,7 +27,7 @@ from newscat.registry.gate import GateDecision
 from newscat.registry.promotion import promote_with_gate
 from newscat.registry.tags import VersionTags
 from newscat.registry.versions import append_description, set_version_tags, version_model_id
-from newscat.tracking.live import LiveWindow, experiment_id_of, log_live_datasets, read_live_window
+from newscat.tracking.live import LiveWindow, log_live_datasets, read_live_window, traces_experiment_id
 from newscat.tracking.models import logged_params
 from newscat.training.job import TuneOutcome, tune_and_register
 from newscat.training.search_space import DEFAULT_SPACE
@@ -123,7 +123,7 @@ def retrain(target: str, cfg: Config, *, work_dir: Path, now_ms: int | None = No
 
 def labelled_live_rows(cfg: Config, model_id: str, now_ms: int | None = None) -> LiveRows:
     """The window's answers with a true label and their text, oldest first, split by time (newest held out)."""
-    experiment_id = experiment_id_of(cfg.monitor.experiment)
+    experiment_id = traces_experiment_id(cfg.monitor.experiment, model_id)
     if experiment_id is None:
         raise RetrainError(f"no experiment {cfg.monitor.experiment!r} holds traces: nothing to learn from")
     now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
@@ -196,7 +196,9 @@ def retrain_config(cfg: Config, source: Path, tags: VersionTags, params: dict[st
     return replace(
         cfg,
         # Every row of the folder is trained on: a subsample would drop most of the live rows it exists for.
-        data=replace(cfg.data, source=str(source), text_columns=("text",), label_column="label", max_train_samples=None),
+        data=replace(
+            cfg.data, source=str(source), text_columns=("text",), label_column="label", max_train_samples=None
+        ),
         model=replace(cfg.model, name=tags.base_model or cfg.model.name),
         tune=replace(
             cfg.tune,

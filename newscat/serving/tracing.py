@@ -38,10 +38,12 @@ from mlflow.pyfunc.context import get_prediction_context
 TRACING_ENV = "NEWSCAT_TRACING"  # on | off (default)
 SAMPLING_ENV = "NEWSCAT_TRACE_SAMPLING"  # share of requests traced, 0 < x <= 1 (default 1)
 TEXTS_ENV = "NEWSCAT_TRACE_TEXTS"  # on: the texts themselves go into the traces (default off: digests only)
-EXPERIMENT_ENV = "NEWSCAT_TRACE_EXPERIMENT"  # experiment the traces go to (created if missing)
+# Experiment the traces go to (created if missing); unset: the served LoggedModel's own experiment, whose model
+# page lists them in its Traces tab (the UI shows a model's traces from its own experiment only).
+EXPERIMENT_ENV = "NEWSCAT_TRACE_EXPERIMENT"
 MODEL_URI_ENV = "NEWSCAT_TRACE_MODEL_URI"  # models:/name/version, models:/name@alias or models:/m-<id>
 CPU_ENV = "NEWSCAT_TRACE_CPU"  # share of one CPU the tracer may spend (default 0.02)
-DEFAULT_EXPERIMENT = "newscat-serving"
+DEFAULT_EXPERIMENT = "newscat-serving"  # where no served model is named (no NEWSCAT_TRACE_MODEL_URI)
 DEFAULT_CPU_SHARE = 0.02
 
 SPAN_NAME = "newscat.predict"
@@ -68,7 +70,7 @@ class TraceSettings:
 
     sampling: float = 1.0
     texts: bool = False
-    experiment: str = DEFAULT_EXPERIMENT
+    experiment: str | None = None  # None: the served model's experiment (DEFAULT_EXPERIMENT without a model)
     model_uri: str | None = None
     cpu_share: float = DEFAULT_CPU_SHARE
 
@@ -84,7 +86,7 @@ class TraceSettings:
         return cls(
             sampling=_share(env, SAMPLING_ENV, 1.0),
             texts=_switch(env, TEXTS_ENV),
-            experiment=env.get(EXPERIMENT_ENV, "").strip() or DEFAULT_EXPERIMENT,
+            experiment=env.get(EXPERIMENT_ENV, "").strip() or None,
             model_uri=model_uri,
             cpu_share=_share(env, CPU_ENV, DEFAULT_CPU_SHARE, upper=None),
         )
@@ -305,12 +307,13 @@ class Tracer:
         """Find or create the experiment and resolve the served model; False while the store is unreachable."""
         client = mlflow.MlflowClient()
         try:
-            experiment_id = _experiment_id(client, self.settings.experiment)
             served = _served_model(client, self.settings.model_uri) if self.settings.model_uri else {}
+            model_id = served.pop(MODEL_ID_METADATA, None)
+            experiment_id = _trace_experiment(client, self.settings.experiment, model_id)
+            experiment = client.get_experiment(experiment_id).name
         except Exception as exc:
             self.last_error = f"{type(exc).__name__}: {exc}"
             return False
-        model_id = served.pop(MODEL_ID_METADATA, None)
         self._tags = {**self._tags, **served}
         if model_id and not os.environ.get("MLFLOW_ACTIVE_MODEL_ID"):  # an operator's active model wins, as in MLflow
             self._model_metadata = {MODEL_ID_METADATA: model_id}
@@ -319,7 +322,7 @@ class Tracer:
         if REGISTERED_MODEL_TAG in served:
             model += f" ({served[REGISTERED_MODEL_TAG]} version {served[REGISTERED_VERSION_TAG]})"
         self._log(
-            f"newscat tracing on: experiment {self.settings.experiment!r} (id {experiment_id}){model}, sampling "
+            f"newscat tracing on: experiment {experiment!r} (id {experiment_id}){model}, sampling "
             f"{self.settings.sampling:g}, texts {'kept' if self.settings.texts else 'not kept (SHA-256 only)'}, "
             f"CPU budget {self.settings.cpu_share:g} of one CPU"
         )
@@ -364,6 +367,13 @@ class Tracer:
         parts = [f"{n} {what}" for what, n in sorted(counts.items())]
         error = f"; last error: {self.last_error}" if lost and self.last_error else ""
         return f"newscat tracing: {lost} lost traces; requests since start: {', '.join(parts) or 'none'}{error}"
+
+
+def _trace_experiment(client: mlflow.MlflowClient, name: str | None, model_id: str | None) -> str:
+    """The id of the experiment traces go to: the one named, else the served LoggedModel's, else the default."""
+    if name is None and model_id:
+        return client.get_logged_model(model_id).experiment_id
+    return _experiment_id(client, name or DEFAULT_EXPERIMENT)
 
 
 def _experiment_id(client: mlflow.MlflowClient, name: str) -> str:

@@ -53,6 +53,11 @@ def experiment_id_of(name: str) -> str | None:
     return experiment.experiment_id if experiment is not None else None
 
 
+def traces_experiment_id(name: str, model_id: str) -> str | None:
+    """The experiment holding the model's traces: the one named, else the LoggedModel's own (the server's default)."""
+    return experiment_id_of(name) if name else MlflowClient().get_logged_model(model_id).experiment_id
+
+
 def read_live_window(experiment_id: str, model_id: str, since_ms: int, until_ms: int | None = None) -> LiveWindow:
     """Every text the model's traces answered in the window, with its valid true label where one was fed back."""
     until_ms = until_ms if until_ms is not None else int(time.time() * 1000)

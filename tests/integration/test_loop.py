@@ -17,7 +17,6 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import mlflow
 import pandas as pd
@@ -164,7 +163,7 @@ def test_serve_trace_feedback_monitor_retrain_promote_and_serve_the_new_champion
     config = loop.project.root / "loop.yaml"
     config.write_text(
         loop.project.config.read_text()
-        + f"  max_epochs: 3\nmodel:\n  max_length: 24\ndata:\n  max_eval_samples: 0\n"
+        + "  max_epochs: 3\nmodel:\n  max_length: 24\ndata:\n  max_eval_samples: 0\n"
         + f"tune:\n  storage: {loop.project.storage}\n"
         + f"registered_model: {MODEL}\nexperiment: loop\n"
         + f"monitor:\n  since: 1h\n  experiment: {SERVED}\n  min_texts: 20\n  min_labelled: 20\n"

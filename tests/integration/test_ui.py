@@ -227,3 +227,59 @@ def test_the_models_tab_lists_every_trial_model_and_one_registered_from_its_page
     env = tool_env(tracked_study.tracking_uri)
     with serve_model("models:/newscat-from-ui/1", env, tracked_study.root / "ui-serve-registered.log") as url:
         assert _served_score(url) == pytest.approx(expected, abs=1e-6)
+
+
+def _traced_answers(tracked_study: TrackedStudy, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Three news items answered by the tiny champion with tracing on, as `mlflow models serve` runs it (the model's
+    own tracer, no experiment named: the traces go to the LoggedModel's experiment); a true label for the first."""
+    from newscat.monitoring.feedback import attach_feedback
+
+    for name, value in {
+        "NEWSCAT_TRACING": "on",
+        "NEWSCAT_TRACE_MODEL_URI": f"models:/{MODEL_NAME}@champion",
+        "NEWSCAT_TRACE_CPU": "100",
+        "MLFLOW_ENABLE_ASYNC_TRACE_LOGGING": "true",  # the tracer's process-wide switch, undone after the test
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("NEWSCAT_TRACE_EXPERIMENT", raising=False)
+    mlflow.set_tracking_uri(tracked_study.tracking_uri)
+    model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion")
+    tracer = model.unwrap_python_model()._tracer
+    deadline = time.monotonic() + 60
+    while tracer.experiment_id is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    headlines = [HEADLINE, "Yankees beat rivals in the championship final", "Researchers unveil faster quantum chip"]
+    ids = [model.predict(pd.DataFrame({"text": [text]}))["prediction_id"][0] for text in headlines]
+    assert tracer.wait_idle(60) and tracer.counts == {"traced": 3}, tracer.report()
+    assert not attach_feedback([{"id": ids[0], "label": "Business"}], source="ui-test").refused
+    mlflow.tracing.reset()
+    return [i.rsplit(":", 1)[0] for i in ids]
+
+
+def test_the_served_models_page_lists_its_traces(
+    tracked_study: TrackedStudy,
+    ui_model: MlflowClient,
+    ui_server: str,
+    browser,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    shots = _screenshots(tmp_path)
+    trace_ids = _traced_answers(tracked_study, monkeypatch)
+    champion = ui_model.get_model_version_by_alias(MODEL_NAME, "champion")
+    model_id = champion.model_id or champion.source.removeprefix("models:/")
+    experiment = mlflow.get_logged_model(model_id).experiment_id
+    assert experiment == ui_model.get_experiment_by_name("tiny").experiment_id  # the study's own experiment
+    browser.get(f"{ui_server}/#/experiments/{experiment}/models/{model_id}/traces")
+    for trace_id in trace_ids:  # the model page's Traces tab lists every trace the served model wrote
+        browser.find_element(By.XPATH, f"//*[contains(text(), '{trace_id}')]")
+    browser.find_element(By.XPATH, "//*[normalize-space()='true_label[0]']")  # the fed-back label, as a column
+    for button in browser.find_elements(By.XPATH, "//button[normalize-space()='Got it']"):
+        with contextlib.suppress(Exception):  # a first-visit hint over the table
+            button.click()
+    _close_assistant(browser)
+    time.sleep(2)
+    browser.save_screenshot(str(shots / "ui-model-traces.png"))
+    assert (shots / "ui-model-traces.png").stat().st_size > 10_000

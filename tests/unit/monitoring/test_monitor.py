@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 
 import mlflow
 import numpy as np
@@ -138,3 +139,31 @@ def test_prune_traces_deletes_only_traces_older_than_the_window(tracer: Tracer) 
     assert result.exit_code == 0, result.output
     assert result.output.strip() == f"deleted 2 traces of experiment '{EXPERIMENT}' older than 2d"
     assert len(mlflow.search_traces(locations=[experiment], return_type="list")) == 1
+
+
+def test_by_default_the_traces_go_to_the_served_models_own_experiment(
+    champion: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the MLflow UI lists a LoggedModel's traces (its Traces tab reads the model's own experiment only), and
+    where monitor and prune-traces look unless told otherwise."""
+    monkeypatch.setenv("MLFLOW_ENABLE_ASYNC_TRACE_LOGGING", "true")
+    settings = TraceSettings.from_env({"NEWSCAT_TRACING": "on", "NEWSCAT_TRACE_MODEL_URI": f"models:/{NAME}@champion"})
+    assert settings.experiment is None
+    lines: list[str] = []
+    counts = lambda texts: ([len(t.split()) + 2 for t in texts], [0] * len(texts))  # noqa: E731
+    tracer = Tracer(replace(settings, cpu_share=100.0), label_names=LABELS, token_counts=counts, log=lines.append)
+    deadline = time.monotonic() + 30
+    while tracer.experiment_id is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    own = mlflow.get_logged_model(champion).experiment_id
+    assert tracer.experiment_id == own and f"(id {own}), model {champion}" in lines[0]
+    texts, probabilities = traffic(np.random.default_rng(6), 120, [0.25] * 4, 30)
+    serve(tracer, texts, probabilities)
+    report = monitor(f"{NAME}@champion", MonitorConfig(since="1h", min_texts=100))
+    assert report.window.experiment_id == own and len(report.window.answers) == 120
+    result = CliRunner().invoke(main, ["prune-traces", f"{NAME}@champion", "--older-than", "1d"])
+    name = mlflow.MlflowClient().get_experiment(own).name
+    assert result.exit_code == 0 and result.output.strip() == f"deleted 0 traces of experiment '{name}' older than 1d"
+    refused = CliRunner().invoke(main, ["prune-traces", "--older-than", "1d"])
+    assert refused.exit_code != 0 and "name the model (NAME@ALIAS) whose experiment holds the traces" in refused.output
+    mlflow.tracing.reset()
