@@ -32,7 +32,6 @@ from tests.outage_servers import MlflowServer
 
 pytestmark = pytest.mark.integration
 MODEL = "newscat-loop"
-SERVED = "newscat-loop-serving"
 # One learning rate and three epochs: the champion and the challenger (which starts from the champion's params)
 # learn the same way, so what differs between them is the data.
 SPACE = "learning_rate: 5.0e-4\nbatch_size: 8\nepochs: 3\nwarmup_ratio: 0.0\nweight_decay: 0.0\n"
@@ -66,7 +65,6 @@ class Loop:
         tracing = {
             "NEWSCAT_TRACING": "on",
             "NEWSCAT_TRACE_TEXTS": "on",  # retrain learns from the texts
-            "NEWSCAT_TRACE_EXPERIMENT": SERVED,
             "NEWSCAT_TRACE_MODEL_URI": f"models:/{MODEL}@champion",
             "NEWSCAT_TRACE_CPU": "100",  # every request traced: the test counts them
         }
@@ -166,7 +164,7 @@ def test_serve_trace_feedback_monitor_retrain_promote_and_serve_the_new_champion
         + "  max_epochs: 3\nmodel:\n  max_length: 24\ndata:\n  max_eval_samples: 0\n"
         + f"tune:\n  storage: {loop.project.storage}\n"
         + f"registered_model: {MODEL}\nexperiment: loop\n"
-        + f"monitor:\n  since: 1h\n  experiment: {SERVED}\n  min_texts: 20\n  min_labelled: 20\n"
+        + "monitor:\n  since: 1h\n  min_texts: 20\n  min_labelled: 20\n"  # traces: the model's own experiment
         + "retrain:\n  since: 1h\n  min_live_rows: 20\n  holdout_share: 0.4\n  max_test_drop: 0.1\n"
     )
     monitored = loop.newscat("monitor", f"{MODEL}@champion", "--config", str(config))
