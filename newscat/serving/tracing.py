@@ -471,10 +471,15 @@ class _ExportFailures(logging.Filter):
 
 def _synchronous_export() -> None:
     """MLflow writes a trace when its span ends, on the thread that ends it (here, the tracer's), instead of on
-    its own pool: the tracer then sees the write's cost (for the budget) and its failure (for the count)."""
-    if os.environ.get("MLFLOW_ENABLE_ASYNC_TRACE_LOGGING", "").lower() != "false":
-        os.environ["MLFLOW_ENABLE_ASYNC_TRACE_LOGGING"] = "false"
-        mlflow.tracing.reset()  # the tracer provider is rebuilt, with this setting, at the next span
+    its own pool: the tracer then sees the write's cost (for the budget) and its failure (for the count).
+
+    And trace ids come from a private random generator: OpenTelemetry's default draws them from the global `random`,
+    so a process that seeds it (transformers' `set_seed` in every training run does) repeats the trace ids of an
+    earlier run, and a repeated id lands on another request's trace in the store."""
+    wanted = {"MLFLOW_ENABLE_ASYNC_TRACE_LOGGING": "false", "MLFLOW_TRACE_USE_ISOLATED_RANDOM_ID_GENERATOR": "true"}
+    if any(os.environ.get(name, "").lower() != value for name, value in wanted.items()):
+        os.environ.update(wanted)
+        mlflow.tracing.reset()  # the tracer provider is rebuilt, with these settings, at the next span
 
 
 def _context_model_id() -> str | None:

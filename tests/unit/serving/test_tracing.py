@@ -105,6 +105,7 @@ def test_model_uris_and_prediction_ids_parse() -> None:
 def store(tracking_uri: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A temp sqlite store; the tracer's process-wide switch to synchronous export is undone afterwards."""
     monkeypatch.setenv("MLFLOW_ENABLE_ASYNC_TRACE_LOGGING", "true")
+    monkeypatch.setenv("MLFLOW_TRACE_USE_ISOLATED_RANDOM_ID_GENERATOR", "false")
     yield tracking_uri
     mlflow.tracing.reset()
 
@@ -149,6 +150,19 @@ def test_a_request_becomes_one_trace_linked_to_the_model_and_its_registered_vers
     assert span.attributes["newscat.engine"] == "x"
     assert tracer.counts == {"traced": 1}
     assert "news version 1" in lines[0] and "'serving-traces'" in lines[0]
+
+
+def test_trace_ids_do_not_repeat_when_the_process_seeds_random(store: str) -> None:
+    """A process that trains (transformers seeds `random`) and then traces must not reuse an earlier trace's id."""
+    import random
+
+    tracer = _tracer(TraceSettings(cpu_share=100.0))
+    ids = []
+    for _ in range(2):
+        random.seed(42)
+        ids.append(tracer.record(["a b"], PROBABILITIES[:1], np.array([False]), start_ns=time.time_ns()))
+    assert tracer.wait_idle() and tracer.counts == {"traced": 2}
+    assert ids[0] != ids[1]
 
 
 def test_the_cpu_budget_and_sampling_leave_requests_untraced_and_counted(store: str) -> None:
