@@ -13,6 +13,7 @@ Shipped inside every logged model: only mlflow, numpy, pandas and the standard l
 from __future__ import annotations
 
 import atexit
+import contextlib
 import hashlib
 import json
 import logging
@@ -403,6 +404,7 @@ def _run(ref: weakref.ref[Tracer]) -> None:
     """The tracer thread: writes traces until the tracer is dropped, and puts its counts in the log (the first
     line as soon as there is something to count, then at most every LOG_EVERY_S, when they changed)."""
     logged, reported, setup = 0.0, "", None
+    _yield_cpu()
     while True:
         tracer = ref()
         if tracer is None:
@@ -429,6 +431,14 @@ def _run(ref: weakref.ref[Tracer]) -> None:
                 reported = line
                 logged = time.monotonic()
         del tracer, job
+
+
+def _yield_cpu() -> None:
+    """Give the calling thread the lowest CPU priority (Linux keeps one per thread): when the cores are busy with
+    forward passes, the scheduler runs them first and the tracer in what is left. (A thread's CPU time is all the
+    budget counts; its writes still stall a forward pass split over both cores of a small machine.)"""
+    with contextlib.suppress(AttributeError, OSError):  # not Linux, or not allowed: the budget alone bounds it
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
 
 
 def _at_exit(ref: weakref.ref[Tracer]) -> None:

@@ -285,3 +285,13 @@ def test_the_logged_model_answers_ids_only_with_tracing_on_and_its_traces_are_li
     records = trace.data.spans[0].outputs["predictions"]
     assert [(r["tokens"], r["truncated"]) for r in records] == [(8, True), (3, False)]  # [CLS] oil [SEP]
     assert [r["label"] for r in records] == list(on["label"])
+
+
+def test_the_tracer_thread_runs_at_the_lowest_cpu_priority(store: str) -> None:
+    import os
+
+    if not hasattr(os, "setpriority"):
+        pytest.skip("thread priorities are Linux's")
+    tracer = _tracer(TraceSettings())
+    assert os.getpriority(os.PRIO_PROCESS, tracer._thread.native_id) == 19
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) < 19  # the request threads keep theirs
