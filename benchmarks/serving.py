@@ -11,8 +11,8 @@ made here first, as `newscat tune` does at release.
 
     MLFLOW_TRACKING_URI=sqlite:///mlflow.db python benchmarks/serving.py --model-uri models:/newscat@champion
 
-With `--tracing`, only newscat's default path, with request tracing off and on (NEWSCAT_TRACING=on, its default CPU
-budget unless NEWSCAT_TRACE_CPU is exported), at 8 clients x 1 and x 16 news items, the two servers taking turns
+With `--tracing`, only newscat's default path, with request tracing off and on (NEWSCAT_TRACING=on, its defaults
+unless NEWSCAT_TRACE_* variables are exported), at 8 clients x 1 and x 16 news items, the two servers taking turns
 round by round; the traces go to a fresh sqlite store (`--trace-uri` for another), and the traced server's own
 counts (traced, not traced, lost) are read from its log.
 """
@@ -33,6 +33,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import requests
@@ -237,24 +238,28 @@ def measure_tracing(pyfunc_dir: Path, work: Path, corpora: dict[str, list[str]],
     variants = {"tracing_off": {"NEWSCAT_TRACING": "off"}, "tracing_on": {"NEWSCAT_TRACING": "on"}}
     variants["tracing_on"]["MLFLOW_TRACKING_URI"] = trace_uri
     runs: dict[str, dict[str, list[dict]]] = {name: {} for name in variants}
-    counts: list[str] = []
+    traced: list[dict] = []
     for round_ in range(args.rounds):
         for name, env in variants.items():
             log = work / f"{name}-{round_}.log"
+            before = stored_traces(trace_uri)
             process, url = start_server(pyfunc_dir, log, env)
+            requests_sent = 0
             try:
-                load(url, corpora["items"], clients=2, batch=1, seconds=2)  # warm-up
+                requests_sent += load(url, corpora["items"], clients=2, batch=1, seconds=2)["requests"]  # warm-up
                 if name == "tracing_on":
                     wait_traced(url, trace_uri)
                 for corpus, clients, batch in TRACING_LEVELS:
                     result = load(url, corpora[corpus], clients=clients, batch=batch, seconds=args.seconds)
                     runs[name].setdefault(f"{corpus}:clients={clients},batch={batch}", []).append(result)
+                    requests_sent += result["requests"]
             finally:
                 process.terminate()
                 process.wait(timeout=60)
-            if name == "tracing_on":  # the tracer writes its final counts as the server shuts down (within 5 s)
-                time.sleep(6)
-                counts += [line for line in log.read_text().splitlines() if line.startswith("newscat tracing:")][-1:]
+            if name == "tracing_on":  # the writer outlives the server until it wrote what it holds
+                written = settled_traces(trace_uri) - before
+                traced.append({"requests": requests_sent, "traces_written": written})
+                print(json.dumps({"round": round_, **traced[-1]}), file=sys.stderr, flush=True)
     medians = {
         name: {
             level: {
@@ -270,11 +275,44 @@ def measure_tracing(pyfunc_dir: Path, work: Path, corpora: dict[str, list[str]],
     off, on = medians["tracing_off"], medians["tracing_on"]
     return {
         "trace_uri": trace_uri if args.trace_uri else "a fresh sqlite file",
-        "trace_cpu_share": os.environ.get("NEWSCAT_TRACE_CPU", "default"),
+        "trace_settings": {k: v for k, v in os.environ.items() if k.startswith("NEWSCAT_TRACE_")} or "defaults",
         "servers": medians,
         "texts_per_s_on_vs_off": {k: round(on[k]["texts_per_s"] / off[k]["texts_per_s"], 3) for k in off},
-        "tracer_counts_per_round": counts,
+        "traced_per_round": traced,
+        "traced_share": round(sum(t["traces_written"] for t in traced) / max(1, sum(t["requests"] for t in traced)), 3),
     }
+
+
+def stored_traces(uri: str) -> int:
+    """Traces in the store, all experiments."""
+    import mlflow
+
+    client = mlflow.MlflowClient(uri)
+    ids = [e.experiment_id for e in client.search_experiments()]
+    return sum(len(page) for page in _trace_pages(client, ids))
+
+
+def _trace_pages(client: object, ids: list[str]) -> Iterator[list]:
+    token = None
+    while True:
+        page = client.search_traces(locations=ids, max_results=500, page_token=token, include_spans=False)
+        yield page
+        token = page.token
+        if not token:
+            return
+
+
+def settled_traces(uri: str, quiet_s: float = 3.0, limit_s: float = 600.0) -> int:
+    """The store's trace count once it stopped growing for `quiet_s` (the writer has finished)."""
+    deadline, last, since = time.monotonic() + limit_s, -1, time.monotonic()
+    while time.monotonic() < deadline:
+        now = stored_traces(uri)
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            return now
+        time.sleep(0.5)
+    return last
 
 
 def main() -> None:
@@ -285,6 +323,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="repeats of each level (medians reported)")
     parser.add_argument("--tracing", action="store_true", help="measure request tracing off vs on instead")
     parser.add_argument("--trace-uri", help="tracking URI the traced server writes to (default: a fresh sqlite file)")
+    parser.add_argument(
+        "--current-code",
+        action="store_true",
+        help="serve the model's weights with this checkout's serving code instead of the code logged inside it",
+    )
     args = parser.parse_args()
 
     import mlflow
@@ -293,9 +336,15 @@ def main() -> None:
     corpora = {"items": items[:2000], "titles": titles[:2000]}
     work = Path(tempfile.mkdtemp(prefix="newscat-serving-"))
     downloaded = Path(mlflow.artifacts.download_artifacts(args.model_uri, dst_path=str(work / "pyfunc")))
+    if args.current_code:
+        from newscat.serving.artifacts import shipped_code
+
+        shutil.rmtree(downloaded / "code" / "newscat")
+        shipped_code(downloaded / "code")
     pyfunc_dir, gate = serving_copy(downloaded, Path(args.data), work / "release")
     if args.tracing:
         report = {"benchmark": "serving_tracing", **provenance(), "model_uri": args.model_uri}
+        report["serving_code"] = "this checkout's" if args.current_code else "logged with the model"
         report |= {"seconds_per_level": args.seconds, "rounds": args.rounds}
         print(json.dumps(report | measure_tracing(pyfunc_dir, work, corpora, args), indent=2))
         return

@@ -72,6 +72,7 @@ class Scorer:
         with no NEWSCAT_* override, the recorded default path."""
         settings = json.loads((model_dir / SETTINGS_FILE).read_text(encoding="utf-8"))
         verify_files(model_dir, settings)
+        self.model_dir = model_dir
         self.settings = settings
         self.max_length = int(settings["max_length"])
         self.tokens_per_batch = int(settings.get("tokens_per_batch", TOKENS_PER_BATCH))
@@ -167,13 +168,14 @@ def _tracer(scorer: Scorer, engine: str) -> Tracer | None:
     settings = TraceSettings.from_env()
     if settings is None:
         return None
-    encoder, max_chars = scorer.encoder, scorer.max_length * CHARS_PER_TOKEN_CAP
-
-    def token_counts(texts: list[str]) -> tuple[list[int], list[int]]:  # tokens read, unknown ones among them
-        return encoder.counts(texts, max_chars=max_chars)
-
     attributes = {"newscat.engine": engine, "newscat.max_length": str(scorer.max_length)}
-    return Tracer(settings, label_names=scorer.label_names, token_counts=token_counts, attributes=attributes)
+    return Tracer(
+        settings,
+        label_names=scorer.label_names,
+        tokenizer=scorer.model_dir,
+        max_length=scorer.max_length,
+        attributes=attributes,
+    )
 
 
 def class_probabilities(

@@ -1,11 +1,15 @@
-"""Request tracing of the served model: one MLflow trace per request, written off the request path.
+"""Request tracing of the served model: one MLflow trace per request, written by a child process.
 
-Off by default; `NEWSCAT_TRACING=on` (read when the model loads) turns it on. A traced request costs its handler
-one span start, inside pyfunc's `predict` (so MLflow links the trace to the model id an MLmodel file records; where
-it records none, as newscat's do, the tracer links it to the LoggedModel that NEWSCAT_TRACE_MODEL_URI names).
-Everything else (per-text records, token counts, the write to the tracking store) happens on one tracer thread,
-within a CPU budget, so a slow or unreachable tracking store never slows or fails an answer. Requests the tracer
-cannot take (budget spent, queue full, store not reached yet) are answered untraced and counted in the log.
+Off by default; `NEWSCAT_TRACING=on` (read when the model loads) turns it on. A traced request costs its handler a
+random trace id and a put on a queue: the id goes into the answer at once, and everything else (token counts,
+per-text records, the write to the tracking store) happens in the trace writer (`newscat.serving.trace_writer`), a
+child process in Linux's idle scheduling class with its own interpreter. So the writer's Python never holds the
+server's GIL, the scheduler gives it only the CPU the forward passes leave, and a slow or unreachable tracking store
+never slows or fails an answer. What the writer cannot keep up with waits in a bounded backlog; requests beyond it,
+or answered before the store was reached, go untraced and are counted in the log.
+
+Traces are linked to the served LoggedModel (the model id pyfunc's prediction context names where the MLmodel file
+records one, else the one NEWSCAT_TRACE_MODEL_URI resolves to) and tagged with its registered name and version.
 
 Shipped inside every logged model: only mlflow, numpy, pandas and the standard library are imported here.
 """
@@ -16,11 +20,14 @@ import atexit
 import contextlib
 import hashlib
 import json
-import logging
 import math
 import os
+import pickle
 import queue
 import random
+import secrets
+import struct
+import subprocess
 import sys
 import threading
 import time
@@ -28,7 +35,8 @@ import weakref
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 import mlflow
 import numpy as np
@@ -43,9 +51,9 @@ TEXTS_ENV = "NEWSCAT_TRACE_TEXTS"  # on: the texts themselves go into the traces
 # page lists them in its Traces tab (the UI shows a model's traces from its own experiment only).
 EXPERIMENT_ENV = "NEWSCAT_TRACE_EXPERIMENT"
 MODEL_URI_ENV = "NEWSCAT_TRACE_MODEL_URI"  # models:/name/version, models:/name@alias or models:/m-<id>
-CPU_ENV = "NEWSCAT_TRACE_CPU"  # share of one CPU the tracer may spend (default 0.02)
+BACKLOG_ENV = "NEWSCAT_TRACE_BACKLOG"  # requests waiting to be written, at most (default 10000)
 DEFAULT_EXPERIMENT = "newscat-serving"  # where no served model is named (no NEWSCAT_TRACE_MODEL_URI)
-DEFAULT_CPU_SHARE = 0.02
+DEFAULT_BACKLOG = 10_000  # about 1 KB each with digests only: 10 MB of memory while the store lags
 
 SPAN_NAME = "newscat.predict"
 SPAN_TYPE = "CLASSIFIER"
@@ -57,12 +65,10 @@ REGISTERED_MODEL_TAG = "newscat.registered_model"
 REGISTERED_VERSION_TAG = "newscat.registered_version"
 MODEL_ID_METADATA = "mlflow.modelId"  # the trace metadata that search_traces(model_id=...) and the UI read
 
-QUEUE_SIZE = 64  # requests waiting for the tracer thread (or being written); beyond, untraced (counted)
+QUEUE_SIZE = 1024  # requests handed over but not yet in the writer's pipe; beyond, untraced (counted)
 LOG_EVERY_S = 60.0  # the tracer's counts go to the log at most this often, and only when they changed
-RETRY_SETUP_S = 30.0  # how often an unreachable tracking store is tried again for the experiment
-BURST_S = 10.0  # the CPU budget saved up while idle covers at most this many seconds of it
 PROBABILITY_DIGITS = 6  # keeps traces small; 1e-6 is far below any decision made on them
-_EXPORT_LOGGER = "mlflow.tracing.export.mlflow_v3"  # where MLflow reports a trace it could not write
+FRAME = struct.Struct("<I")  # each message to the writer: its length, then a pickle
 
 
 @dataclass(frozen=True)
@@ -73,7 +79,7 @@ class TraceSettings:
     texts: bool = False
     experiment: str | None = None  # None: the served model's experiment (DEFAULT_EXPERIMENT without a model)
     model_uri: str | None = None
-    cpu_share: float = DEFAULT_CPU_SHARE
+    backlog: int = DEFAULT_BACKLOG
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> TraceSettings | None:
@@ -89,7 +95,7 @@ class TraceSettings:
             texts=_switch(env, TEXTS_ENV),
             experiment=env.get(EXPERIMENT_ENV, "").strip() or None,
             model_uri=model_uri,
-            cpu_share=_share(env, CPU_ENV, DEFAULT_CPU_SHARE, upper=None),
+            backlog=_count(env, BACKLOG_ENV, DEFAULT_BACKLOG),
         )
 
 
@@ -102,7 +108,7 @@ def _switch(env: Mapping[str, str], name: str) -> bool:
     raise _invalid(f"{name}={value!r}: set on or off")
 
 
-def _share(env: Mapping[str, str], name: str, default: float, upper: float | None = 1.0) -> float:
+def _share(env: Mapping[str, str], name: str, default: float) -> float:
     raw = env.get(name, "").strip()
     if not raw:
         return default
@@ -110,10 +116,18 @@ def _share(env: Mapping[str, str], name: str, default: float, upper: float | Non
         value = float(raw)
     except ValueError:
         value = math.nan
-    if not (value > 0 and (upper is None or value <= upper) and math.isfinite(value)):
-        bound = f"0 < x <= {upper:g}" if upper is not None else "x > 0"
-        raise _invalid(f"{name}={raw!r}: give a number, {bound}")
+    if not (0 < value <= 1 and math.isfinite(value)):
+        raise _invalid(f"{name}={raw!r}: give a number, 0 < x <= 1")
     return value
+
+
+def _count(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) < 1:
+        raise _invalid(f"{name}={raw!r}: give a whole number of requests, at least 1")
+    return int(raw)
 
 
 def _invalid(message: str) -> MlflowException:
@@ -188,22 +202,25 @@ def text_records(
 
 
 @dataclass(frozen=True)
-class _Job:
-    span: Any  # mlflow LiveSpan, opened on the request path
-    texts: list[str]
-    probabilities: np.ndarray
-    truncated: np.ndarray
-    end_ns: int
-    request_cpu_s: float
+class WriterConfig:
+    """What the trace writer is started with (its first message): the switches, how to read the answers, where to
+    write."""
+
+    settings: TraceSettings
+    label_names: list[str]
+    tokenizer: str  # a folder with the served model's tokenizer.json (token counts are made in the writer)
+    max_length: int
+    attributes: dict[str, str]
+    tracking_uri: str
 
 
 class Tracer:
-    """Turns answered requests into MLflow traces on one thread, within a share of one CPU.
+    """Hands answered requests to the trace writer process and keeps count of what became of them.
 
-    `record` runs on the request path: it decides (sampling, budget, room in the queue), opens the span and hands
-    the rest over. The thread builds the per-text records, ends the span and so writes the trace (MLflow's own
-    async export is turned off in this process, so the write's cost and failure are the tracer's to see and
-    count). Dropping the tracer ends its thread.
+    `record` runs on the request path: it decides (sampling, store reached, room in the queue), draws the trace id
+    and queues the request. A feeder thread writes the queue into the writer's pipe (blocking there, outside the
+    GIL, while the writer lags); a listener thread reads what the writer says: ready, log lines, its counts.
+    Dropping the tracer, or the server's exit, closes the pipe: the writer writes what it holds, then exits.
     """
 
     def __init__(
@@ -211,32 +228,50 @@ class Tracer:
         settings: TraceSettings,
         *,
         label_names: Sequence[str],
-        token_counts: Callable[[list[str]], tuple[list[int], list[int]]],  # tokens read, unknown ones
+        tokenizer: Path,
+        max_length: int,
         attributes: Mapping[str, str] | None = None,
         log: Callable[[str], None] | None = None,
     ) -> None:
         self.settings = settings
         self.label_names = list(label_names)
-        self._token_counts = token_counts
-        self._attributes = dict(attributes or {})
         self._log = log or _stderr
-        self._queue: queue.Queue[_Job] = queue.Queue()
-        self._slots = threading.BoundedSemaphore(QUEUE_SIZE)  # taken before a span opens, so a put never fails
+        self._queue: queue.Queue[tuple] = queue.Queue(QUEUE_SIZE)
         self._lock = threading.Lock()
-        self._credit = settings.cpu_share * BURST_S  # CPU seconds the tracer may spend now
-        self._refilled = time.monotonic()
         self._random = random.Random()
-        self.counts: Counter[str] = Counter()
+        self._here: Counter[str] = Counter()  # decided on the request path
+        self._written: dict[str, int] = {}  # the writer's counts: traced, or lost there
+        self._accepted = 0
+        self._stopped = False
         self.last_error = ""
-        self.experiment_id: str | None = None  # set by the thread once the store answered
-        self._tags: dict[str, str] = {CLASSES_TAG: json.dumps(self.label_names)}
-        self._model_metadata: dict[str, str] | None = None  # the served LoggedModel, where MLflow cannot tell
-        _synchronous_export()
-        self._thread = threading.Thread(target=_run, args=(weakref.ref(self),), name="newscat-tracer", daemon=True)
-        self._thread.start()
-        atexit.register(_at_exit, weakref.ref(self))
+        self.experiment_id: str | None = None  # set once the writer reached the store
+        config = WriterConfig(
+            settings, self.label_names, str(tokenizer), max_length, dict(attributes or {}), mlflow.get_tracking_uri()
+        )
+        self._process = _start_writer(config)
+        stop = threading.Event()
+        ref = weakref.ref(self)
+        self._feeder = threading.Thread(
+            target=_feed, args=(ref, self._queue, stop, self._process.stdin), name="newscat-tracer-feed", daemon=True
+        )
+        self._feeder.start()
+        threading.Thread(
+            target=_listen, args=(ref, self._process.stdout), name="newscat-tracer-listen", daemon=True
+        ).start()
+        weakref.finalize(self, stop.set)
+        atexit.register(_at_exit, ref)
 
-    # -- the request path: cheap decisions, one span start, a put -----------------------------------------------
+    @property
+    def writer_pid(self) -> int:
+        return self._process.pid
+
+    @property
+    def counts(self) -> Counter[str]:
+        """What became of each request since the start: traced, or why not."""
+        with self._lock:
+            return self._here + Counter(self._written)
+
+    # -- the request path: cheap decisions, a random id, a put -------------------------------------------------
     def record(
         self, texts: list[str], probabilities: np.ndarray, truncated: np.ndarray, *, start_ns: int
     ) -> list[str] | None:
@@ -253,121 +288,144 @@ class Tracer:
         if self.settings.sampling < 1.0 and self._random.random() >= self.settings.sampling:
             self._count("not sampled")
             return None
+        if self._stopped:
+            self._count("lost: the trace writer stopped (see the log)")
+            return None
         if self.experiment_id is None:
             self._count("lost: tracking store not reached yet")
             return None
-        if not self._take_credit():
-            self._count("not traced: CPU budget spent")
-            return None
-        if not self._slots.acquire(blocking=False):
+        trace_id = "tr-" + secrets.token_hex(16)  # the OS's randomness: a seeded `random` cannot repeat it
+        job = (trace_id, start_ns, time.time_ns(), list(texts), probabilities, truncated, _context_model_id())
+        with self._lock:
+            self._accepted += 1
+        try:
+            self._queue.put_nowait(job)
+        except queue.Full:
+            with self._lock:
+                self._accepted -= 1
             self._count("lost: queue full (tracking store slow or down)")
             return None
-        try:
-            began = time.thread_time()
-            span = mlflow.start_span_no_context(
-                SPAN_NAME,
-                span_type=SPAN_TYPE,
-                inputs={"rows": len(texts)},
-                attributes=self._attributes,
-                tags={**self._tags, ROWS_TAG: str(len(texts))},
-                metadata=self._model_metadata if not _context_model_id() else None,
-                experiment_id=self.experiment_id,
-                start_time_ns=start_ns,
-            )
-        except BaseException:
-            self._slots.release()
-            raise
-        trace_id = getattr(span, "trace_id", None)
-        if not trace_id or not trace_id.startswith("tr-"):  # a no-op span: MLflow's own sampling or tracing off
-            self._slots.release()
-            self._count("not traced: MLflow tracing disabled or sampled out")
-            return None
-        self._queue.put(_Job(span, texts, probabilities, truncated, time.time_ns(), time.thread_time() - began))
         return prediction_ids(trace_id, len(texts))
-
-    def _take_credit(self) -> bool:
-        with self._lock:
-            now = time.monotonic()
-            cap = self.settings.cpu_share * BURST_S
-            self._credit = min(cap, self._credit + (now - self._refilled) * self.settings.cpu_share)
-            self._refilled = now
-            return self._credit > 0
-
-    def _spend(self, cpu_s: float) -> None:
-        with self._lock:
-            self._credit -= cpu_s
 
     def _count(self, what: str, error: str = "") -> None:
         with self._lock:
-            self.counts[what] += 1
+            self._here[what] += 1
             if error:
                 self.last_error = error
 
-    # -- the tracer thread --------------------------------------------------------------------------------------
-    def setup(self) -> bool:
-        """Find or create the experiment and resolve the served model; False while the store is unreachable."""
-        client = mlflow.MlflowClient()
-        try:
-            served = _served_model(client, self.settings.model_uri) if self.settings.model_uri else {}
-            model_id = served.pop(MODEL_ID_METADATA, None)
-            experiment_id = _trace_experiment(client, self.settings.experiment, model_id)
-            experiment = client.get_experiment(experiment_id).name
-        except Exception as exc:
-            self.last_error = f"{type(exc).__name__}: {exc}"
-            return False
-        self._tags = {**self._tags, **served}
-        if model_id and not os.environ.get("MLFLOW_ACTIVE_MODEL_ID"):  # an operator's active model wins, as in MLflow
-            self._model_metadata = {MODEL_ID_METADATA: model_id}
-        self.experiment_id = experiment_id  # last: `record` starts tracing when this is set
-        model = f", model {model_id}" if model_id else ""
-        if REGISTERED_MODEL_TAG in served:
-            model += f" ({served[REGISTERED_MODEL_TAG]} version {served[REGISTERED_VERSION_TAG]})"
-        self._log(
-            f"newscat tracing on: experiment {experiment!r} (id {experiment_id}){model}, sampling "
-            f"{self.settings.sampling:g}, texts {'kept' if self.settings.texts else 'not kept (SHA-256 only)'}, "
-            f"CPU budget {self.settings.cpu_share:g} of one CPU"
-        )
-        return True
-
-    def write(self, job: _Job) -> None:
-        """Build the per-text records, end the span and so write the trace; its CPU time comes off the budget."""
-        began = time.thread_time()
-        with _ExportFailures() as failures:
-            try:
-                tokens, unknown = self._token_counts(job.texts)
-                records = text_records(
-                    job.texts,
-                    job.probabilities,
-                    job.truncated,
-                    tokens,
-                    self.label_names,
-                    unknown=unknown,
-                    keep_texts=self.settings.texts,
-                )
-                job.span.end(outputs={"predictions": records}, end_time_ns=job.end_ns)
-            except Exception as exc:
-                failures.errors.append(f"{type(exc).__name__}: {exc}")
-        self._spend(job.request_cpu_s + time.thread_time() - began)
-        if failures.errors:
-            self._count("lost: the tracking store refused or did not answer", failures.errors[-1])
-        else:
-            self._count("traced")
+    # -- what the writer says ----------------------------------------------------------------------------------
+    def _message(self, message: dict[str, Any]) -> None:
+        if "counts" in message:
+            with self._lock:
+                self._written = dict(message["counts"])
+                self.last_error = message.get("error") or self.last_error
+        if "ready" in message:
+            self.experiment_id = message["ready"]  # `record` starts tracing when this is set
+        if "log" in message:
+            self._log(message["log"])
 
     def wait_idle(self, timeout: float = 30.0) -> bool:
         """Whether every accepted request was written (or lost) within `timeout` seconds (tests, shutdown)."""
         deadline = time.monotonic() + timeout
-        while self._queue.unfinished_tasks and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
+            with self._lock:
+                if sum(self._written.values()) >= self._accepted:
+                    return True
             time.sleep(0.02)
-        return not self._queue.unfinished_tasks
+        return False
 
     def report(self) -> str:
         """One line of counts since the start (lost traces first)."""
-        with self._lock:
-            counts = dict(self.counts)
+        counts = dict(self.counts)
         lost = sum(n for what, n in counts.items() if what.startswith("lost"))
         parts = [f"{n} {what}" for what, n in sorted(counts.items())]
         error = f"; last error: {self.last_error}" if lost and self.last_error else ""
         return f"newscat tracing: {lost} lost traces; requests since start: {', '.join(parts) or 'none'}{error}"
+
+
+def _start_writer(config: WriterConfig) -> subprocess.Popen:
+    """The writer process, in this interpreter's environment and import path, with this very copy of newscat first
+    (the one a logged model ships, whatever else is installed)."""
+    paths = [str(Path(__file__).resolve().parents[2]), *(path for path in sys.path if path)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+    process = subprocess.Popen(
+        [sys.executable, "-c", "from newscat.serving.trace_writer import main; main()"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=env,
+    )
+    send(process.stdin, config)
+    return process
+
+
+def send(stream: IO[bytes], message: object) -> None:
+    """One message to the writer: its length, then its pickle."""
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(FRAME.pack(len(data)) + data)
+    stream.flush()
+
+
+def receive(stream: IO[bytes]) -> Any:
+    """The next message `send` wrote, or None at the end of the stream."""
+    head = stream.read(FRAME.size)
+    if len(head) < FRAME.size:
+        return None
+    data = stream.read(FRAME.unpack(head)[0])
+    return pickle.loads(data)  # our own parent process wrote it
+
+
+def _feed(ref: weakref.ref[Tracer], jobs: queue.Queue[tuple], stop: threading.Event, pipe: IO[bytes]) -> None:
+    """The feeder thread: queued requests into the writer's pipe until the tracer is dropped; and the counts into
+    the log (the first line as soon as there is something to count, then at most every LOG_EVERY_S, when they
+    changed)."""
+    logged, reported = 0.0, ""
+    while not stop.is_set() or not jobs.empty():
+        try:
+            job = jobs.get(timeout=1.0)
+        except queue.Empty:
+            job = None
+        if job is not None:
+            try:
+                send(pipe, job)
+            except (OSError, ValueError) as exc:  # the writer is gone: what it was handed is lost
+                tracer = ref()
+                if tracer is not None:
+                    tracer._stopped = True
+                    tracer._count("lost: the trace writer stopped (see the log)", f"{type(exc).__name__}: {exc}")
+                    with tracer._lock:
+                        tracer._accepted -= 1
+                del tracer
+        tracer = ref()
+        if tracer is not None and time.monotonic() - logged >= LOG_EVERY_S and tracer.counts:
+            line = tracer.report()
+            if line != reported:
+                tracer._log(line)
+                reported, logged = line, time.monotonic()
+        del tracer
+    with contextlib.suppress(OSError, ValueError):
+        pipe.close()  # the writer writes what it holds, then exits
+
+
+def _listen(ref: weakref.ref[Tracer], pipe: IO[bytes]) -> None:
+    """The listener thread: the writer's messages, one JSON line each, until it exits."""
+    for line in pipe:
+        tracer = ref()
+        if tracer is None:
+            return
+        with contextlib.suppress(ValueError):
+            tracer._message(json.loads(line))
+        del tracer
+    tracer = ref()
+    if tracer is not None:
+        tracer._stopped = True
+
+
+def _at_exit(ref: weakref.ref[Tracer]) -> None:
+    """At the server's shutdown: a few seconds for the writer to write what is queued, then the final counts."""
+    tracer = ref()
+    if tracer is not None and tracer.counts:
+        tracer.wait_idle(timeout=5.0)
+        tracer._log(tracer.report())
 
 
 def _trace_experiment(client: mlflow.MlflowClient, name: str | None, model_id: str | None) -> str:
@@ -398,98 +456,6 @@ def _served_model(client: mlflow.MlflowClient, model_uri: str) -> dict[str, str]
     model_id = found.model_id or (found.source[len("models:/") :] if found.source.startswith("models:/m-") else "")
     served = {REGISTERED_MODEL_TAG: name, REGISTERED_VERSION_TAG: str(found.version)}
     return {**served, MODEL_ID_METADATA: model_id} if model_id else served
-
-
-def _run(ref: weakref.ref[Tracer]) -> None:
-    """The tracer thread: writes traces until the tracer is dropped, and puts its counts in the log (the first
-    line as soon as there is something to count, then at most every LOG_EVERY_S, when they changed)."""
-    logged, reported, setup = 0.0, "", None
-    _yield_cpu()
-    while True:
-        tracer = ref()
-        if tracer is None:
-            return
-        if tracer.experiment_id is None and (setup is None or not setup.is_alive()):
-            # Its own thread: an unreachable store may hold it for MLflow's HTTP retries (minutes by default),
-            # and the counts must still reach the log meanwhile.
-            setup = threading.Thread(target=_setup, args=(tracer,), name="newscat-tracer-setup", daemon=True)
-            setup.start()
-        try:
-            job = tracer._queue.get(timeout=1.0)
-        except queue.Empty:
-            job = None
-        if job is not None:
-            try:
-                tracer.write(job)
-            finally:
-                tracer._slots.release()
-                tracer._queue.task_done()
-        if time.monotonic() - logged >= LOG_EVERY_S and tracer.counts:
-            line = tracer.report()
-            if line != reported:
-                tracer._log(line)
-                reported = line
-                logged = time.monotonic()
-        del tracer, job
-
-
-def _yield_cpu() -> None:
-    """Give the calling thread the lowest CPU priority (Linux keeps one per thread): when the cores are busy with
-    forward passes, the scheduler runs them first and the tracer in what is left. (A thread's CPU time is all the
-    budget counts; its writes still stall a forward pass split over both cores of a small machine.)"""
-    with contextlib.suppress(AttributeError, OSError):  # not Linux, or not allowed: the budget alone bounds it
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-
-
-def _at_exit(ref: weakref.ref[Tracer]) -> None:
-    """At the server's shutdown: a few seconds to write what is queued, then the final counts."""
-    tracer = ref()
-    if tracer is not None and tracer.counts:
-        tracer.wait_idle(timeout=5.0)
-        tracer._log(tracer.report())
-
-
-def _setup(tracer: Tracer) -> None:
-    """Find the experiment and the registered version; on failure, say so and wait before the next try."""
-    if not tracer.setup():
-        tracer._log(
-            f"newscat tracing: the tracking store did not answer ({tracer.last_error}); requests are answered "
-            f"untraced, retrying in {RETRY_SETUP_S:.0f} s"
-        )
-        time.sleep(RETRY_SETUP_S)
-
-
-class _ExportFailures(logging.Filter):
-    """Collects what MLflow's exporter reports (and would only log) while this thread writes a trace: with
-    synchronous export, a warning there means the trace was not written."""
-
-    def __enter__(self) -> _ExportFailures:
-        self.errors: list[str] = []
-        self._thread = threading.get_ident()
-        logging.getLogger(_EXPORT_LOGGER).addFilter(self)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        logging.getLogger(_EXPORT_LOGGER).removeFilter(self)
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.thread != self._thread or record.levelno < logging.WARNING:
-            return True
-        self.errors.append(record.getMessage())
-        return False  # counted and shown in the tracer's own summary line instead
-
-
-def _synchronous_export() -> None:
-    """MLflow writes a trace when its span ends, on the thread that ends it (here, the tracer's), instead of on
-    its own pool: the tracer then sees the write's cost (for the budget) and its failure (for the count).
-
-    And trace ids come from a private random generator: OpenTelemetry's default draws them from the global `random`,
-    so a process that seeds it (transformers' `set_seed` in every training run does) repeats the trace ids of an
-    earlier run, and a repeated id lands on another request's trace in the store."""
-    wanted = {"MLFLOW_ENABLE_ASYNC_TRACE_LOGGING": "false", "MLFLOW_TRACE_USE_ISOLATED_RANDOM_ID_GENERATOR": "true"}
-    if any(os.environ.get(name, "").lower() != value for name, value in wanted.items()):
-        os.environ.update(wanted)
-        mlflow.tracing.reset()  # the tracer provider is rebuilt, with these settings, at the next span
 
 
 def _context_model_id() -> str | None:

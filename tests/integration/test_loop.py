@@ -66,7 +66,6 @@ class Loop:
             "NEWSCAT_TRACING": "on",
             "NEWSCAT_TRACE_TEXTS": "on",  # retrain learns from the texts
             "NEWSCAT_TRACE_MODEL_URI": f"models:/{MODEL}@champion",
-            "NEWSCAT_TRACE_CPU": "100",  # every request traced: the test counts them
         }
         return serve_model(f"models:/{MODEL}@champion", self.env(**tracing), self.project.root / log)
 

@@ -30,7 +30,7 @@ HEADLINES = [
     "Shares of Intel rise after quarterly earnings",
     "Researchers unveil faster quantum chip",
 ]
-TRACING = {"NEWSCAT_TRACING": "on", "NEWSCAT_TRACE_EXPERIMENT": EXPERIMENT, "NEWSCAT_TRACE_CPU": "1"}
+TRACING = {"NEWSCAT_TRACING": "on", "NEWSCAT_TRACE_EXPERIMENT": EXPERIMENT}
 
 
 def _post(url: str, texts: list[str], timeout: float = 60) -> requests.Response:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -15,27 +14,21 @@ from click.testing import CliRunner
 
 from newscat.cli import main
 from newscat.monitoring.feedback import FeedbackFileError, attach_feedback, read_feedback
-from newscat.serving.tracing import Tracer, TraceSettings, parse_prediction_id
+from newscat.serving.tracing import TraceSettings, parse_prediction_id
+from tests.unit.monitoring.traffic import start_tracer
 
 LABELS = ["World", "Sports", "Business", "Sci/Tech"]
 
 
 @pytest.fixture
-def served(tracking_uri: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+def served(tracking_uri: str) -> list[str]:
     """Prediction ids of two traced requests (two texts, then one), as the served model answers them."""
-    monkeypatch.setenv("MLFLOW_ENABLE_ASYNC_TRACE_LOGGING", "true")  # the tracer's process-wide switch, undone
-    tracer = Tracer(
-        TraceSettings(), label_names=LABELS, token_counts=lambda t: ([3] * len(t), [0] * len(t)), log=lambda line: None
-    )
-    deadline = time.monotonic() + 30
-    while tracer.experiment_id is None and time.monotonic() < deadline:
-        time.sleep(0.02)
+    tracer = start_tracer(TraceSettings())
     probabilities = np.array([[0.1, 0.7, 0.1, 0.1], [0.7, 0.1, 0.1, 0.1]])
     ids = tracer.record(["a", "b"], probabilities, np.array([False, False]), start_ns=time.time_ns())
     ids += tracer.record(["c"], probabilities[:1], np.array([False]), start_ns=time.time_ns())
     assert tracer.wait_idle() and tracer.counts == {"traced": 2}
-    yield ids
-    mlflow.tracing.reset()
+    return ids
 
 
 def _expectations(prediction_id: str) -> dict[str, tuple[str, str, str]]:
@@ -50,6 +43,7 @@ def _expectations(prediction_id: str) -> dict[str, tuple[str, str, str]]:
 def test_one_refused_row_and_nothing_is_written_each_refusal_named(served: list[str]) -> None:
     other = mlflow.start_span_no_context("not-newscat")  # a trace of something else in the same store
     other.end()
+    mlflow.flush_trace_async_logging()  # MLflow writes its own traces on a background thread
     rows = [
         {"id": served[0], "label": "Sports"},  # fine on its own
         {"id": "tr-00000000000000000000000000000000:0", "label": "Sports"},

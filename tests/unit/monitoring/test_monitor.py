@@ -6,8 +6,6 @@ the live-accuracy floor. The run it logs is linked to the served LoggedModel and
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from dataclasses import replace
 
 import mlflow
 import numpy as np
@@ -21,22 +19,14 @@ from newscat.monitoring.monitor import MonitorError, live_accuracy, monitor, wil
 from newscat.monitoring.reference import FEATURES
 from newscat.serving.tracing import Tracer, TraceSettings
 from newscat.tracking.models import REFERENCE_TAG
-from tests.unit.monitoring.traffic import EXPERIMENT, LABELS, NAME, serve, traffic
+from tests.unit.monitoring.traffic import EXPERIMENT, LABELS, NAME, serve, start_tracer, traffic
 
 CFG = MonitorConfig(experiment=EXPERIMENT, since="1h", min_texts=100, min_labelled=30)
 
 
 @pytest.fixture
-def tracer(champion: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Tracer]:
-    monkeypatch.setenv("MLFLOW_ENABLE_ASYNC_TRACE_LOGGING", "true")  # the tracer's process-wide switch, undone
-    settings = TraceSettings(experiment=EXPERIMENT, model_uri=f"models:/{NAME}@champion", cpu_share=100.0)
-    counts = lambda texts: ([len(t.split()) + 2 for t in texts], [0] * len(texts))  # noqa: E731
-    tracer = Tracer(settings, label_names=LABELS, token_counts=counts, log=lambda line: None)
-    deadline = time.monotonic() + 30
-    while tracer.experiment_id is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    yield tracer
-    mlflow.tracing.reset()
+def tracer(champion: str) -> Tracer:
+    return start_tracer(TraceSettings(experiment=EXPERIMENT, model_uri=f"models:/{NAME}@champion"))
 
 
 def test_traffic_like_the_reference_is_healthy_and_logged_on_the_served_model(tracer: Tracer, champion: str) -> None:
@@ -146,15 +136,10 @@ def test_by_default_the_traces_go_to_the_served_models_own_experiment(
 ) -> None:
     """Where the MLflow UI lists a LoggedModel's traces (its Traces tab reads the model's own experiment only), and
     where monitor and prune-traces look unless told otherwise."""
-    monkeypatch.setenv("MLFLOW_ENABLE_ASYNC_TRACE_LOGGING", "true")
     settings = TraceSettings.from_env({"NEWSCAT_TRACING": "on", "NEWSCAT_TRACE_MODEL_URI": f"models:/{NAME}@champion"})
     assert settings.experiment is None
     lines: list[str] = []
-    counts = lambda texts: ([len(t.split()) + 2 for t in texts], [0] * len(texts))  # noqa: E731
-    tracer = Tracer(replace(settings, cpu_share=100.0), label_names=LABELS, token_counts=counts, log=lines.append)
-    deadline = time.monotonic() + 30
-    while tracer.experiment_id is None and time.monotonic() < deadline:
-        time.sleep(0.02)
+    tracer = start_tracer(settings, lines.append)
     own = mlflow.get_logged_model(champion).experiment_id
     assert tracer.experiment_id == own and f"(id {own}), model {champion}" in lines[0]
     texts, probabilities = traffic(np.random.default_rng(6), 120, [0.25] * 4, 30)
@@ -166,4 +151,3 @@ def test_by_default_the_traces_go_to_the_served_models_own_experiment(
     assert result.exit_code == 0 and result.output.strip() == f"deleted 0 traces of experiment '{name}' older than 1d"
     refused = CliRunner().invoke(main, ["prune-traces", "--older-than", "1d"])
     assert refused.exit_code != 0 and "name the model (NAME@ALIAS) whose experiment holds the traces" in refused.output
-    mlflow.tracing.reset()

