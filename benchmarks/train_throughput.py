@@ -106,6 +106,14 @@ def main() -> None:
     defaults = TrainConfig()
     newscat_configs = {
         "newscat_fp32": replace(defaults, precision="fp32", freeze_embeddings=False),
+        # The levers, each added to the one above it, in fp32 (what CPUs without native bf16 run):
+        "newscat_fp32_frozen_embeddings": replace(defaults, precision="fp32", freeze_embeddings=True),
+        **{
+            f"newscat_fp32_frozen_layers{k}": replace(
+                defaults, precision="fp32", freeze_embeddings=True, frozen_layers=k
+            )
+            for k in (2, 3, 4)
+        },
         "newscat_bf16": replace(defaults, precision="bf16", freeze_embeddings=False),
         "newscat_bf16_frozen": replace(defaults, precision="bf16", freeze_embeddings=True),
         "newscat": defaults,
@@ -140,6 +148,7 @@ def main() -> None:
             "precision": defaults.precision,
             "bf16": use_bf16(defaults.precision),
             "freeze_embeddings": defaults.freeze_embeddings,
+            "frozen_layers": defaults.frozen_layers,
             **NEWSCAT_PARAMS.__dict__,
         },
         "variants": results,

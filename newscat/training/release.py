@@ -75,6 +75,7 @@ CARD_PARAMS = (
     "weight_decay",
     "precision",
     "freeze_embeddings",
+    "frozen_layers",
 )
 
 

@@ -93,4 +93,5 @@ def model_params(inputs: StudyInputs, params: TrialParams, *, number: int, rows:
         "seed": cfg.seed + number,
         "precision": cfg.train.precision,
         "freeze_embeddings": cfg.train.freeze_embeddings,
+        "frozen_layers": cfg.train.frozen_layers,
     }

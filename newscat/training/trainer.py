@@ -228,6 +228,7 @@ def train_classifier(
     tail = TailAverage()
     if cfg.freeze_embeddings:  # the word-embedding matrix is half of a small BERT; its Adam update is costly
         model.get_input_embeddings().weight.requires_grad_(False)
+    freeze_lower_layers(model, cfg.frozen_layers)
     trainer = Trainer(
         model=model,
         args=args,
@@ -242,6 +243,29 @@ def train_classifier(
     result = _result(trainer, stopped_at_deadline=checkpoints.stopped_at_deadline)
     averaged = tail.averaged()
     return _with_average(trainer, result, averaged, output_dir) if averaged is not None else result
+
+
+def freeze_lower_layers(model: PreTrainedModel, count: int) -> None:
+    """Keep the embeddings and the bottom `count` encoder layers at their pretrained weights: nothing below layer
+    `count` needs a gradient, so backpropagation stops there (its cost and the optimizer's state for those weights
+    are saved)."""
+    if count == 0:
+        return
+    layers = _encoder_layers(model)
+    if count >= len(layers):
+        raise ValueError(f"frozen_layers={count}: the encoder has {len(layers)} layers; keep at least one training")
+    model.base_model.embeddings.requires_grad_(False)
+    for layer in layers[:count]:
+        layer.requires_grad_(False)
+
+
+def _encoder_layers(model: PreTrainedModel) -> Any:
+    """The encoder's layer list of a BERT-family model (BERT, RoBERTa, ELECTRA, MiniLM: `encoder.layer`)."""
+    encoder = getattr(model.base_model, "encoder", None)
+    layers = getattr(encoder, "layer", None)
+    if layers is None:
+        raise ValueError(f"frozen_layers needs a BERT-family encoder (encoder.layer); {type(model).__name__} has none")
+    return layers
 
 
 def _with_average(trainer: Any, result: TrainResult, averaged: dict[str, Any], output_dir: Path) -> TrainResult:

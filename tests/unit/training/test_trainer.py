@@ -19,6 +19,7 @@ from newscat.training.trainer import (
     TrialParams,
     describe_failure,
     eval_every,
+    freeze_lower_layers,
     train_classifier,
 )
 
@@ -50,6 +51,31 @@ def test_evaluates_several_times_per_epoch(tiny, tmp_path: Path) -> None:
     assert result.best_checkpoint is not None and (result.best_checkpoint / "model.safetensors").is_file()
     assert result.epochs_run == 2.0 and not result.stopped_at_deadline
     assert result.samples_per_second is not None and result.samples_per_second > 0
+
+
+def test_frozen_layers_keep_their_pretrained_weights_and_the_layers_above_train(tiny, tmp_path: Path) -> None:
+    import torch
+
+    tokenizer, tokenized, base = tiny
+    model = base.fresh(0)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    cfg = TrainConfig(evals_per_epoch=1, precision="fp32", frozen_layers=4)
+    train_classifier(model, tokenizer, tokenized, PARAMS, cfg, output_dir=tmp_path, seed=0, evaluate=False)
+    changed = {name for name, p in model.named_parameters() if not torch.equal(p.detach(), before[name])}
+    assert not any(
+        n.startswith("bert.embeddings.") or n.startswith(f"bert.encoder.layer.{i}.") for n in changed for i in range(4)
+    )
+    assert any(n.startswith("bert.encoder.layer.4.") for n in changed) and any(
+        n.startswith("bert.encoder.layer.5.") for n in changed
+    )
+    assert "classifier.weight" in changed
+
+
+def test_frozen_layers_must_leave_one_layer_training(tiny) -> None:
+    with pytest.raises(ValueError, match="frozen_layers=6: the encoder has 6 layers; keep at least one training"):
+        freeze_lower_layers(tiny[2].fresh(0), 6)
+    with pytest.raises(ConfigError, match="frozen_layers must be >= 0"):
+        TrainConfig(frozen_layers=-1)
 
 
 def test_the_tail_average_is_scored_and_kept_only_when_validation_prefers_it(tiny, tmp_path: Path) -> None:
