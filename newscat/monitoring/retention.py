@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import time
 
-from mlflow.tracking import MlflowClient
-
 from newscat.config import ConfigError, window_seconds
 from newscat.monitoring.monitor import resolve_version
 from newscat.registry.versions import version_model_id
-from newscat.tracking.live import delete_traces_before, experiment_id_of
+from newscat.tracking.live import delete_traces_before, experiment_id_of, experiment_name, traces_experiment_id
 
 
 def prune_traces(older_than: str, *, target: str = "", experiment: str = "") -> tuple[int, str]:
@@ -27,6 +25,6 @@ def prune_traces(older_than: str, *, target: str = "", experiment: str = "") -> 
         model_id = version_model_id(resolve_version(target))
         if not model_id:
             raise ConfigError(f"{target} is not linked to a LoggedModel: name the traces' --experiment")
-        experiment_id = MlflowClient().get_logged_model(model_id).experiment_id
-        experiment = MlflowClient().get_experiment(experiment_id).name
+        experiment_id = traces_experiment_id("", model_id)
+        experiment = experiment_name(experiment_id)
     return delete_traces_before(experiment_id, cutoff_ms), experiment

@@ -53,6 +53,10 @@ def experiment_id_of(name: str) -> str | None:
     return experiment.experiment_id if experiment is not None else None
 
 
+def experiment_name(experiment_id: str) -> str:
+    return MlflowClient().get_experiment(experiment_id).name
+
+
 def traces_experiment_id(name: str, model_id: str) -> str | None:
     """The experiment holding the model's traces: the one named, else the LoggedModel's own (the server's default)."""
     return experiment_id_of(name) if name else MlflowClient().get_logged_model(model_id).experiment_id
