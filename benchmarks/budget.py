@@ -13,6 +13,7 @@ length-sorted fp32 batches. Its wall time covers tokenizing, training and scorin
 Both run in this process, one after the other. Prints JSON.
 
     python benchmarks/budget.py --data ../shared/data/ag_news --jobs default,budget,seed --budget 1800
+    python benchmarks/budget.py --data ../shared/data/ag_news --jobs default --precision fp32   # as without bf16
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from newscat.data.tokenize import load_tokenizer, tokenize_rows
 from newscat.training.model import load_base_classifier, resolve_model_path
 
 
-def run_newscat(data: str, budget: float | None, work: Path) -> dict:
+def run_newscat(data: str, budget: float | None, work: Path, precision: str | None = None) -> dict:
     """`newscat tune` (with `--timeout budget` unless None: the defaults) into a fresh tracking store under `work`;
     returns wall seconds and test metrics."""
     import mlflow
@@ -48,6 +49,8 @@ def run_newscat(data: str, budget: float | None, work: Path) -> dict:
         "train": {"work_dir": str(work / "work")},
         "tune": {"storage": f"sqlite:///{work}/optuna.db"},
     }
+    if precision is not None:  # fp32: what a CPU without native bf16 runs, on any CPU
+        values["train"]["precision"] = precision
     if budget is not None:
         values["train"] |= {"max_epochs": 3, "refit_samples": 0}
         values["tune"] |= {"n_trials": 50, "timeout": budget}
@@ -134,6 +137,9 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=1800.0, help="the budget job's wall-clock budget in seconds")
     parser.add_argument("--jobs", default=",".join(JOBS), help=f"comma-separated, run in this order: {', '.join(JOBS)}")
     parser.add_argument("--store", help="keep newscat's tracking stores and studies here (default: a temp dir)")
+    parser.add_argument(
+        "--precision", choices=("auto", "fp32", "bf16"), help="newscat's train.precision (default: its config default)"
+    )
     args = parser.parse_args()
     jobs = [j.strip() for j in args.jobs.split(",") if j.strip()]
     unknown = set(jobs) - set(JOBS)
@@ -145,6 +151,7 @@ def main() -> None:
         **provenance(),
         "machine": f"{cpu_name()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
         "budget_s": args.budget,
+        "precision": args.precision or "the config default",
     }
     with tempfile.TemporaryDirectory(prefix="newscat-budget-") as tmp:
         store = Path(args.store) if args.store else Path(tmp)
@@ -152,7 +159,8 @@ def main() -> None:
             if job == "seed":
                 result["seed_recipe"] = run_seed_recipe(args.data, Path(tmp))
             else:
-                result[f"newscat_{job}"] = run_newscat(args.data, args.budget if job == "budget" else None, store / job)
+                budget = args.budget if job == "budget" else None
+                result[f"newscat_{job}"] = run_newscat(args.data, budget, store / job, args.precision)
             print(json.dumps({job: result.get(f"newscat_{job}", result.get("seed_recipe"))}), flush=True)
     seed = result.get("seed_recipe")
     for job in ("default", "budget"):
