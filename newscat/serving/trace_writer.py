@@ -26,6 +26,7 @@ from typing import IO, Any
 
 import mlflow
 from mlflow.entities import Span, TraceInfo, TraceLocation, TraceState
+from mlflow.exceptions import MlflowException
 from mlflow.tracing.client import TracingClient
 from mlflow.tracing.constant import (
     TRACE_SCHEMA_VERSION,
@@ -39,6 +40,7 @@ from newscat.serving.inputs import CHARS_PER_TOKEN_CAP
 from newscat.serving.tokens import TokenEncoder
 from newscat.serving.tracing import (
     CLASSES_TAG,
+    DEFAULT_EXPERIMENT,
     MODEL_ID_METADATA,
     REGISTERED_MODEL_TAG,
     REGISTERED_VERSION_TAG,
@@ -46,9 +48,8 @@ from newscat.serving.tracing import (
     SPAN_NAME,
     SPAN_TYPE,
     WriterConfig,
-    _served_model,
-    _trace_experiment,
     receive,
+    registered_model,
     text_records,
 )
 
@@ -128,9 +129,9 @@ class Writer:
         client = mlflow.MlflowClient(self.config.tracking_uri)
         try:
             self._client = TracingClient(self.config.tracking_uri)
-            served = _served_model(client, settings.model_uri) if settings.model_uri else {}
+            served = served_model(client, settings.model_uri) if settings.model_uri else {}
             model_id = served.pop(MODEL_ID_METADATA, None)
-            experiment_id = _trace_experiment(client, settings.experiment, model_id)
+            experiment_id = trace_experiment(client, settings.experiment, model_id)
             experiment = client.get_experiment(experiment_id).name
         except Exception as exc:
             self.error = f"{type(exc).__name__}: {exc}"
@@ -265,6 +266,37 @@ class Writer:
             self._send({"counts": now[0], "error": now[1]})
             self._reported = now
             time.sleep(0)  # let the reader thread run between batches
+
+
+def trace_experiment(client: mlflow.MlflowClient, name: str | None, model_id: str | None) -> str:
+    """The id of the experiment traces go to: the one named, else the served LoggedModel's, else the default."""
+    if name is None and model_id:
+        return client.get_logged_model(model_id).experiment_id
+    return experiment_by_name(client, name or DEFAULT_EXPERIMENT)
+
+
+def experiment_by_name(client: mlflow.MlflowClient, name: str) -> str:
+    """The id of the experiment `name`, created if missing."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name)
+    except MlflowException:  # another server process created it meanwhile
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def served_model(client: mlflow.MlflowClient, model_uri: str) -> dict[str, str]:
+    """The registered name and version behind `model_uri` (as trace tags) and the LoggedModel id (as the trace
+    metadata MLflow links traces to models by)."""
+    name, version, alias = registered_model(model_uri)
+    if not name:  # models:/m-<id>
+        return {MODEL_ID_METADATA: model_uri[len("models:/") :].strip("/")}
+    found = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+    # A version registered from models:/m-... may read model_id None on some stores; its source holds the id.
+    model_id = found.model_id or (found.source[len("models:/") :] if found.source.startswith("models:/m-") else "")
+    served = {REGISTERED_MODEL_TAG: name, REGISTERED_VERSION_TAG: str(found.version)}
+    return {**served, MODEL_ID_METADATA: model_id} if model_id else served
 
 
 def _tell(messages: IO[str], message: dict[str, Any]) -> None:

@@ -428,36 +428,6 @@ def _at_exit(ref: weakref.ref[Tracer]) -> None:
         tracer._log(tracer.report())
 
 
-def _trace_experiment(client: mlflow.MlflowClient, name: str | None, model_id: str | None) -> str:
-    """The id of the experiment traces go to: the one named, else the served LoggedModel's, else the default."""
-    if name is None and model_id:
-        return client.get_logged_model(model_id).experiment_id
-    return _experiment_id(client, name or DEFAULT_EXPERIMENT)
-
-
-def _experiment_id(client: mlflow.MlflowClient, name: str) -> str:
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    try:
-        return client.create_experiment(name)
-    except MlflowException:  # another server process created it meanwhile
-        return client.get_experiment_by_name(name).experiment_id
-
-
-def _served_model(client: mlflow.MlflowClient, model_uri: str) -> dict[str, str]:
-    """The registered name and version behind `model_uri` (as trace tags) and the LoggedModel id (as the trace
-    metadata MLflow links traces to models by)."""
-    name, version, alias = registered_model(model_uri)
-    if not name:  # models:/m-<id>
-        return {MODEL_ID_METADATA: model_uri[len("models:/") :].strip("/")}
-    found = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
-    # A version registered from models:/m-... may read model_id None on some stores; its source holds the id.
-    model_id = found.model_id or (found.source[len("models:/") :] if found.source.startswith("models:/m-") else "")
-    served = {REGISTERED_MODEL_TAG: name, REGISTERED_VERSION_TAG: str(found.version)}
-    return {**served, MODEL_ID_METADATA: model_id} if model_id else served
-
-
 def _context_model_id() -> str | None:
     """The model id pyfunc's `predict` gave MLflow's prediction context: set where the model's MLmodel file records
     one (MLflow then links the trace itself); newscat's logged models so far record none."""
