@@ -55,6 +55,7 @@ from newscat.serving.tracing import (
 
 BATCH = 64  # requests written per `log_spans` call
 REPORT_EVERY_S = 0.5  # the counts go back to the server at most this often
+SPANS_WITHIN_S = 1.0  # the longest a written trace info waits for its spans
 RETRY_SETUP_S = 30.0  # how often an unreachable tracking store is tried again
 PREVIEW_CHARS = 1000  # what the UI's trace list shows of a request and its answer
 STORE_LOST = "lost: the tracking store refused or did not answer"
@@ -89,6 +90,7 @@ class Writer:
         self._encoder = TokenEncoder(Path(config.tokenizer), config.max_length)
         self._max_chars = config.max_length * CHARS_PER_TOKEN_CAP
         self._experiment_id: str | None = None
+        self._client: TracingClient | None = None  # set once the store answered
         self._tags = {CLASSES_TAG: json.dumps(config.label_names)}
         self._model_id: str | None = None  # the served LoggedModel, where pyfunc's prediction context names none
 
@@ -170,25 +172,33 @@ class Writer:
         if self._experiment_id is None:  # the input ended before the store was ever reached
             self._lost(STORE_LOST, None, len(built))
             return
-        started = []
+        started, since = [], time.monotonic()
         for span, info in built:  # the info first: a trace created by its spans would be re-read and merged
             try:
                 self._client.start_trace(info)
             except Exception as exc:
                 self._lost(STORE_LOST, exc)
-            else:
-                started.append(span)
-        if not started:
+                continue
+            started.append(span)
+            # A slow store takes seconds a call: spans follow their infos within SPANS_WITHIN_S, not a batch later.
+            if time.monotonic() - since >= SPANS_WITHIN_S:
+                self._write_spans(started)
+                started, since = [], time.monotonic()
+        self._write_spans(started)
+
+    def _write_spans(self, spans: list[Span]) -> None:
+        """The spans of traces whose infos are written, in one call; a failure removes those traces again."""
+        if not spans:
             return
         try:
-            self._client.log_spans(self._experiment_id, started)
+            self._client.log_spans(self._experiment_id, spans)
         except Exception as exc:
-            self._lost(STORE_LOST, exc, len(started))
+            self._lost(STORE_LOST, exc, len(spans))
             with contextlib.suppress(Exception):  # no trace without its span left behind, where the store allows
-                self._client.delete_traces(self._experiment_id, trace_ids=[span.trace_id for span in started])
+                self._client.delete_traces(self._experiment_id, trace_ids=[span.trace_id for span in spans])
             return
         with self._ready:
-            self.counts["traced"] += len(started)
+            self.counts["traced"] += len(spans)
 
     def trace(
         self,
@@ -265,7 +275,6 @@ class Writer:
         if now != self._reported:
             self._send({"counts": now[0], "error": now[1]})
             self._reported = now
-            time.sleep(0)  # let the reader thread run between batches
 
 
 def trace_experiment(client: mlflow.MlflowClient, name: str | None, model_id: str | None) -> str:

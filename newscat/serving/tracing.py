@@ -251,10 +251,9 @@ class Tracer:
         self._process = _start_writer(config)
         stop = threading.Event()
         ref = weakref.ref(self)
-        self._feeder = threading.Thread(
+        threading.Thread(
             target=_feed, args=(ref, self._queue, stop, self._process.stdin), name="newscat-tracer-feed", daemon=True
-        )
-        self._feeder.start()
+        ).start()
         threading.Thread(
             target=_listen, args=(ref, self._process.stdout), name="newscat-tracer-listen", daemon=True
         ).start()
