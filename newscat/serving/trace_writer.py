@@ -4,8 +4,10 @@
 `WriterConfig`, then one tuple per request) and reads its messages on its stdout (JSON lines: ready, log, counts).
 It runs in Linux's idle scheduling class, so the server's forward passes always go first, and writes in batches: each
 trace's info (tags, the link to the served model) with `start_trace`, then the spans of up to BATCH requests in one
-`log_spans` call, the two calls MLflow's own exporter makes per trace. Requests beyond its backlog are counted lost,
-never waited for; at the end of its input it writes what it holds and exits.
+`log_spans` call, the two calls MLflow's own exporter makes per trace. A store that refuses `log_spans` (a server
+older than 3.4, or one whose version probe, a 3-second call inside MLflow, timed out) gets each trace's spans as the
+trace's artifact instead, as MLflow's exporter falls back; `log_spans` is tried again every REPROBE_S. Requests beyond
+its backlog are counted lost, never waited for; at the end of its input it writes what it holds and exits.
 
 Shipped inside every logged model: only mlflow, numpy, tokenizers and the standard library are imported here.
 """
@@ -25,8 +27,8 @@ from pathlib import Path
 from typing import IO, Any
 
 import mlflow
-from mlflow.entities import Span, TraceInfo, TraceLocation, TraceState
-from mlflow.exceptions import MlflowException
+from mlflow.entities import Span, TraceData, TraceInfo, TraceLocation, TraceState
+from mlflow.exceptions import MlflowException, RestException
 from mlflow.tracing.client import TracingClient
 from mlflow.tracing.constant import (
     TRACE_SCHEMA_VERSION,
@@ -57,6 +59,7 @@ BATCH = 64  # requests written per `log_spans` call
 REPORT_EVERY_S = 0.5  # the counts go back to the server at most this often
 SPANS_WITHIN_S = 1.0  # the longest a written trace info waits for its spans
 RETRY_SETUP_S = 30.0  # how often an unreachable tracking store is tried again
+REPROBE_S = 300.0  # how often a store that refused `log_spans` is offered it again
 PREVIEW_CHARS = 1000  # what the UI's trace list shows of a request and its answer
 STORE_LOST = "lost: the tracking store refused or did not answer"
 BACKLOG_LOST = "lost: backlog full (tracking store slow or down)"
@@ -93,6 +96,7 @@ class Writer:
         self._client: TracingClient | None = None  # set once the store answered
         self._tags = {CLASSES_TAG: json.dumps(config.label_names)}
         self._model_id: str | None = None  # the served LoggedModel, where pyfunc's prediction context names none
+        self._artifacts_since: float | None = None  # set while spans go to trace artifacts (`log_spans` refused)
 
     def read(self, stream: IO[bytes]) -> None:
         """Takes requests off the pipe as they come, so the server's feeder rarely waits on it."""
@@ -160,7 +164,8 @@ class Writer:
         )
 
     def write(self, batch: list[tuple]) -> None:
-        """The batch's spans in one call, then each trace's info; what fails is counted lost, with its error."""
+        """Each trace's info, then the spans of those written in one call (or as trace artifacts, where the store
+        refuses that call); what fails is counted lost, with its error."""
         built = []
         for job in batch:
             try:
@@ -172,6 +177,9 @@ class Writer:
         if self._experiment_id is None:  # the input ended before the store was ever reached
             self._lost(STORE_LOST, None, len(built))
             return
+        if not self._spans_in_store():
+            self._write_with_artifacts(built)
+            return
         started, since = [], time.monotonic()
         for span, info in built:  # the info first: a trace created by its spans would be re-read and merged
             try:
@@ -179,26 +187,76 @@ class Writer:
             except Exception as exc:
                 self._lost(STORE_LOST, exc)
                 continue
-            started.append(span)
+            started.append((span, info))
             # A slow store takes seconds a call: spans follow their infos within SPANS_WITHIN_S, not a batch later.
             if time.monotonic() - since >= SPANS_WITHIN_S:
                 self._write_spans(started)
                 started, since = [], time.monotonic()
         self._write_spans(started)
 
-    def _write_spans(self, spans: list[Span]) -> None:
-        """The spans of traces whose infos are written, in one call; a failure removes those traces again."""
-        if not spans:
+    def _write_spans(self, started: list[tuple[Span, TraceInfo]]) -> None:
+        """The spans of traces whose infos are written, in one call; a failure removes those traces again (and a
+        refusal writes them anew with their spans as artifacts)."""
+        if not started:
             return
+        spans = [span for span, _ in started]
         try:
             self._client.log_spans(self._experiment_id, spans)
         except Exception as exc:
-            self._lost(STORE_LOST, exc, len(spans))
+            refused = _refuses_log_spans(exc)
+            if not refused:
+                self._lost(STORE_LOST, exc, len(spans))
             with contextlib.suppress(Exception):  # no trace without its span left behind, where the store allows
                 self._client.delete_traces(self._experiment_id, trace_ids=[span.trace_id for span in spans])
+            if refused:
+                self._refused(exc)
+                self._write_with_artifacts(started)
             return
+        self._count_traced(len(spans))
+
+    def _spans_in_store(self) -> bool:
+        """Whether spans go to the store (`log_spans`); after a refusal, again once REPROBE_S has passed."""
+        if self._artifacts_since is None:
+            return True
+        if time.monotonic() - self._artifacts_since < REPROBE_S:
+            return False
+        # MLflow caches its server-version probe (a timed-out probe too): a new offer must probe afresh.
+        clear = getattr(getattr(type(self._client.store), "_get_server_version", None), "cache_clear", None)
+        if clear is not None:
+            clear()
+        self._artifacts_since = None
+        return True
+
+    def _refused(self, exc: BaseException) -> None:
+        self._artifacts_since = time.monotonic()
+        self._send(
+            {
+                "log": f"newscat tracing: the tracking store refused span logging ({type(exc).__name__}: {exc}); "
+                f"spans are written as trace artifacts, span logging is offered again in {REPROBE_S:.0f} s"
+            }
+        )
+
+    def _write_with_artifacts(self, built: list[tuple[Span, TraceInfo]]) -> None:
+        """Each trace's info, then its spans as the trace's artifact (MLflow's own fallback)."""
+        for span, info in built:
+            info.tags[TraceTagKey.SPANS_LOCATION] = SpansLocation.ARTIFACT_REPO.value
+            try:
+                stored = self._client.start_trace(info)
+            except Exception as exc:
+                self._lost(STORE_LOST, exc)
+                continue
+            try:
+                self._client._upload_trace_data(stored, TraceData(spans=[span]))
+            except Exception as exc:
+                self._lost(STORE_LOST, exc)
+                with contextlib.suppress(Exception):
+                    self._client.delete_traces(self._experiment_id, trace_ids=[info.trace_id])
+                continue
+            self._count_traced(1)
+
+    def _count_traced(self, n: int) -> None:
         with self._ready:
-            self.counts["traced"] += len(spans)
+            self.counts["traced"] += n
 
     def trace(
         self,
@@ -306,6 +364,13 @@ def served_model(client: mlflow.MlflowClient, model_uri: str) -> dict[str, str]:
     model_id = found.model_id or (found.source[len("models:/") :] if found.source.startswith("models:/m-") else "")
     served = {REGISTERED_MODEL_TAG: name, REGISTERED_VERSION_TAG: str(found.version)}
     return {**served, MODEL_ID_METADATA: model_id} if model_id else served
+
+
+def _refuses_log_spans(exc: BaseException) -> bool:
+    """Whether `log_spans` failed because the store does not take spans (MLflow's exporter tells it so)."""
+    if isinstance(exc, NotImplementedError):  # no server version (probe timed out), or a server older than 3.4
+        return True
+    return isinstance(exc, RestException) and "REST OTLP span logging is not supported" in exc.message
 
 
 def _tell(messages: IO[str], message: dict[str, Any]) -> None:

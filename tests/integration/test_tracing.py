@@ -65,16 +65,19 @@ def _traced_answer(url: str, texts: list[str]) -> list[dict]:
     pytest.fail("no traced answer within 60 s")
 
 
-def _trace(trace_id: str, timeout: float = 60, tag: str | None = None) -> mlflow.entities.Trace:
-    """The stored trace; with `tag`, once that tag is stored too (a store may hold a trace's spans a moment before
-    its tags: through the slow proxy, one 3-second call later)."""
+def _trace(
+    trace_id: str, timeout: float = 60, tag: str | None = None, log: Path | None = None
+) -> mlflow.entities.Trace:
+    """The stored trace with its span; with `tag`, once that tag is stored too (a store may hold a trace's spans a
+    moment before its tags: through the slow proxy, one 3-second call later). `log`: the server's, shown on failure."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         trace = mlflow.get_trace(trace_id, silent=True)
-        if trace is not None and (tag is None or tag in trace.info.tags):
+        if trace is not None and trace.data.spans and (tag is None or tag in trace.info.tags):
             return trace
         time.sleep(0.5)
-    pytest.fail(f"trace {trace_id} not in the store{f' with tag {tag}' if tag else ''} within {timeout:.0f} s")
+    shown = f"; the server's log ends:\n{log.read_text()[-3000:]}" if log else ""
+    pytest.fail(f"trace {trace_id} not in the store{f' with tag {tag}' if tag else ''} within {timeout:.0f} s{shown}")
 
 
 def _linked_trace(trace_id: str, model_id: str, timeout: float = 60) -> mlflow.entities.Trace:
@@ -258,11 +261,14 @@ def test_a_slow_tracking_store_neither_slows_nor_fails_serving(tracked_study: Tr
 
         with faulty_proxy(lambda: server.url, slow) as proxy:
             env = {**tool_env(proxy), **TRACING}
-            with serve_model(local, env, tmp_path / "serve-slow.log") as url:
+            log = tmp_path / "serve-slow.log"
+            with serve_model(local, env, log) as url:
                 first = _traced_answer(url, HEADLINES[:1])[0]["prediction_id"]
                 predictions = _answers_at_once(url, 30)
                 mlflow.set_tracking_uri(server.url)  # the store itself, not the slow way in
-                assert _trace(first.rsplit(":", 1)[0], tag=ROWS_TAG).info.tags[ROWS_TAG] == "1"
+                trace = _trace(first.rsplit(":", 1)[0], tag=ROWS_TAG, log=log)
+                assert trace.info.tags[ROWS_TAG] == "1"
+                assert [r["row"] for r in trace.data.spans[0].outputs["predictions"]] == [0]
         assert all(p["label"] in CLASSES for p in predictions)
     finally:
         mlflow.set_tracking_uri(tracked_study.tracking_uri)

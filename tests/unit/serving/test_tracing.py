@@ -227,6 +227,31 @@ def test_traces_the_store_refuses_are_counted_lost_and_the_answers_are_untouched
     assert tracer.report().startswith("newscat tracing: 1 lost traces") and "last error" in tracer.report()
 
 
+def test_a_store_that_refuses_span_logging_gets_the_spans_as_trace_artifacts(
+    tmp_path: Path, tokenizer: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MLflow's file store takes trace infos but not `log_spans` (as a server older than 3.4, or one whose version
+    probe timed out): the writer falls back to the trace's artifact, as MLflow's exporter does, and says so."""
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"file://{tmp_path}/mlruns")
+    try:
+        lines: list[str] = []
+        tracer = _tracer(TraceSettings(experiment="file-traces"), tokenizer, lines)
+        ids = [tracer.record(["a b", "c"], PROBABILITIES, np.array([False, False]), start_ns=time.time_ns())]
+        assert tracer.wait_idle()
+        ids.append(tracer.record(["d"], PROBABILITIES[:1], np.array([False]), start_ns=time.time_ns()))
+        assert tracer.wait_idle() and tracer.counts == {"traced": 2}
+        for prediction_id, rows in zip(ids, (2, 1), strict=True):
+            trace = mlflow.get_trace(parse_prediction_id(prediction_id[0])[0])
+            (span,) = trace.data.spans
+            assert len(span.outputs["predictions"]) == rows and trace.info.tags[ROWS_TAG] == str(rows)
+        (line,) = [line for line in lines if "refused span logging" in line]
+        assert "written as trace artifacts" in line and "offered again in 300 s" in line
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
 def test_an_unreachable_store_neither_slows_nor_fails_a_request(
     tokenizer: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
