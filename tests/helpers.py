@@ -19,6 +19,9 @@ import requests
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_NAME = "newscat-tiny"
+# Workers of the test suite's `mlflow server`s: MLflow's default of 4 boots two more interpreters than any test needs
+# (about 6 s more per start on 2 cores, and their CPU after the first answer).
+SERVER_WORKERS = 2
 
 CLASSES = ("World", "Sports", "Business", "Sci/Tech")
 _TEMPLATES = {

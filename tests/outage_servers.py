@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.helpers import free_port, tool_env
+from tests.helpers import SERVER_WORKERS, free_port, tool_env
 
 # A client that gives up at once: the tests wait for no retry back-off (MLflow's default retries for minutes).
 NO_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
@@ -32,6 +32,7 @@ class MlflowServer:
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         command = ["mlflow", "server", "--backend-store-uri", self.backend, "-h", "127.0.0.1", "-p", str(port)]
+        command += ["--workers", str(SERVER_WORKERS)]
         command += ["--artifacts-destination", str(self.root / "served-artifacts")]
         log = (self.root / f"server-{port}.log").open("w")
         self.process = subprocess.Popen(

@@ -39,6 +39,8 @@ def test_two_workers_share_one_study_one_parent_run_and_one_registration(
         "registered_model": "newscat-dist",
         "search_space": project.space,
         "config": project.config,
+        "serving_paths": "none",  # the shared study is the subject, not the release's serving paths
+        "lexical": "off",
     }
     # One worker as `mlflow run` (which makes a run of its own), one as a plain `newscat tune`.
     under_mlflow_run = ["mlflow", "run", str(ROOT), "--env-manager", "local", "--experiment-name", "distributed"]

@@ -22,9 +22,12 @@ optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 
 def _flags(study: str, n_trials: int, model: str = "newscat-faults") -> dict[str, object]:
-    """Up to 2 epochs, no refit, one study per name into the `faults` experiment."""
+    """Up to 2 epochs, no refit, one study per name into the `faults` experiment; torch only and no lexical companion
+    (the release's ONNX export costs 10-odd seconds a job and is not what these tests are about)."""
     return {
         "n_trials": n_trials,
+        "serving_paths": "none",
+        "lexical": "off",
         "max_epochs": 2,
         "no_refit": True,
         "study_name": study,

@@ -54,6 +54,8 @@ def _tune(project: TinyProject, n_trials: int) -> subprocess.CompletedProcess:
         experiment="resume",
         registered_model="newscat-resume",
         promote="auto",
+        serving_paths="none",  # the resume is the subject, not the release's serving paths
+        lexical="off",
     )
 
 

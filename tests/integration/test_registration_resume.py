@@ -37,6 +37,7 @@ main()
 def test_a_job_killed_after_registering_is_completed_and_gated_by_the_rerun(tmp_path: Path) -> None:
     project = tiny_project(tmp_path, n_train=4, n_test=2)
     flags = {"n_trials": 1, "max_epochs": 1, "no_refit": True, "study_name": "resumed", "experiment": "resumed"}
+    flags |= {"serving_paths": "none", "lexical": "off"}  # the resume is the subject, not the release's paths
     args = project.tune_args(**flags, registered_model=MODEL, promote="auto")
     killed = subprocess.run(
         [sys.executable, "-c", KILLED_AFTER_REGISTER, *args[1:]],

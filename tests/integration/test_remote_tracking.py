@@ -15,7 +15,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from newscat.cli import server_refusal
-from tests.helpers import CLASSES, running, serve_model, tiny_project, tool_env
+from tests.helpers import CLASSES, SERVER_WORKERS, running, serve_model, tiny_project, tool_env
 
 pytestmark = pytest.mark.integration
 ADMIN = ("admin", "admin-password-for-tests")
@@ -55,6 +55,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, postgres_database: Callable
     env = tool_env(backend)
     env.update(MLFLOW_AUTH_CONFIG_PATH=str(root / "auth.ini"), MLFLOW_FLASK_SERVER_SECRET_KEY="test-secret-key")
     command = ["mlflow", "server", "--app-name", "basic-auth", "--backend-store-uri", backend]
+    command += ["--workers", str(SERVER_WORKERS)]
     command += ["--artifacts-destination", str(root / "artifacts"), "-h", "127.0.0.1", "-p", "{port}"]
     with running(command, env, root / "server.log", "/health") as url:
         yield AuthServer(url, root)
@@ -62,7 +63,9 @@ def server(tmp_path_factory: pytest.TempPathFactory, postgres_database: Callable
 
 def _tune(server: AuthServer, account: tuple[str, str] | None) -> subprocess.CompletedProcess:
     project = tiny_project(server.root, n_train=4, n_test=2)
+    # Torch only, no companion: the accounts are the subject (the ONNX export alone takes about 10 s a job here).
     args = project.tune_args(n_trials=1, max_epochs=1, no_refit=True, study_name="auth", experiment="auth")
+    args += ["--serving-paths", "none", "--lexical", "off"]
     return server.newscat(account, *args[1:], "--registered-model", MODEL)
 
 

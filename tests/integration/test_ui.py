@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 
 from newscat.registry.versions import move_alias
 from newscat.tracking.models import download_model, load_model, log_checkpoint_model
-from tests.helpers import MODEL_NAME, running, serve_model, tool_env
+from tests.helpers import MODEL_NAME, SERVER_WORKERS, running, serve_model, tool_env
 from tests.integration.conftest import TrackedStudy
 
 pytestmark = pytest.mark.integration
@@ -62,6 +62,7 @@ def ui_model(tracked_study: TrackedStudy) -> MlflowClient:
 @pytest.fixture(scope="module")
 def ui_server(tracked_study: TrackedStudy, ui_model: MlflowClient) -> Iterator[str]:
     command = ["mlflow", "server", "--backend-store-uri", tracked_study.tracking_uri, "--host", "127.0.0.1"]
+    command += ["--workers", str(SERVER_WORKERS)]
     env = tool_env(tracked_study.tracking_uri)
     with running([*command, "--port", "{port}"], env, tracked_study.root / "ui-server.log", "/health") as url:
         yield url
