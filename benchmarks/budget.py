@@ -67,6 +67,7 @@ def run_newscat(data: str, budget: float | None, work: Path, precision: str | No
     release = mlflow.get_logged_model(version.source.removeprefix("models:/"))
     return {
         "wall_s": round(wall, 1),
+        "timeout_s": cfg.tune.timeout,  # the job's own budget: the default job has one since 2026-12-02 (1,200 s)
         **{f"test_{k}": round(v, 4) for k, v in sorted(outcome.test_metrics.items())},
         # The encoder alone and the lexical companion alone (test), the share chosen on validation and why.
         "companion": {m.key: round(m.value, 4) for m in release.metrics if m.key.startswith(COMPANION_METRICS)},

@@ -132,7 +132,9 @@ class TuneConfig:
     """The Optuna study: budget, storage, sampler and pruner."""
 
     n_trials: int = 4
-    timeout: float | None = None  # wall-clock seconds for the whole job: trials, refit and test scoring
+    # Wall-clock seconds for the whole job: trials, refit and test scoring (None or 0: no limit). 20 minutes by default,
+    # so the default job ends in time on a CPU without bf16 too (it trims trials and the refit there).
+    timeout: float | None = 1200
     study_name: str = "newscat"
     storage: str = "sqlite:///optuna.db"
     pruner: str = "median"
