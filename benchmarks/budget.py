@@ -87,6 +87,8 @@ def run_newscat(data: str, budget: float | None, work: Path, precision: str | No
             for r in runs
         ),
         "final_model_train_rows": int(version.tags["train_rows"]),
+        # refit, or trial: a refit the budget cut short is released only if it scores at least its trial on validation
+        "final_weights_role": client.get_run(version.tags["weights_run_id"]).data.tags.get("newscat.role"),
     }
 
 

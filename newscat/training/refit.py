@@ -34,6 +34,8 @@ class FinalWeights:
     model_id: str
     run_id: str
     rows: int
+    value: float | None = None  # its validation score on the study's metric (a refit's; None: not measured here)
+    cut: bool = False  # a refit the time budget gave fewer epochs than its trial had, or stopped at the deadline
 
 
 def refit_best(
@@ -43,7 +45,8 @@ def refit_best(
 
     Without more rows than the trials saw (or with refit off) the best trial's own checkpoint is used. A refit
     already finished for this trial (an earlier, interrupted process) is reused. Under a time budget the refit runs
-    as many epochs as still fit, at most `max_epochs`.
+    as many epochs as still fit, at most `max_epochs`; a refit the budget cut short is kept only if it scores at
+    least the trial's value on validation, else the trial's model is released (the budget must not cost accuracy).
     """
     cfg, data = inputs.cfg, inputs.data
     trial = FinalWeights(best.user_attrs["mlflow_model_id"], best.user_attrs["mlflow_run_id"], len(data.train))
@@ -53,17 +56,34 @@ def refit_best(
     done = study.user_attrs.get("refit", {})
     if done.get("trial") == best.number and done.get("model_id") and run_finished(done.get("run_id", "")):
         log.info("reusing the refit of trial %d (run %s)", best.number, done["run_id"])
-        return FinalWeights(done["model_id"], done["run_id"], int(done["rows"]))
+        return FinalWeights(done["model_id"], done["run_id"], int(done["rows"])) if done.get("kept", True) else trial
     trial_values = trial_params(best, inputs.space)
     params = affordable_params(trial_values, budget, len(rows), len(data.test), cfg.train.max_epochs)
     if params is None:
         log.info("time budget: no time left for a refit worth having; using trial %d", best.number)
         return trial
     refit = _train_refit(inputs, best.number, params, rows, budget)
+    kept = _refit_kept(refit, best, cut=refit.cut or params.epochs < trial_values.epochs)
     study.set_user_attr(
-        "refit", {"trial": best.number, "run_id": refit.run_id, "rows": refit.rows, "model_id": refit.model_id}
+        "refit",
+        {"trial": best.number, "run_id": refit.run_id, "rows": refit.rows, "model_id": refit.model_id, "kept": kept},
     )
-    return refit
+    return refit if kept else trial
+
+
+def _refit_kept(refit: FinalWeights, best: optuna.trial.FrozenTrial, *, cut: bool) -> bool:
+    """Whether the refit is the final model: yes, unless the budget cut it short and it scores below its trial on
+    validation (then the trial's model is, chosen on validation like every other choice)."""
+    if not cut or refit.value is None or best.value is None or refit.value >= best.value:
+        return True
+    log.info(
+        "time budget: the shortened refit scored %.4f on validation, below trial %d's %.4f; the trial's model is "
+        "released",
+        refit.value,
+        best.number,
+        best.value,
+    )
+    return False
 
 
 def affordable_params(
@@ -102,7 +122,8 @@ def _train_refit(
             model_id = log_step(inputs, result, role="refit", number=number, params=params, rows=len(rows))
         finally:
             shutil.rmtree(refit_dir, ignore_errors=True)
-    return FinalWeights(model_id, run.info.run_id, len(rows))
+    value = result.best_metrics.get(cfg.train.metric)
+    return FinalWeights(model_id, run.info.run_id, len(rows), value, result.stopped_at_deadline)
 
 
 def datasets_with_train(inputs: StudyInputs, train: datasets.Dataset) -> datasets.DatasetDict:

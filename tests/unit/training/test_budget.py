@@ -60,3 +60,24 @@ def test_the_refit_spends_leftover_time_on_epochs_up_to_max_epochs() -> None:
     gone = Budget(FIXED_OVERHEAD_S + 60.0)
     gone.observe(40.0, 5000)
     assert affordable_params(trial, gone, 10_000, 1000, max_epochs=3) is None  # under half an epoch fits
+
+
+@pytest.mark.parametrize(
+    ("refit_value", "cut", "kept"),
+    [
+        (0.900, True, False),  # the budget cut it short and it scores below its trial: the trial's model is released
+        (0.908, True, True),  # as good as its trial: more rows, kept
+        (0.900, False, True),  # not cut: the refit is the final model whatever one validation pass says
+        (None, True, True),  # no validation score to compare
+    ],
+)
+def test_a_refit_the_budget_cut_short_is_kept_only_if_it_scores_at_least_its_trial(
+    refit_value: float | None, cut: bool, kept: bool
+) -> None:
+    import optuna
+
+    from newscat.training.refit import FinalWeights, _refit_kept
+
+    trial = optuna.trial.create_trial(value=0.908, params={}, distributions={})
+    refit = FinalWeights("m-refit", "r-refit", 9928, refit_value, cut=False)
+    assert _refit_kept(refit, trial, cut=cut) is kept
