@@ -78,7 +78,8 @@ def loop(tmp_path_factory: pytest.TempPathFactory, postgres_database: Callable[[
         project = tiny_project(root, n_train=6, n_test=4, space=SPACE)
         loop = Loop(server, project)
         tuned = loop.newscat(
-            *project.tune_args(n_trials=1, max_epochs=3, registered_model=MODEL, promote="auto", experiment="loop")[1:]
+            *project.tune_args(n_trials=1, max_epochs=3, registered_model=MODEL, promote="auto", experiment="loop")[1:],
+            *("--serving-paths", "none"),  # the loop is the subject: torch serving, no ONNX export (10-odd s a job)
         )
         assert tuned.returncode == 0, (tuned.stdout + tuned.stderr)[-5000:]
         yield loop
@@ -160,7 +161,7 @@ def test_serve_trace_feedback_monitor_retrain_promote_and_serve_the_new_champion
     config = loop.project.root / "loop.yaml"
     config.write_text(
         loop.project.config.read_text()
-        + "  max_epochs: 3\nmodel:\n  max_length: 24\ndata:\n  max_eval_samples: 0\n"
+        + "  max_epochs: 3\nmodel:\n  max_length: 24\n  serving_paths: none\ndata:\n  max_eval_samples: 0\n"
         + f"tune:\n  storage: {loop.project.storage}\n"
         + f"registered_model: {MODEL}\nexperiment: loop\n"
         + "monitor:\n  since: 1h\n  min_texts: 20\n  min_labelled: 20\n"  # traces: the model's own experiment
