@@ -1,7 +1,8 @@
 """The trace writer: the child process that turns a scoring server's answered requests into MLflow traces.
 
 `newscat.serving.tracing.Tracer` starts it with a pipe on its stdin (length-prefixed pickles: first the
-`WriterConfig`, then one tuple per request) and reads its messages on its stdout (JSON lines: ready, log, counts).
+`WriterConfig`, then lists of requests, one tuple each) and reads its messages on its stdout (JSON lines: ready,
+log, counts).
 It runs in Linux's idle scheduling class, so the server's forward passes always go first, and writes in batches: each
 trace's info (tags, the link to the served model) with `start_trace`, then the spans of up to BATCH requests in one
 `log_spans` call, the two calls MLflow's own exporter makes per trace. A store that refuses `log_spans` (a server
@@ -100,12 +101,12 @@ class Writer:
 
     def read(self, stream: IO[bytes]) -> None:
         """Takes requests off the pipe as they come, so the server's feeder rarely waits on it."""
-        while (job := receive(stream)) is not None:
+        while (jobs := receive(stream)) is not None:
             with self._ready:
-                if len(self._jobs) >= self.config.settings.backlog:
-                    self.counts[BACKLOG_LOST] += 1
-                else:
-                    self._jobs.append(job)
+                room = max(0, self.config.settings.backlog - len(self._jobs))
+                self._jobs.extend(jobs[:room])
+                if len(jobs) > room:
+                    self.counts[BACKLOG_LOST] += len(jobs) - room
                 self._ready.notify()
         with self._ready:
             self._closed = True

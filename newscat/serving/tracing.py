@@ -66,6 +66,7 @@ REGISTERED_VERSION_TAG = "newscat.registered_version"
 MODEL_ID_METADATA = "mlflow.modelId"  # the trace metadata that search_traces(model_id=...) and the UI read
 
 QUEUE_SIZE = 1024  # requests handed over but not yet in the writer's pipe; beyond, untraced (counted)
+FEED_EVERY_S = 0.1  # how often the queued requests go to the writer, together
 LOG_EVERY_S = 60.0  # the tracer's counts go to the log at most this often, and only when they changed
 PROBABILITY_DIGITS = 6  # keeps traces small; 1e-6 is far below any decision made on them
 FRAME = struct.Struct("<I")  # each message to the writer: its length, then a pickle
@@ -218,8 +219,9 @@ class Tracer:
     """Hands answered requests to the trace writer process and keeps count of what became of them.
 
     `record` runs on the request path: it decides (sampling, store reached, room in the queue), draws the trace id
-    and queues the request. A feeder thread writes the queue into the writer's pipe (blocking there, outside the
-    GIL, while the writer lags); a listener thread reads what the writer says: ready, log lines, its counts.
+    and queues the request. A feeder thread writes what is queued into the writer's pipe every FEED_EVERY_S, as one
+    message (blocking there, outside the GIL, while the writer lags); a listener thread reads what the writer says:
+    ready, log lines, its counts.
     Dropping the tracer, or the server's exit, closes the pipe: the writer writes what it holds, then exits.
     """
 
@@ -306,9 +308,9 @@ class Tracer:
             return None
         return prediction_ids(trace_id, len(texts))
 
-    def _count(self, what: str, error: str = "") -> None:
+    def _count(self, what: str, error: str = "", n: int = 1) -> None:
         with self._lock:
-            self._here[what] += 1
+            self._here[what] += n
             if error:
                 self.last_error = error
 
@@ -358,7 +360,7 @@ def _start_writer(config: WriterConfig) -> subprocess.Popen:
 
 
 def send(stream: IO[bytes], message: object) -> None:
-    """One message to the writer: its length, then its pickle."""
+    """One message to the writer (the config, then lists of requests): its length, then its pickle."""
     data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
     stream.write(FRAME.pack(len(data)) + data)
     stream.flush()
@@ -374,25 +376,28 @@ def receive(stream: IO[bytes]) -> Any:
 
 
 def _feed(ref: weakref.ref[Tracer], jobs: queue.Queue[tuple], stop: threading.Event, pipe: IO[bytes]) -> None:
-    """The feeder thread: queued requests into the writer's pipe until the tracer is dropped; and the counts into
-    the log (the first line as soon as there is something to count, then at most every LOG_EVERY_S, when they
-    changed)."""
+    """The feeder thread: every FEED_EVERY_S, the requests queued meanwhile into the writer's pipe as one message
+    (one wake-up and one write per interval, not per request: on a busy server each wake-up takes the GIL and a
+    core from the forward passes), until the tracer is dropped; and the counts into the log (the first line as soon
+    as there is something to count, then at most every LOG_EVERY_S, when they changed)."""
     logged, reported = 0.0, ""
     while not stop.is_set() or not jobs.empty():
-        try:
-            job = jobs.get(timeout=1.0)
-        except queue.Empty:
-            job = None
-        if job is not None:
+        stop.wait(FEED_EVERY_S)
+        batch = []
+        with contextlib.suppress(queue.Empty):
+            while len(batch) < QUEUE_SIZE:
+                batch.append(jobs.get_nowait())
+        if batch:
             try:
-                send(pipe, job)
+                send(pipe, batch)
             except (OSError, ValueError) as exc:  # the writer is gone: what it was handed is lost
                 tracer = ref()
                 if tracer is not None:
                     tracer._stopped = True
-                    tracer._count("lost: the trace writer stopped (see the log)", f"{type(exc).__name__}: {exc}")
+                    error = f"{type(exc).__name__}: {exc}"
+                    tracer._count("lost: the trace writer stopped (see the log)", error, len(batch))
                     with tracer._lock:
-                        tracer._accepted -= 1
+                        tracer._accepted -= len(batch)
                 del tracer
         tracer = ref()
         if tracer is not None and time.monotonic() - logged >= LOG_EVERY_S and tracer.counts:
