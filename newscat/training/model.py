@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from newscat.config import DEFAULT_MODEL
 from newscat.errors import NewscatError
+from newscat.training.prefix_cache import PrefixCache
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -51,6 +52,14 @@ class BaseClassifier:
     model: PreTrainedModel
     head_modules: tuple[str, ...]  # modules whose weights the checkpoint did not provide
     source: str
+    # Per count of frozen layers: their output per text, shared by every trial and the refit (same pretrained weights).
+    _prefix_caches: dict[int, PrefixCache] = field(default_factory=dict, compare=False, repr=False)
+
+    def prefix_cache(self, frozen_layers: int) -> PrefixCache | None:
+        """The study's cache of the frozen bottom's output (None: nothing frozen below the layers)."""
+        if frozen_layers < 1:
+            return None
+        return self._prefix_caches.setdefault(frozen_layers, PrefixCache(frozen_layers))
 
     def fresh(self, seed: int) -> PreTrainedModel:
         """A deep copy with the classification head re-initialised from `seed`."""

@@ -48,6 +48,7 @@ def train_step(
         callbacks=[EpochMetricsCallback(cfg.train.evals_per_epoch), *callbacks],
         deadline=deadline,
         average=average,
+        prefix_cache=inputs.base.prefix_cache(cfg.train.frozen_layers),
     )
 
 

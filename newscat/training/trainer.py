@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import time
 from collections.abc import Sequence
@@ -19,6 +21,10 @@ from newscat.serving.precision import use_bf16
 if TYPE_CHECKING:
     import datasets
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from newscat.training.prefix_cache import PrefixCache
+
+log = logging.getLogger("newscat")
 
 
 @dataclass(frozen=True)
@@ -179,13 +185,15 @@ def train_classifier(
     evaluate: bool = True,
     deadline: float | None = None,
     average: bool = False,
+    prefix_cache: PrefixCache | None = None,
 ) -> TrainResult:
     """Train, evaluating and saving `cfg.evals_per_epoch` times per epoch; the best evaluation's checkpoint is kept.
 
     With `evaluate=False` it only trains (no evaluation or checkpoints), as the training benchmark does. At
     `deadline` (a `time.monotonic()` value) training stops after a last evaluation. With `average`, the mean of the
     weights at the second half's evaluations is scored on validation too, and replaces the best checkpoint if it
-    scores higher.
+    scores higher. With `prefix_cache` (frozen layers only), the frozen bottom's output is read from it, computed once
+    per text for every run that shares it.
     """
     import torch
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
@@ -239,10 +247,15 @@ def train_classifier(
         compute_metrics=compute_metrics,
         callbacks=[checkpoints, DivergenceGuard(), *([tail] if average and evaluate else []), *callbacks],
     )
-    trainer.train()
-    result = _result(trainer, stopped_at_deadline=checkpoints.stopped_at_deadline)
-    averaged = tail.averaged()
-    return _with_average(trainer, result, averaged, output_dir) if averaged is not None else result
+    with prefix_cache.attached(model) if prefix_cache is not None else contextlib.nullcontext():
+        trainer.train()
+        result = _result(trainer, stopped_at_deadline=checkpoints.stopped_at_deadline)
+        averaged = tail.averaged()
+        if averaged is not None:
+            result = _with_average(trainer, result, averaged, output_dir)
+    if prefix_cache is not None:
+        log.info("%s", prefix_cache.summary())
+    return result
 
 
 def freeze_lower_layers(model: PreTrainedModel, count: int) -> None:
@@ -251,7 +264,7 @@ def freeze_lower_layers(model: PreTrainedModel, count: int) -> None:
     are saved)."""
     if count == 0:
         return
-    layers = _encoder_layers(model)
+    layers = encoder_layers(model)
     if count >= len(layers):
         raise ValueError(f"frozen_layers={count}: the encoder has {len(layers)} layers; keep at least one training")
     model.base_model.embeddings.requires_grad_(False)
@@ -259,7 +272,7 @@ def freeze_lower_layers(model: PreTrainedModel, count: int) -> None:
         layer.requires_grad_(False)
 
 
-def _encoder_layers(model: PreTrainedModel) -> Any:
+def encoder_layers(model: PreTrainedModel) -> Any:
     """The encoder's layer list of a BERT-family model (BERT, RoBERTa, ELECTRA, MiniLM: `encoder.layer`)."""
     encoder = getattr(model.base_model, "encoder", None)
     layers = getattr(encoder, "layer", None)
