@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 # Scoring a text costs a fraction of training on it: a forward pass only, in length-sorted batches. Measured on the
 # 2-core AMD EPYC (2026-11-27): the gate's torch fp32 pass scored 118 test texts/s while the refit trained 50 samples/s
-# in bf16, 2.4x; ONNX fp32 and int8 scored 144 and 220 texts/s, so three passes priced at 2.5x cover all three.
+# in bf16, 2.4x; ONNX fp32 and int8 scored 144 and 220 texts/s, so three passes priced at 2.5x cover all three. Used
+# only until `scoring_speed` has measured the torch fp32 pass itself: in fp32 training the ratio is nearer 5x.
 INFERENCE_SPEEDUP = 2.5
+SPEED_SAMPLE = 256  # validation texts `scoring_speed` times (a few seconds), after one warm-up batch
 # Passes over the test split at release: the accuracy gate scores torch fp32, ONNX int8 and ONNX fp32, the lexical
 # companion scores it once (the ONNX and companion passes are faster than fp32: 3 fp32 passes cover them).
 TEST_PASSES = 3
@@ -24,6 +31,8 @@ class Budget:
     seconds: float | None
     started: float = field(default_factory=time.monotonic)
     samples_per_second: float | None = None
+    # Texts/s of the release's slowest scoring pass (torch fp32), as measured on this machine (None: not yet).
+    scoring_per_second: float | None = None
     _measured_on: int = 0  # samples behind the current estimate
 
     def observe(self, samples_per_second: float | None, samples: int) -> None:
@@ -74,4 +83,34 @@ class Budget:
 
     def _seconds_for(self, train_samples: float, test_rows: int) -> float:
         speed = self.samples_per_second or 1.0
-        return train_samples / speed + TEST_PASSES * test_rows / (speed * INFERENCE_SPEEDUP) + FIXED_OVERHEAD_S
+        scoring = self.scoring_per_second or speed * INFERENCE_SPEEDUP
+        return train_samples / speed + TEST_PASSES * test_rows / scoring + FIXED_OVERHEAD_S
+
+
+def scoring_speed(model: PreTrainedModel, token_ids: Sequence[Sequence[int]], pad_id: int) -> float | None:
+    """Texts/s of `model` scoring up to SPEED_SAMPLE of `token_ids` as the release's torch fp32 pass does (eval mode,
+    no gradients, length-sorted batches of 64): the slowest of its passes over the test split. None: no texts."""
+    import torch
+
+    ids = sorted(token_ids[:SPEED_SAMPLE], key=len)
+    batches = [ids[start : start + 64] for start in range(0, len(ids), 64)]
+    if not batches:
+        return None
+
+    def forward(batch: list[Sequence[int]]) -> None:
+        width = max(len(row) for row in batch)
+        padded = torch.tensor([list(row) + [pad_id] * (width - len(row)) for row in batch])
+        model(input_ids=padded, attention_mask=(padded != pad_id).long())
+
+    training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            forward(batches[0])  # warm-up: the first pass allocates
+            started = time.perf_counter()
+            for batch in batches:
+                forward(batch)
+            seconds = time.perf_counter() - started
+    finally:
+        model.train(training)
+    return len(ids) / seconds if seconds > 0 else None

