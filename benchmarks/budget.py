@@ -14,6 +14,7 @@ Both run in this process, one after the other. Prints JSON.
 
     python benchmarks/budget.py --data ../shared/data/ag_news --jobs default,budget,seed --budget 1800
     python benchmarks/budget.py --data ../shared/data/ag_news --jobs default --precision fp32   # as without bf16
+    python benchmarks/budget.py --data ../shared/data/ag_news --jobs default --precision fp32 --frozen-layers 3
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ from newscat.data.tokenize import load_tokenizer, tokenize_rows
 from newscat.training.model import load_base_classifier, resolve_model_path
 
 
-def run_newscat(data: str, budget: float | None, work: Path, precision: str | None = None) -> dict:
+def run_newscat(
+    data: str, budget: float | None, work: Path, precision: str | None = None, frozen_layers: int | None = None
+) -> dict:
     """`newscat tune` (with `--timeout budget` unless None: the defaults) into a fresh tracking store under `work`;
     returns wall seconds and test metrics."""
     import mlflow
@@ -51,6 +54,8 @@ def run_newscat(data: str, budget: float | None, work: Path, precision: str | No
     }
     if precision is not None:  # fp32: what a CPU without native bf16 runs, on any CPU
         values["train"]["precision"] = precision
+    if frozen_layers is not None:  # read from the study's cache of their output (newscat.training.prefix_cache)
+        values["train"]["frozen_layers"] = frozen_layers
     if budget is not None:
         values["train"] |= {"max_epochs": 3, "refit_samples": 0}
         values["tune"] |= {"n_trials": 50, "timeout": budget}
@@ -143,6 +148,7 @@ def main() -> None:
     parser.add_argument(
         "--precision", choices=("auto", "fp32", "bf16"), help="newscat's train.precision (default: its config default)"
     )
+    parser.add_argument("--frozen-layers", type=int, help="newscat's train.frozen_layers (default: its config default)")
     args = parser.parse_args()
     jobs = [j.strip() for j in args.jobs.split(",") if j.strip()]
     unknown = set(jobs) - set(JOBS)
@@ -155,6 +161,7 @@ def main() -> None:
         "machine": f"{cpu_name()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
         "budget_s": args.budget,
         "precision": args.precision or "the config default",
+        "frozen_layers": args.frozen_layers if args.frozen_layers is not None else "the config default",
     }
     with tempfile.TemporaryDirectory(prefix="newscat-budget-") as tmp:
         store = Path(args.store) if args.store else Path(tmp)
@@ -163,7 +170,8 @@ def main() -> None:
                 result["seed_recipe"] = run_seed_recipe(args.data, Path(tmp))
             else:
                 budget = args.budget if job == "budget" else None
-                result[f"newscat_{job}"] = run_newscat(args.data, budget, store / job, args.precision)
+                work = store / job
+                result[f"newscat_{job}"] = run_newscat(args.data, budget, work, args.precision, args.frozen_layers)
             print(json.dumps({job: result.get(f"newscat_{job}", result.get("seed_recipe"))}), flush=True)
     seed = result.get("seed_recipe")
     for job in ("default", "budget"):
