@@ -28,7 +28,7 @@ from newscat.data.tokenize import load_tokenizer, tokenize_news
 from newscat.serving.precision import use_bf16
 from newscat.training.model import load_base_classifier, resolve_model_path
 from newscat.training.prefix_cache import PrefixCache
-from newscat.training.trainer import TrialParams, train_classifier
+from newscat.training.trainer import TrialParams, resolve_frozen_layers, train_classifier
 
 SEED_PARAMS = TrialParams(learning_rate=2e-5, batch_size=16, epochs=1, warmup_ratio=0.0, weight_decay=0.0)
 NEWSCAT_PARAMS = TrialParams(learning_rate=1e-4, batch_size=32, epochs=1, warmup_ratio=0.1, weight_decay=0.01)
@@ -123,10 +123,11 @@ def main() -> None:
     tokenized = tokenize_news(tokenizer, data, max_length=128)
     base = load_base_classifier(path, data.label_names)
     defaults = TrainConfig()
+    plain = replace(defaults, frozen_layers=0)  # the levers below start from every layer training, as before 2026-12-02
     newscat_configs = {
-        "newscat_fp32": replace(defaults, precision="fp32", freeze_embeddings=False),
+        "newscat_fp32": replace(plain, precision="fp32", freeze_embeddings=False),
         # The levers, each added to the one above it, in fp32 (what CPUs without native bf16 run):
-        "newscat_fp32_frozen_embeddings": replace(defaults, precision="fp32", freeze_embeddings=True),
+        "newscat_fp32_frozen_embeddings": replace(plain, precision="fp32", freeze_embeddings=True),
         **{
             f"newscat_fp32_frozen_layers{k}": replace(
                 defaults, precision="fp32", freeze_embeddings=True, frozen_layers=k
@@ -140,9 +141,9 @@ def main() -> None:
             )
             for k in (2, 3, 4)
         },
-        "newscat_bf16": replace(defaults, precision="bf16", freeze_embeddings=False),
-        "newscat_bf16_frozen": replace(defaults, precision="bf16", freeze_embeddings=True),
-        "newscat": defaults,
+        "newscat_bf16": replace(plain, precision="bf16", freeze_embeddings=False),
+        "newscat_bf16_frozen": replace(plain, precision="bf16", freeze_embeddings=True),
+        "newscat": defaults,  # the product's defaults on this CPU, its frozen layers read from the study's cache
     }
     runners = {
         "seed_dynamic": lambda m, d: seed_recipe(m, tokenizer, tokenized, fixed_padding=False, out=d),
@@ -156,8 +157,9 @@ def main() -> None:
     for name in args.variants.split(","):
         model = base.fresh(0)
         fill = None
-        if "_cached_" in name:
-            cache = PrefixCache(newscat_configs[name].frozen_layers)
+        frozen = resolve_frozen_layers(model, newscat_configs[name].frozen_layers) if name in newscat_configs else 0
+        if "_cached_" in name or (name == "newscat" and frozen):  # the product's default reads the study's cache
+            cache = PrefixCache(frozen)
             fill = fill_cache(model, cache, tokenizer, tokenized)
             runner = functools.partial(runners[name], cache=cache)
         else:
@@ -183,7 +185,7 @@ def main() -> None:
             "precision": defaults.precision,
             "bf16": use_bf16(defaults.precision),
             "freeze_embeddings": defaults.freeze_embeddings,
-            "frozen_layers": defaults.frozen_layers,
+            "frozen_layers": resolve_frozen_layers(base.model, defaults.frozen_layers),
             **NEWSCAT_PARAMS.__dict__,
         },
         "variants": results,

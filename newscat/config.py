@@ -93,8 +93,10 @@ class TrainConfig:
     precision: str = "auto"  # auto: bf16 autocast where the CPU/GPU runs bf16 natively, else fp32
     freeze_embeddings: bool = True  # see benchmarks/train_throughput.py: faster, same accuracy
     # Encoder layers, from the bottom, kept at their pretrained weights (with all the embeddings): backpropagation
-    # stops above them. 0: every layer trains. See benchmarks/train_throughput.py for speed and accuracy.
-    frozen_layers: int = 0
+    # stops above them and their output is computed once per text for the whole study. 0: every layer trains.
+    # auto: 2 for a BERT-family encoder (encoder.layer) of at least 4 layers, else 0 (resolved when the model loads).
+    # See benchmarks/train_throughput.py and benchmarks/budget.py for speed and accuracy.
+    frozen_layers: int | str = "auto"
     metric: str = "eval_accuracy"
     work_dir: str = "newscat-work"
     # Validation passes per epoch: each one is a pruning point, so bad trials stop after a fraction of an epoch.
@@ -116,8 +118,10 @@ class TrainConfig:
             raise ConfigError(f"refit_samples must be at least 8, or 0 for all rows, got {self.refit_samples}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
-        if self.frozen_layers < 0:
-            raise ConfigError(f"frozen_layers must be >= 0, got {self.frozen_layers}")
+        if self.frozen_layers != "auto" and (
+            isinstance(self.frozen_layers, bool) or not isinstance(self.frozen_layers, int) or self.frozen_layers < 0
+        ):
+            raise ConfigError(f"frozen_layers must be auto or a whole number >= 0, got {self.frozen_layers!r}")
         if self.metric not in STUDY_METRICS:
             raise ConfigError(f"metric must be eval_accuracy or eval_macro_f1, got {self.metric}")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from newscat.data.tokenize import load_tokenizer, tokenize_news
 from newscat.tracking.datasets import dataset_record
 from newscat.training.model import BaseClassifier, load_base_classifier, resolve_model_path
 from newscat.training.search_space import SearchSpace, search_space_from
+from newscat.training.trainer import resolve_frozen_layers
 
 if TYPE_CHECKING:
     import datasets
@@ -56,5 +58,8 @@ def prepare(cfg: Config) -> StudyInputs:
     tokenizer = load_tokenizer(model_path)
     tokenized = tokenize_news(tokenizer, data, cfg.model.max_length)
     base = load_base_classifier(model_path, data.label_names)
+    # `auto` becomes a count here, and a count the model cannot take fails now, before any training.
+    frozen = resolve_frozen_layers(base.model, cfg.train.frozen_layers)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, frozen_layers=frozen))
     records = {split: dataset_record(getattr(data, split), cfg.data.source, split) for split in SPLITS}
     return StudyInputs(cfg, data, tokenizer, tokenized, base, space, records)

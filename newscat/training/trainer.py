@@ -236,7 +236,7 @@ def train_classifier(
     tail = TailAverage()
     if cfg.freeze_embeddings:  # the word-embedding matrix is half of a small BERT; its Adam update is costly
         model.get_input_embeddings().weight.requires_grad_(False)
-    freeze_lower_layers(model, cfg.frozen_layers)
+    freeze_lower_layers(model, resolve_frozen_layers(model, cfg.frozen_layers))
     trainer = Trainer(
         model=model,
         args=args,
@@ -264,12 +264,36 @@ def freeze_lower_layers(model: PreTrainedModel, count: int) -> None:
     are saved)."""
     if count == 0:
         return
-    layers = encoder_layers(model)
-    if count >= len(layers):
-        raise ValueError(f"frozen_layers={count}: the encoder has {len(layers)} layers; keep at least one training")
+    layers = check_frozen_layers(model, count)
     model.base_model.embeddings.requires_grad_(False)
     for layer in layers[:count]:
         layer.requires_grad_(False)
+
+
+AUTO_FROZEN_LAYERS = 2  # what `frozen_layers: auto` freezes (benchmarks/budget.py, 2026-12-02: 0.930 vs 0.916)
+AUTO_MIN_LAYERS = 4  # ... in encoders of at least this many layers; smaller ones train every layer
+
+
+def resolve_frozen_layers(model: PreTrainedModel, value: int | str) -> int:
+    """The count of layers to freeze: `value`, checked against the model, or what `auto` means for it."""
+    if value != "auto":
+        if value:
+            check_frozen_layers(model, int(value))
+        return int(value)
+    layers = getattr(getattr(model.base_model, "encoder", None), "layer", None)
+    return AUTO_FROZEN_LAYERS if layers is not None and len(layers) >= AUTO_MIN_LAYERS else 0
+
+
+def check_frozen_layers(model: PreTrainedModel, count: int) -> Any:
+    """The encoder's layers, where `count` of them can be frozen with one still training; else a ConfigError that
+    says what to set (checked when the study loads the model, before any training)."""
+    layers = encoder_layers(model)
+    if count >= len(layers):
+        raise ConfigError(
+            f"frozen_layers={count}: the encoder has {len(layers)} layers; keep at least one training "
+            f"(train.frozen_layers in the config file, at most {len(layers) - 1})"
+        )
+    return layers
 
 
 def encoder_layers(model: PreTrainedModel) -> Any:
@@ -277,7 +301,10 @@ def encoder_layers(model: PreTrainedModel) -> Any:
     encoder = getattr(model.base_model, "encoder", None)
     layers = getattr(encoder, "layer", None)
     if layers is None:
-        raise ValueError(f"frozen_layers needs a BERT-family encoder (encoder.layer); {type(model).__name__} has none")
+        raise ConfigError(
+            f"frozen_layers needs a BERT-family encoder (encoder.layer); {type(model).__name__} has none: "
+            "set train.frozen_layers to 0 in the config file"
+        )
     return layers
 
 

@@ -38,6 +38,30 @@ def test_bad_data_fails_before_training(tmp_path: Path) -> None:
     assert not (tmp_path / "o.db").exists()  # nothing was started
 
 
+def test_frozen_layers_the_model_cannot_take_fail_before_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.helpers import write_ag_news_dir
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/m.db")
+    source = write_ag_news_dir(tmp_path / "data", n_train=5, n_test=1)
+    (tmp_path / "c.yaml").write_text("train:\n  frozen_layers: 6\n")
+    args = [
+        "tune",
+        "--config",
+        str(tmp_path / "c.yaml"),
+        "--data",
+        str(source),
+        "--storage",
+        f"sqlite:///{tmp_path}/o.db",
+    ]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1
+    assert "frozen_layers=6: the encoder has 6 layers; keep at least one training" in result.output
+    assert "at most 5" in result.output
+    assert not (tmp_path / "o.db").exists()  # no study was started
+
+
 def test_unknown_config_key_is_reported(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("tune:\n  n_trails: 3\n")

@@ -20,6 +20,7 @@ from newscat.training.trainer import (
     describe_failure,
     eval_every,
     freeze_lower_layers,
+    resolve_frozen_layers,
     train_classifier,
 )
 
@@ -71,11 +72,27 @@ def test_frozen_layers_keep_their_pretrained_weights_and_the_layers_above_train(
     assert "classifier.weight" in changed
 
 
+def test_frozen_layers_auto_is_two_for_a_six_layer_encoder_and_zero_without_encoder_layers(tiny) -> None:
+    import torch
+
+    model = tiny[2].fresh(0)
+    assert TrainConfig().frozen_layers == "auto"
+    assert resolve_frozen_layers(model, "auto") == 2 and resolve_frozen_layers(model, 0) == 0
+    assert resolve_frozen_layers(model, 5) == 5
+    model.base_model.encoder.layer = torch.nn.ModuleList(model.base_model.encoder.layer[:3])  # a 3-layer encoder
+    assert resolve_frozen_layers(model, "auto") == 0
+    for bad in (-1, "two", 1.5, True):
+        with pytest.raises(ConfigError, match="frozen_layers must be auto or a whole number >= 0"):
+            TrainConfig(frozen_layers=bad)
+
+
 def test_frozen_layers_must_leave_one_layer_training(tiny) -> None:
-    with pytest.raises(ValueError, match="frozen_layers=6: the encoder has 6 layers; keep at least one training"):
+    with pytest.raises(
+        ConfigError,
+        match=r"frozen_layers=6: the encoder has 6 layers; keep at least one training "
+        r"\(train.frozen_layers in the config file, at most 5\)",
+    ):
         freeze_lower_layers(tiny[2].fresh(0), 6)
-    with pytest.raises(ConfigError, match="frozen_layers must be >= 0"):
-        TrainConfig(frozen_layers=-1)
 
 
 def test_the_tail_average_is_scored_and_kept_only_when_validation_prefers_it(tiny, tmp_path: Path) -> None:
