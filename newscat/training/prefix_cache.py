@@ -151,7 +151,7 @@ def _pass_through(hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> tor
 
 def _key(ids: torch.Tensor, types: torch.Tensor | None) -> bytes:
     """A token sequence as bytes (token types too, where any is not 0)."""
-    key = ids.numpy().tobytes()
+    key = ids.cpu().numpy().tobytes()
     if types is not None and bool(types.any()):
-        key += b"|" + types.numpy().tobytes()
+        key += b"|" + types.cpu().numpy().tobytes()
     return key
