@@ -141,6 +141,14 @@ def main() -> None:
             )
             for k in (2, 3, 4)
         },
+        # The same with every dropout off (attention dropout keeps PyTorch's attention off its fused CPU kernel):
+        "newscat_fp32_nodropout": replace(plain, precision="fp32", freeze_embeddings=False, dropout=0.0),
+        **{
+            f"newscat_fp32_cached_layers{k}_nodropout": replace(
+                defaults, precision="fp32", freeze_embeddings=True, frozen_layers=k, dropout=0.0
+            )
+            for k in (2, 3)
+        },
         "newscat_bf16": replace(plain, precision="bf16", freeze_embeddings=False),
         "newscat_bf16_frozen": replace(plain, precision="bf16", freeze_embeddings=True),
         "newscat": defaults,  # the product's defaults on this CPU, its frozen layers read from the study's cache
@@ -186,6 +194,7 @@ def main() -> None:
             "bf16": use_bf16(defaults.precision),
             "freeze_embeddings": defaults.freeze_embeddings,
             "frozen_layers": resolve_frozen_layers(base.model, defaults.frozen_layers),
+            "dropout": defaults.dropout,
             **NEWSCAT_PARAMS.__dict__,
         },
         "variants": results,

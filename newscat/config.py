@@ -97,6 +97,10 @@ class TrainConfig:
     # auto: 2 for a BERT-family encoder (encoder.layer) of at least 4 layers, else 0 (resolved when the model loads).
     # See benchmarks/train_throughput.py and benchmarks/budget.py for speed and accuracy.
     frozen_layers: int | str = "auto"
+    # Dropout rate of every dropout layer while training: "model" keeps the checkpoint's own (0.1 in BERTs), a number
+    # in [0, 1) replaces them all. Attention dropout is the costly one on CPUs: with it, PyTorch's attention falls back
+    # from its fused kernel to the unfused one (benchmarks/train_throughput.py measures both, speed and accuracy).
+    dropout: float | str = "model"
     metric: str = "eval_accuracy"
     work_dir: str = "newscat-work"
     # Validation passes per epoch: each one is a pruning point, so bad trials stop after a fraction of an epoch.
@@ -122,6 +126,10 @@ class TrainConfig:
             isinstance(self.frozen_layers, bool) or not isinstance(self.frozen_layers, int) or self.frozen_layers < 0
         ):
             raise ConfigError(f"frozen_layers must be auto or a whole number >= 0, got {self.frozen_layers!r}")
+        if self.dropout != "model" and (
+            isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1
+        ):
+            raise ConfigError(f"dropout must be model or a rate in [0, 1), got {self.dropout!r}")
         if self.metric not in STUDY_METRICS:
             raise ConfigError(f"metric must be eval_accuracy or eval_macro_f1, got {self.metric}")
 

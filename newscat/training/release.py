@@ -76,6 +76,7 @@ CARD_PARAMS = (
     "precision",
     "freeze_embeddings",
     "frozen_layers",
+    "dropout",
 )
 
 

@@ -95,4 +95,5 @@ def model_params(inputs: StudyInputs, params: TrialParams, *, number: int, rows:
         "precision": cfg.train.precision,
         "freeze_embeddings": cfg.train.freeze_embeddings,
         "frozen_layers": cfg.train.frozen_layers,
+        "dropout": cfg.train.dropout,
     }

@@ -237,6 +237,7 @@ def train_classifier(
     if cfg.freeze_embeddings:  # the word-embedding matrix is half of a small BERT; its Adam update is costly
         model.get_input_embeddings().weight.requires_grad_(False)
     freeze_lower_layers(model, resolve_frozen_layers(model, cfg.frozen_layers))
+    set_dropout(model, cfg.dropout)
     trainer = Trainer(
         model=model,
         args=args,
@@ -268,6 +269,21 @@ def freeze_lower_layers(model: PreTrainedModel, count: int) -> None:
     model.base_model.embeddings.requires_grad_(False)
     for layer in layers[:count]:
         layer.requires_grad_(False)
+
+
+def set_dropout(model: PreTrainedModel, rate: float | str) -> None:
+    """Give every dropout layer `rate` ("model": leave the checkpoint's rates). The model's config says so too, so
+    that a saved checkpoint records the rates it was trained with."""
+    import torch
+
+    if rate == "model":
+        return
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = float(rate)
+    for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"):
+        if hasattr(model.config, name):
+            setattr(model.config, name, float(rate))
 
 
 AUTO_FROZEN_LAYERS = 2  # what `frozen_layers: auto` freezes (benchmarks/budget.py, 2026-12-02: 0.930 vs 0.916)

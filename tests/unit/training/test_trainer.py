@@ -21,6 +21,7 @@ from newscat.training.trainer import (
     eval_every,
     freeze_lower_layers,
     resolve_frozen_layers,
+    set_dropout,
     train_classifier,
 )
 
@@ -93,6 +94,25 @@ def test_frozen_layers_must_leave_one_layer_training(tiny) -> None:
         r"\(train.frozen_layers in the config file, at most 5\)",
     ):
         freeze_lower_layers(tiny[2].fresh(0), 6)
+
+
+def test_dropout_replaces_every_rate_and_the_saved_config_says_so(tiny, tmp_path: Path) -> None:
+    import torch
+    from transformers import AutoConfig
+
+    tokenizer, tokenized, base = tiny
+    model = base.fresh(0)
+    set_dropout(model, "model")  # the checkpoint's own rates stay
+    assert {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)} == {0.1}
+    cfg = TrainConfig(evals_per_epoch=1, precision="fp32", dropout=0.0)
+    result = train_classifier(model, tokenizer, tokenized, PARAMS, cfg, output_dir=tmp_path, seed=0)
+    assert {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)} == {0.0}
+    saved = AutoConfig.from_pretrained(result.best_checkpoint)
+    assert saved.hidden_dropout_prob == saved.attention_probs_dropout_prob == 0.0
+    assert base.model.config.hidden_dropout_prob == 0.1  # the shared base model is untouched
+    for bad in (1.0, -0.1, "none", True):
+        with pytest.raises(ConfigError, match="dropout must be model or a rate in"):
+            TrainConfig(dropout=bad)
 
 
 def test_the_tail_average_is_scored_and_kept_only_when_validation_prefers_it(tiny, tmp_path: Path) -> None:
