@@ -1,4 +1,4 @@
-"""Pruning: the same seeded study without a pruner, with the median pruner and with Hyperband. Prints JSON.
+"""Pruning: the same seeded study without a pruner and with newscat's pruners. Prints JSON.
 
 Every study runs the real `newscat tune` path (temporary MLflow and Optuna stores, no refit) with the same seed,
 data, search space and evaluation points (`--evals-per-epoch`, each one a pruning point); the sampler's first 10
@@ -6,7 +6,15 @@ trials are seeded random draws, so all studies propose the same configurations. 
 (epochs run x steps per epoch, summed over trials), best validation accuracy, and the registered model's test
 accuracy.
 
+Each trial's learning curve (its validation accuracy at every evaluation point) is recorded. `--replay` replays
+pruners on the first study's curves, trial by trial as the study ran them (the same configurations, the same curves:
+training is seeded and an evaluation changes nothing): what each pruner would have stopped, at no training cost.
+A spec is pruner@evals_per_epoch (median, halving, hyperband, or percentileP: keep the top P%), read at every k-th
+point of the recorded ones. Replayed figures are labelled as such; the studies above them ran for real.
+
     python benchmarks/pruning.py --data ../shared/data/ag_news --n-trials 8 --n-train 2000
+    python benchmarks/pruning.py --n-trials 6 --n-train 1000 --max-epochs 2 --evals-per-epoch 4 \
+        --pruners none,halving --replay median@2,median@4,halving@2,halving@4,percentile25@4
 """
 
 from __future__ import annotations
@@ -52,9 +60,8 @@ def run(pruner: str, args: argparse.Namespace, root: Path) -> dict:
     study = optuna.load_study(study_name=cfg.tune.study_name, storage=cfg.tune.storage)
     steps, epochs = 0, 0.0
     for trial in study.trials:
-        per_epoch = math.ceil(args.n_train / int(trial.params.get("batch_size", 32)))
         trained = max(trial.intermediate_values, default=0) / args.evals_per_epoch  # epochs up to the last report
-        steps += round(trained * per_epoch)
+        steps += round(trained * steps_per_epoch(args.n_train, trial.params))
         epochs += trained
     return {
         "optimizer_steps": steps,
@@ -64,7 +71,59 @@ def run(pruner: str, args: argparse.Namespace, root: Path) -> dict:
         "best_trial": outcome.best_trial,
         "test_accuracy": round(outcome.test_metrics["accuracy"], 4),
         "wall_seconds": round(seconds, 1),
+        "curves": [
+            {
+                "number": t.number,
+                "state": t.state.name.lower(),
+                "params": t.params,
+                "value": t.value,
+                "accuracy_at": {int(k): round(v, 4) for k, v in sorted(t.intermediate_values.items())},
+            }
+            for t in study.trials
+        ],
     }
+
+
+def steps_per_epoch(n_train: int, params: dict) -> int:
+    return math.ceil(n_train / int(params.get("batch_size", 32)))
+
+
+def replay_pruner(spec: str, max_evals: int) -> optuna.pruners.BasePruner:
+    """A pruner as the study would build it (newscat's own settings), or percentileP."""
+    from newscat.config import TuneConfig
+    from newscat.training.study import make_pruner
+
+    if spec.startswith("percentile"):
+        return optuna.pruners.PercentilePruner(float(spec.removeprefix("percentile")), n_startup_trials=1)
+    return make_pruner(TuneConfig(pruner=spec), max_evals)
+
+
+def replay(spec: str, curves: list[dict], args: argparse.Namespace) -> dict:
+    """Feed the recorded curves, in trial order, to a fresh study with `spec` = pruner@evals_per_epoch."""
+    name, evals = spec.split("@")
+    every = args.evals_per_epoch // int(evals)
+    if every < 1 or args.evals_per_epoch % int(evals):
+        raise SystemExit(f"--replay {spec}: {evals} must divide --evals-per-epoch {args.evals_per_epoch}")
+    study = optuna.create_study(direction="maximize", pruner=replay_pruner(name, args.max_epochs * int(evals)))
+    steps, epochs, best, states = 0, 0.0, float("-inf"), Counter()
+    for curve in curves:
+        points = {k // every: v for k, v in curve["accuracy_at"].items() if k % every == 0}
+        trial, last, pruned = study.ask(), 0, False
+        for step in sorted(points):
+            trial.report(points[step], step)
+            last = step
+            if trial.should_prune():
+                pruned = True
+                break
+        # The trial's value is its best evaluation up to where it stopped (its best checkpoint).
+        value = max(points[k] for k in points if k <= last)
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED) if pruned else study.tell(trial, value)
+        states["pruned" if pruned else "complete"] += 1
+        best = max(best, value)
+        trained = last / int(evals)
+        steps += round(trained * steps_per_epoch(args.n_train, curve["params"]))
+        epochs += trained
+    return {"optimizer_steps": steps, "epochs_run": round(epochs, 2), "trials": dict(states), "best_val_accuracy": best}
 
 
 def main() -> None:
@@ -76,6 +135,7 @@ def main() -> None:
     parser.add_argument("--max-epochs", type=int, default=3)
     parser.add_argument("--evals-per-epoch", type=int, default=2)
     parser.add_argument("--pruners", default="none,median,hyperband", help="comma-separated; the first is the base")
+    parser.add_argument("--replay", default="", help="pruner@evals_per_epoch specs replayed on the base's curves")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -100,7 +160,21 @@ def main() -> None:
             for p, r in results.items()
             if p != pruners[0]
         },
+        # Evaluations and model logging cost time too: the studies' wall-clock time against the base's.
+        "wall_seconds_ratio": {
+            p: round(r["wall_seconds"] / base["wall_seconds"], 3) for p, r in results.items() if p != pruners[0]
+        },
     }
+    if args.replay:
+        replayed = {spec: replay(spec, base["curves"], args) for spec in args.replay.split(",")}
+        report["replayed_on_base_curves"] = {
+            spec: {
+                **r,
+                "steps_saved_fraction": round(1 - r["optimizer_steps"] / base["optimizer_steps"], 3),
+                "best_val_accuracy_delta_points": round(100 * (r["best_val_accuracy"] - base["best_val_accuracy"]), 2),
+            }
+            for spec, r in replayed.items()
+        }
     print(json.dumps(report, indent=2))
 
 

@@ -99,9 +99,12 @@ def others_running(study: optuna.Study) -> list[int]:
 
 
 def make_pruner(cfg: TuneConfig, max_evals: int) -> optuna.pruners.BasePruner:
-    """Median (default), Hyperband over evaluation points (`max_evals` = max_epochs x evals_per_epoch), or none."""
+    """Median (default), successive halving, Hyperband over evaluation points (`max_evals` = max_epochs x
+    evals_per_epoch), or none."""
     if cfg.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=cfg.pruner_startup_trials, n_warmup_steps=0)
+    if cfg.pruner == "halving":  # rungs at evaluations 1, 3, 9...: a trial goes on only if it is in the top third there
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
     if cfg.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max_evals, reduction_factor=3)
     return optuna.pruners.NopPruner()

@@ -65,3 +65,25 @@ def test_provenance_names_cpu_date_commit_and_command() -> None:
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     assert recorded["commit"].removesuffix("+dirty") == (head or "unknown")
     assert "cores" in recorded["cpu"]
+
+
+def test_pruning_replay_stops_what_the_pruner_would_and_counts_the_steps() -> None:
+    import argparse
+
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import pruning
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    args = argparse.Namespace(n_train=100, max_epochs=2, evals_per_epoch=4)
+    good = {"params": {"batch_size": 10}, "accuracy_at": {k: 0.5 + 0.05 * k for k in range(1, 9)}}
+    bad = {"params": {"batch_size": 20}, "accuracy_at": {k: 0.3 + 0.01 * k for k in range(1, 5)}}  # a 1-epoch trial
+    median = pruning.replay("median@4", [good, bad], args)
+    assert median["trials"] == {"complete": 1, "pruned": 1}
+    assert median["optimizer_steps"] == 20 + 1  # 2 epochs of 10 steps; a quarter of 5 steps, rounded
+    assert median["best_val_accuracy"] == pytest.approx(0.9)
+    # At 2 evaluations per epoch the same curves are read at points 2, 4, 6, 8: the bad trial stops at half an epoch.
+    assert pruning.replay("median@2", [good, bad], args)["epochs_run"] == 2.5
+    assert pruning.replay("none@4", [good, bad], args)["optimizer_steps"] == 20 + 5
+    with pytest.raises(SystemExit, match="must divide"):
+        pruning.replay("median@3", [good], args)

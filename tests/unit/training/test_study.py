@@ -6,7 +6,14 @@ from transformers import TrainerControl, TrainerState
 
 from newscat.config import ConfigError, TuneConfig
 from newscat.training.search_space import DEFAULT_SPACE, enqueue_first_trials, search_space_from, suggest_params
-from newscat.training.study import PruningCallback, StopWhen, finished_count, open_study, study_summary
+from newscat.training.study import (
+    PruningCallback,
+    StopWhen,
+    finished_count,
+    make_pruner,
+    open_study,
+    study_summary,
+)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -80,6 +87,18 @@ def test_pruning_callback_stops_only_a_worse_trial(earlier: float, current: floa
     assert list(study.trials[1].intermediate_values) == [1]
     assert (callback.pruned_at == 0.26) is pruned
     assert control.should_training_stop is pruned
+
+
+def test_halving_goes_on_only_with_the_best_of_fewer_than_three_then_the_top_third() -> None:
+    study = optuna.create_study(direction="maximize", pruner=make_pruner(TuneConfig(pruner="halving"), max_evals=4))
+    decisions = []
+    for value in (0.8, 0.7, 0.85, 0.6, 0.9, 0.86, 0.84):
+        trial = study.ask()
+        trial.report(value, step=1)  # rung 0: the first evaluation
+        decisions.append(trial.should_prune())
+        study.tell(trial, value)
+    # 1-5 values at rung 0: only the best so far goes on; 6 or 7 values: the top 2 (0.84 is third).
+    assert decisions == [False, True, False, True, False, False, True]
 
 
 def test_stop_when_stops_the_study_between_trials() -> None:
