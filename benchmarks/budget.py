@@ -15,6 +15,7 @@ Both run in this process, one after the other. Prints JSON.
     python benchmarks/budget.py --data ../shared/data/ag_news --jobs default,budget,seed --budget 1800
     python benchmarks/budget.py --data ../shared/data/ag_news --jobs default --precision fp32   # as without bf16
     python benchmarks/budget.py --data ../shared/data/ag_news --jobs default --precision fp32 --frozen-layers 3
+    python benchmarks/budget.py --data ../shared/data/ag_news --jobs default --precision fp32 --dropout 0
 """
 
 from __future__ import annotations
@@ -36,11 +37,9 @@ from newscat.data.tokenize import load_tokenizer, tokenize_rows
 from newscat.training.model import load_base_classifier, resolve_model_path
 
 
-def run_newscat(
-    data: str, budget: float | None, work: Path, precision: str | None = None, frozen_layers: int | None = None
-) -> dict:
-    """`newscat tune` (with `--timeout budget` unless None: the defaults) into a fresh tracking store under `work`;
-    returns wall seconds and test metrics."""
+def run_newscat(data: str, budget: float | None, work: Path, train: dict | None = None) -> dict:
+    """`newscat tune` (with `--timeout budget` unless None: the defaults; `train` overrides train.* settings) into a
+    fresh tracking store under `work`; returns wall seconds and test metrics."""
     import mlflow
 
     from newscat.training.job import tune_and_register
@@ -49,13 +48,9 @@ def run_newscat(
     mlflow.set_tracking_uri(f"sqlite:///{work}/mlflow.db")
     values: dict = {
         "data": {"source": data},
-        "train": {"work_dir": str(work / "work")},
+        "train": {"work_dir": str(work / "work"), **(train or {})},
         "tune": {"storage": f"sqlite:///{work}/optuna.db"},
     }
-    if precision is not None:  # fp32: what a CPU without native bf16 runs, on any CPU
-        values["train"]["precision"] = precision
-    if frozen_layers is not None:  # read from the study's cache of their output (newscat.training.prefix_cache)
-        values["train"]["frozen_layers"] = frozen_layers
     if budget is not None:
         values["train"] |= {"max_epochs": 3, "refit_samples": 0}
         values["tune"] |= {"n_trials": 50, "timeout": budget}
@@ -149,6 +144,7 @@ def main() -> None:
         "--precision", choices=("auto", "fp32", "bf16"), help="newscat's train.precision (default: its config default)"
     )
     parser.add_argument("--frozen-layers", type=int, help="newscat's train.frozen_layers (default: its config default)")
+    parser.add_argument("--dropout", help="newscat's train.dropout: model or a rate (default: its config default)")
     args = parser.parse_args()
     jobs = [j.strip() for j in args.jobs.split(",") if j.strip()]
     unknown = set(jobs) - set(JOBS)
@@ -162,6 +158,17 @@ def main() -> None:
         "budget_s": args.budget,
         "precision": args.precision or "the config default",
         "frozen_layers": args.frozen_layers if args.frozen_layers is not None else "the config default",
+        "dropout": args.dropout or "the config default",
+    }
+    # fp32: what a CPU without native bf16 runs, on any CPU; frozen layers are read from the study's cache.
+    train = {
+        key: value
+        for key, value in (
+            ("precision", args.precision),
+            ("frozen_layers", args.frozen_layers),
+            ("dropout", args.dropout if args.dropout in (None, "model") else float(args.dropout)),
+        )
+        if value is not None
     }
     with tempfile.TemporaryDirectory(prefix="newscat-budget-") as tmp:
         store = Path(args.store) if args.store else Path(tmp)
@@ -171,7 +178,7 @@ def main() -> None:
             else:
                 budget = args.budget if job == "budget" else None
                 work = store / job
-                result[f"newscat_{job}"] = run_newscat(args.data, budget, work, args.precision, args.frozen_layers)
+                result[f"newscat_{job}"] = run_newscat(args.data, budget, work, train)
             print(json.dumps({job: result.get(f"newscat_{job}", result.get("seed_recipe"))}), flush=True)
     seed = result.get("seed_recipe")
     for job in ("default", "budget"):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +13,7 @@ import click
 from newscat import __version__
 from newscat.config import TUNE_OPTIONS, Option
 from newscat.errors import NewscatError
+from newscat.logs import configure_logging
 from newscat.redaction import mask_passwords_in_output, redact_url
 
 
@@ -80,11 +80,7 @@ def main(verbose: bool) -> None:
     """Fine-tune a BERT-family model to sort news into topics, tune it with Optuna,
     track it in MLflow, register it and serve it."""
     mask_passwords_in_output()  # before anything logs: MLflow's, Optuna's and newscat's lines alike
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s newscat %(levelname)s %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    configure_logging(verbose)
 
 
 def _click_option(option: Option) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
