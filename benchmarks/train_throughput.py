@@ -123,29 +123,26 @@ def main() -> None:
     tokenized = tokenize_news(tokenizer, data, max_length=128)
     base = load_base_classifier(path, data.label_names)
     defaults = TrainConfig()
-    plain = replace(defaults, frozen_layers=0)  # the levers below start from every layer training, as before 2026-12-02
+    # The levers below start from every layer training with the checkpoint's dropout, as before 2026-12-02:
+    plain = replace(defaults, frozen_layers=0, dropout="model")
     newscat_configs = {
         "newscat_fp32": replace(plain, precision="fp32", freeze_embeddings=False),
         # The levers, each added to the one above it, in fp32 (what CPUs without native bf16 run):
         "newscat_fp32_frozen_embeddings": replace(plain, precision="fp32", freeze_embeddings=True),
         **{
-            f"newscat_fp32_frozen_layers{k}": replace(
-                defaults, precision="fp32", freeze_embeddings=True, frozen_layers=k
-            )
+            f"newscat_fp32_frozen_layers{k}": replace(plain, precision="fp32", freeze_embeddings=True, frozen_layers=k)
             for k in (2, 3, 4)
         },
         # The same frozen layers read from the study's cache (filled before the run, as an earlier trial would):
         **{
-            f"newscat_fp32_cached_layers{k}": replace(
-                defaults, precision="fp32", freeze_embeddings=True, frozen_layers=k
-            )
+            f"newscat_fp32_cached_layers{k}": replace(plain, precision="fp32", freeze_embeddings=True, frozen_layers=k)
             for k in (2, 3, 4)
         },
         # The same with every dropout off (attention dropout keeps PyTorch's attention off its fused CPU kernel):
         "newscat_fp32_nodropout": replace(plain, precision="fp32", freeze_embeddings=False, dropout=0.0),
         **{
             f"newscat_fp32_cached_layers{k}_nodropout": replace(
-                defaults, precision="fp32", freeze_embeddings=True, frozen_layers=k, dropout=0.0
+                plain, precision="fp32", freeze_embeddings=True, frozen_layers=k, dropout=0.0
             )
             for k in (2, 3)
         },

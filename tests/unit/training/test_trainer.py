@@ -102,6 +102,7 @@ def test_dropout_replaces_every_rate_and_the_saved_config_says_so(tiny, tmp_path
 
     tokenizer, tokenized, base = tiny
     model = base.fresh(0)
+    assert TrainConfig().dropout == 0.0  # the default: every dropout off while training
     set_dropout(model, "model")  # the checkpoint's own rates stay
     assert {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)} == {0.1}
     cfg = TrainConfig(evals_per_epoch=1, precision="fp32", dropout=0.0)
