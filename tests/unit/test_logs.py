@@ -14,7 +14,13 @@ def _lines(verbose: bool) -> list[str]:
     handler.setFormatter(logging.Formatter(FORMAT.removeprefix("%(asctime)s ")))
     handler.addFilter(OthersAtDebug(verbose))
     root = logging.getLogger()
-    level, root.level = root.level, logging.DEBUG
+    ours = [logging.getLogger(name) for name in ("newscat", "newscat.training.trainer")]
+    # Levels (or a logging.config call's disabling) that earlier tests left on these loggers would decide before
+    # the filter does.
+    saved = root.level, [(logger.level, logger.disabled) for logger in ours]
+    root.level = logging.DEBUG
+    for logger in ours:
+        logger.level, logger.disabled = logging.NOTSET, False
     root.addHandler(handler)
     try:
         logging.getLogger("newscat").info("trial 0 finished")
@@ -25,7 +31,9 @@ def _lines(verbose: bool) -> list[str]:
         logging.getLogger("onnxruntime.quantization").error("a failure stays visible")
     finally:
         root.removeHandler(handler)
-        root.level = level
+        root.level = saved[0]
+        for logger, (level, disabled) in zip(ours, saved[1], strict=True):
+            logger.level, logger.disabled = level, disabled
     return stream.getvalue().splitlines()
 
 
