@@ -18,9 +18,10 @@ def _lines(verbose: bool) -> list[str]:
     # Levels (or a logging.config call's disabling) that earlier tests left on these loggers would decide before
     # the filter does.
     saved = root.level, [(logger.level, logger.disabled) for logger in ours]
-    root.level = logging.DEBUG
+    root.setLevel(logging.DEBUG)  # setLevel, not .level =: it clears the loggers' cached isEnabledFor answers
     for logger in ours:
-        logger.level, logger.disabled = logging.NOTSET, False
+        logger.setLevel(logging.NOTSET)
+        logger.disabled = False
     root.addHandler(handler)
     try:
         logging.getLogger("newscat").info("trial 0 finished")
@@ -31,9 +32,10 @@ def _lines(verbose: bool) -> list[str]:
         logging.getLogger("onnxruntime.quantization").error("a failure stays visible")
     finally:
         root.removeHandler(handler)
-        root.level = saved[0]
+        root.setLevel(saved[0])
         for logger, (level, disabled) in zip(ours, saved[1], strict=True):
-            logger.level, logger.disabled = level, disabled
+            logger.setLevel(level)
+            logger.disabled = disabled
     return stream.getvalue().splitlines()
 
 
