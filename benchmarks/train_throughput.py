@@ -149,6 +149,11 @@ def main() -> None:
         "newscat_bf16": replace(plain, precision="bf16", freeze_embeddings=False),
         "newscat_bf16_frozen": replace(plain, precision="bf16", freeze_embeddings=True),
         "newscat": defaults,  # the product's defaults on this CPU, its frozen layers read from the study's cache
+        # The same with mean pooling (newscat/serving/pooling.py) instead of the [CLS] state:
+        "newscat_mean": replace(defaults, pooling="mean"),
+        "newscat_fp32_cached_layers2_nodropout_mean": replace(
+            plain, precision="fp32", freeze_embeddings=True, frozen_layers=2, dropout=0.0, pooling="mean"
+        ),
     }
     runners = {
         "seed_dynamic": lambda m, d: seed_recipe(m, tokenizer, tokenized, fixed_padding=False, out=d),
@@ -163,7 +168,7 @@ def main() -> None:
         model = base.fresh(0)
         fill = None
         frozen = resolve_frozen_layers(model, newscat_configs[name].frozen_layers) if name in newscat_configs else 0
-        if "_cached_" in name or (name == "newscat" and frozen):  # the product's default reads the study's cache
+        if "_cached_" in name or (name in ("newscat", "newscat_mean") and frozen):  # the defaults read the cache
             cache = PrefixCache(frozen)
             fill = fill_cache(model, cache, tokenizer, tokenized)
             runner = functools.partial(runners[name], cache=cache)
@@ -192,6 +197,7 @@ def main() -> None:
             "freeze_embeddings": defaults.freeze_embeddings,
             "frozen_layers": resolve_frozen_layers(base.model, defaults.frozen_layers),
             "dropout": defaults.dropout,
+            "pooling": defaults.pooling,
             **NEWSCAT_PARAMS.__dict__,
         },
         "variants": results,

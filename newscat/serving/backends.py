@@ -13,6 +13,8 @@ from typing import Protocol
 
 import numpy as np
 
+from newscat.serving.pooling import apply_saved_pooling
+
 ONNX_DIR = "onnx"
 ONNX_FILES = {"fp32": "model.onnx", "int8": "model-int8.onnx"}
 THREADS_ENV = "NEWSCAT_THREADS"  # compute threads of the engine (default: the CPU cores this process may use)
@@ -54,6 +56,7 @@ class TorchEngine:
         model = AutoModelForSequenceClassification.from_pretrained(
             model_dir, use_safetensors=True, trust_remote_code=False
         ).eval()
+        apply_saved_pooling(model)
         if precision == "bf16":
             model = model.to(torch.bfloat16)
         elif precision == "int8":

@@ -225,6 +225,7 @@ def log_trial_params(number: int, params: Mapping[str, Any], cfg: Config, **extr
             "freeze_embeddings": cfg.train.freeze_embeddings,
             "frozen_layers": cfg.train.frozen_layers,
             "dropout": cfg.train.dropout,
+            "pooling": cfg.train.pooling,
             "evals_per_epoch": cfg.train.evals_per_epoch,
             "metric": cfg.train.metric,
             "seed": cfg.seed + number,

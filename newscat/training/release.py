@@ -77,6 +77,7 @@ CARD_PARAMS = (
     "freeze_embeddings",
     "frozen_layers",
     "dropout",
+    "pooling",
 )
 
 

@@ -96,4 +96,5 @@ def model_params(inputs: StudyInputs, params: TrialParams, *, number: int, rows:
         "freeze_embeddings": cfg.train.freeze_embeddings,
         "frozen_layers": cfg.train.frozen_layers,
         "dropout": cfg.train.dropout,
+        "pooling": cfg.train.pooling,
     }

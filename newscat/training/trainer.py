@@ -238,6 +238,7 @@ def train_classifier(
         model.get_input_embeddings().weight.requires_grad_(False)
     freeze_lower_layers(model, resolve_frozen_layers(model, cfg.frozen_layers))
     set_dropout(model, cfg.dropout)
+    set_pooling(model, cfg.pooling)
     trainer = Trainer(
         model=model,
         args=args,
@@ -284,6 +285,23 @@ def set_dropout(model: PreTrainedModel, rate: float | str) -> None:
     for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"):
         if hasattr(model.config, name):
             setattr(model.config, name, float(rate))
+
+
+def check_pooling(model: PreTrainedModel, pooling: str) -> None:
+    """Fail (before any training) when `model` cannot pool its token states by `pooling`."""
+    from newscat.serving.pooling import pooling_problem
+
+    problem = pooling_problem(model, pooling)
+    if problem:
+        raise ConfigError(f"train.pooling: {problem}")
+
+
+def set_pooling(model: PreTrainedModel, pooling: str) -> None:
+    """Pool by `pooling` (newscat/serving/pooling.py); the model's config records it for every later loader."""
+    from newscat.serving.pooling import apply_pooling
+
+    check_pooling(model, pooling)
+    apply_pooling(model, pooling)
 
 
 AUTO_FROZEN_LAYERS = 2  # what `frozen_layers: auto` freezes (benchmarks/budget.py, 2026-12-02: 0.930 vs 0.916)
