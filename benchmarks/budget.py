@@ -16,6 +16,7 @@ Both run in this process, one after the other. Prints JSON.
     python benchmarks/budget.py --data ../shared/data/ag_news --jobs default --precision fp32   # as without bf16
     python benchmarks/budget.py --data ../shared/data/ag_news --jobs default --precision fp32 --frozen-layers 3
     python benchmarks/budget.py --data ../shared/data/ag_news --jobs default --precision fp32 --dropout 0
+    python benchmarks/budget.py --data ../shared/data/ag_news --jobs default --pooling mean
 """
 
 from __future__ import annotations
@@ -145,6 +146,7 @@ def main() -> None:
     )
     parser.add_argument("--frozen-layers", type=int, help="newscat's train.frozen_layers (default: its config default)")
     parser.add_argument("--dropout", help="newscat's train.dropout: model or a rate (default: its config default)")
+    parser.add_argument("--pooling", choices=("cls", "mean"), help="newscat's train.pooling (default: its default)")
     args = parser.parse_args()
     jobs = [j.strip() for j in args.jobs.split(",") if j.strip()]
     unknown = set(jobs) - set(JOBS)
@@ -159,6 +161,7 @@ def main() -> None:
         "precision": args.precision or "the config default",
         "frozen_layers": args.frozen_layers if args.frozen_layers is not None else "the config default",
         "dropout": args.dropout or "the config default",
+        "pooling": args.pooling or "the config default",
     }
     # fp32: what a CPU without native bf16 runs, on any CPU; frozen layers are read from the study's cache.
     train = {
@@ -167,6 +170,7 @@ def main() -> None:
             ("precision", args.precision),
             ("frozen_layers", args.frozen_layers),
             ("dropout", args.dropout if args.dropout in (None, "model") else float(args.dropout)),
+            ("pooling", args.pooling),
         )
         if value is not None
     }

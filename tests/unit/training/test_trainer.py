@@ -116,6 +116,20 @@ def test_dropout_replaces_every_rate_and_the_saved_config_says_so(tiny, tmp_path
             TrainConfig(dropout=bad)
 
 
+def test_mean_pooling_trains_and_the_saved_config_says_so(tiny, tmp_path: Path) -> None:
+    from transformers import AutoConfig
+
+    tokenizer, tokenized, base = tiny
+    assert TrainConfig().pooling == "cls"
+    cfg = TrainConfig(evals_per_epoch=1, precision="fp32", pooling="mean")
+    result = train_classifier(base.fresh(0), tokenizer, tokenized, PARAMS, cfg, output_dir=tmp_path, seed=0)
+    assert AutoConfig.from_pretrained(result.best_checkpoint).newscat_pooling == "mean"
+    assert 0.0 <= result.best_metrics["eval_accuracy"] <= 1.0
+    assert not hasattr(base.model.config, "newscat_pooling")  # the shared base model is untouched
+    with pytest.raises(ConfigError, match="pooling must be cls or mean, got 'max'"):
+        TrainConfig(pooling="max")
+
+
 def test_the_tail_average_is_scored_and_kept_only_when_validation_prefers_it(tiny, tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
