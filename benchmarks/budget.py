@@ -17,6 +17,7 @@ Both run in this process, one after the other. Prints JSON.
     python benchmarks/budget.py --data ../shared/data/ag_news --jobs default --precision fp32 --frozen-layers 3
     python benchmarks/budget.py --data ../shared/data/ag_news --jobs default --precision fp32 --dropout 0
     python benchmarks/budget.py --data ../shared/data/ag_news --jobs default --pooling mean
+    python benchmarks/budget.py --data ../shared/data/ag_news --jobs default --layer-lr-decay 0.8
 """
 
 from __future__ import annotations
@@ -147,6 +148,7 @@ def main() -> None:
     parser.add_argument("--frozen-layers", type=int, help="newscat's train.frozen_layers (default: its config default)")
     parser.add_argument("--dropout", help="newscat's train.dropout: model or a rate (default: its config default)")
     parser.add_argument("--pooling", choices=("cls", "mean"), help="newscat's train.pooling (default: its default)")
+    parser.add_argument("--layer-lr-decay", type=float, help="newscat's train.layer_lr_decay (default: its default)")
     args = parser.parse_args()
     jobs = [j.strip() for j in args.jobs.split(",") if j.strip()]
     unknown = set(jobs) - set(JOBS)
@@ -162,6 +164,7 @@ def main() -> None:
         "frozen_layers": args.frozen_layers if args.frozen_layers is not None else "the config default",
         "dropout": args.dropout or "the config default",
         "pooling": args.pooling or "the config default",
+        "layer_lr_decay": args.layer_lr_decay or "the config default",
     }
     # fp32: what a CPU without native bf16 runs, on any CPU; frozen layers are read from the study's cache.
     train = {
@@ -171,6 +174,7 @@ def main() -> None:
             ("frozen_layers", args.frozen_layers),
             ("dropout", args.dropout if args.dropout in (None, "model") else float(args.dropout)),
             ("pooling", args.pooling),
+            ("layer_lr_decay", args.layer_lr_decay),
         )
         if value is not None
     }

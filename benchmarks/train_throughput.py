@@ -151,6 +151,8 @@ def main() -> None:
         "newscat": defaults,  # the product's defaults on this CPU, its frozen layers read from the study's cache
         # The same with mean pooling (newscat/serving/pooling.py) instead of the [CLS] state:
         "newscat_mean": replace(defaults, pooling="mean"),
+        # ... and with layer-wise learning-rate decay (newscat/training/layer_lr.py):
+        "newscat_llrd": replace(defaults, layer_lr_decay=0.8),
         "newscat_fp32_cached_layers2_nodropout_mean": replace(
             plain, precision="fp32", freeze_embeddings=True, frozen_layers=2, dropout=0.0, pooling="mean"
         ),
@@ -168,7 +170,8 @@ def main() -> None:
         model = base.fresh(0)
         fill = None
         frozen = resolve_frozen_layers(model, newscat_configs[name].frozen_layers) if name in newscat_configs else 0
-        if "_cached_" in name or (name in ("newscat", "newscat_mean") and frozen):  # the defaults read the cache
+        # The product's defaults (newscat and its variants) read the study's cache of the frozen layers:
+        if "_cached_" in name or (name in ("newscat", "newscat_mean", "newscat_llrd") and frozen):
             cache = PrefixCache(frozen)
             fill = fill_cache(model, cache, tokenizer, tokenized)
             runner = functools.partial(runners[name], cache=cache)

@@ -104,9 +104,14 @@ class TrainConfig:
     # budget.py, 2026-12-02: refit 0.934 vs 0.928) and trains 16-33% faster (benchmarks/train_throughput.py).
     dropout: float | str = 0.0
     # How token states become one vector per text: "cls" (BERT's [CLS] state through its pooler) or "mean" (the mean
-    # of the text's unpadded token states through the same pooler, as sentence encoders were pre-trained). See
-    # newscat/serving/pooling.py; the saved config records it and serving applies it.
-    pooling: str = "cls"
+    # of the text's unpadded token states through the same pooler, as sentence encoders were pre-trained). auto: mean
+    # where the encoder has a pooler (the BERT family), else cls (resolved when the model loads). mean won on
+    # validation in the main job (benchmarks/budget.py, 2026-12-02: 0.936 vs 0.930). See newscat/serving/pooling.py;
+    # the saved config records it and serving applies it.
+    pooling: str = "auto"
+    # Layer-wise learning-rate decay: each encoder layer trains at this times the rate of the layer above it (the
+    # head at the trial's rate); 1: one rate for all. See newscat/training/layer_lr.py.
+    layer_lr_decay: float = 1.0
     metric: str = "eval_accuracy"
     work_dir: str = "newscat-work"
     # Validation passes per epoch: each one is a pruning point, so bad trials stop after a fraction of an epoch.
@@ -136,8 +141,12 @@ class TrainConfig:
             isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1
         ):
             raise ConfigError(f"dropout must be model or a rate in [0, 1), got {self.dropout!r}")
-        if self.pooling not in POOLINGS:
-            raise ConfigError(f"pooling must be {' or '.join(POOLINGS)}, got {self.pooling!r}")
+        if isinstance(self.layer_lr_decay, bool) or not (
+            isinstance(self.layer_lr_decay, (int, float)) and 0 < self.layer_lr_decay <= 1
+        ):
+            raise ConfigError(f"layer_lr_decay must be in (0, 1], got {self.layer_lr_decay!r}")
+        if self.pooling not in ("auto", *POOLINGS):
+            raise ConfigError(f"pooling must be auto, {' or '.join(POOLINGS)}, got {self.pooling!r}")
         if self.metric not in STUDY_METRICS:
             raise ConfigError(f"metric must be eval_accuracy or eval_macro_f1, got {self.metric}")
 

@@ -44,12 +44,17 @@ def pooling_problem(model: Any, pooling: str) -> str | None:
     made_mean = getattr(model.base_model, _HOOKED, False) or getattr(model.config, CONFIG_KEY, "cls") != "cls"
     if pooling == "cls" and made_mean:
         return "this model was made to pool by mean; it cannot pool by cls"
-    if pooling == "mean" and getattr(model.base_model, "pooler", None) is None:
+    if pooling == "mean" and not has_pooler(model):
         return (
             f"pooling=mean needs an encoder with a pooler (the BERT family); {type(model).__name__} has none: "
             "set train.pooling to cls in the config file"
         )
     return None
+
+
+def has_pooler(model: Any) -> bool:
+    """Whether the encoder feeds a pooler (BERT does; RoBERTa's and DistilBERT's classifiers read the states)."""
+    return getattr(model.base_model, "pooler", None) is not None
 
 
 def apply_saved_pooling(model: Any) -> None:

@@ -226,6 +226,7 @@ def log_trial_params(number: int, params: Mapping[str, Any], cfg: Config, **extr
             "frozen_layers": cfg.train.frozen_layers,
             "dropout": cfg.train.dropout,
             "pooling": cfg.train.pooling,
+            "layer_lr_decay": cfg.train.layer_lr_decay,
             "evals_per_epoch": cfg.train.evals_per_epoch,
             "metric": cfg.train.metric,
             "seed": cfg.seed + number,

@@ -14,7 +14,7 @@ from newscat.data.tokenize import load_tokenizer, tokenize_news
 from newscat.tracking.datasets import dataset_record
 from newscat.training.model import BaseClassifier, load_base_classifier, resolve_model_path
 from newscat.training.search_space import SearchSpace, search_space_from
-from newscat.training.trainer import check_pooling, resolve_frozen_layers
+from newscat.training.trainer import resolve_frozen_layers, resolve_pooling
 
 if TYPE_CHECKING:
     import datasets
@@ -60,7 +60,7 @@ def prepare(cfg: Config) -> StudyInputs:
     base = load_base_classifier(model_path, data.label_names)
     # `auto` becomes a count here, and a count the model cannot take fails now, before any training.
     frozen = resolve_frozen_layers(base.model, cfg.train.frozen_layers)
-    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, frozen_layers=frozen))
-    check_pooling(base.model, cfg.train.pooling)
+    pooling = resolve_pooling(base.model, cfg.train.pooling)  # auto becomes mean or cls; a bad choice fails now
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, frozen_layers=frozen, pooling=pooling))
     records = {split: dataset_record(getattr(data, split), cfg.data.source, split) for split in SPLITS}
     return StudyInputs(cfg, data, tokenizer, tokenized, base, space, records)

@@ -78,6 +78,7 @@ CARD_PARAMS = (
     "frozen_layers",
     "dropout",
     "pooling",
+    "layer_lr_decay",
 )
 
 

@@ -97,4 +97,5 @@ def model_params(inputs: StudyInputs, params: TrialParams, *, number: int, rows:
         "frozen_layers": cfg.train.frozen_layers,
         "dropout": cfg.train.dropout,
         "pooling": cfg.train.pooling,
+        "layer_lr_decay": cfg.train.layer_lr_decay,
     }

@@ -17,6 +17,7 @@ from transformers import TrainerCallback
 from newscat.config import ConfigError, TrainConfig
 from newscat.evaluation.metrics import accuracy_and_macro_f1
 from newscat.serving.precision import use_bf16
+from newscat.training.layer_lr import layer_lr_optimizer
 
 if TYPE_CHECKING:
     import datasets
@@ -248,6 +249,7 @@ def train_classifier(
         processing_class=tokenizer,
         compute_metrics=compute_metrics,
         callbacks=[checkpoints, DivergenceGuard(), *([tail] if average and evaluate else []), *callbacks],
+        optimizers=(layer_lr_optimizer(model, args, cfg.layer_lr_decay), None),
     )
     with prefix_cache.attached(model) if prefix_cache is not None else contextlib.nullcontext():
         trainer.train()
@@ -296,12 +298,20 @@ def check_pooling(model: PreTrainedModel, pooling: str) -> None:
         raise ConfigError(f"train.pooling: {problem}")
 
 
+def resolve_pooling(model: PreTrainedModel, value: str) -> str:
+    """`auto`: mean where the encoder has a pooler to feed (the BERT family), else cls; any other value, checked."""
+    from newscat.serving.pooling import has_pooler
+
+    pooling = value if value != "auto" else ("mean" if has_pooler(model) else "cls")
+    check_pooling(model, pooling)
+    return pooling
+
+
 def set_pooling(model: PreTrainedModel, pooling: str) -> None:
     """Pool by `pooling` (newscat/serving/pooling.py); the model's config records it for every later loader."""
     from newscat.serving.pooling import apply_pooling
 
-    check_pooling(model, pooling)
-    apply_pooling(model, pooling)
+    apply_pooling(model, resolve_pooling(model, pooling))
 
 
 AUTO_FROZEN_LAYERS = 2  # what `frozen_layers: auto` freezes (benchmarks/budget.py, 2026-12-02: 0.930 vs 0.916)

@@ -78,6 +78,13 @@ def test_pooling_is_applied_once_survives_copies_and_never_goes_back(mean_dir: P
 def test_an_encoder_without_a_pooler_is_told_to_use_cls() -> None:
     from transformers import DistilBertConfig, DistilBertForSequenceClassification
 
+    from newscat.config import ConfigError
+    from newscat.training.trainer import resolve_pooling
+
     config = DistilBertConfig(vocab_size=50, dim=16, hidden_dim=32, n_layers=1, n_heads=2)
+    model = DistilBertForSequenceClassification(config)
     with pytest.raises(PoolingError, match=r"DistilBertForSequenceClassification has none: set train\.pooling to cls"):
-        apply_pooling(DistilBertForSequenceClassification(config), "mean")
+        apply_pooling(model, "mean")
+    assert resolve_pooling(model, "auto") == "cls"  # the default takes what the model has
+    with pytest.raises(ConfigError, match=r"train\.pooling: pooling=mean needs an encoder with a pooler"):
+        resolve_pooling(model, "mean")

@@ -21,6 +21,7 @@ from newscat.training.trainer import (
     eval_every,
     freeze_lower_layers,
     resolve_frozen_layers,
+    resolve_pooling,
     set_dropout,
     train_classifier,
 )
@@ -120,14 +121,16 @@ def test_mean_pooling_trains_and_the_saved_config_says_so(tiny, tmp_path: Path) 
     from transformers import AutoConfig
 
     tokenizer, tokenized, base = tiny
-    assert TrainConfig().pooling == "cls"
+    assert TrainConfig().pooling == "auto"
+    assert resolve_pooling(base.model, "auto") == "mean"  # a BERT: its pooler reads the mean
     cfg = TrainConfig(evals_per_epoch=1, precision="fp32", pooling="mean")
     result = train_classifier(base.fresh(0), tokenizer, tokenized, PARAMS, cfg, output_dir=tmp_path, seed=0)
     assert AutoConfig.from_pretrained(result.best_checkpoint).newscat_pooling == "mean"
     assert 0.0 <= result.best_metrics["eval_accuracy"] <= 1.0
     assert not hasattr(base.model.config, "newscat_pooling")  # the shared base model is untouched
-    with pytest.raises(ConfigError, match="pooling must be cls or mean, got 'max'"):
+    with pytest.raises(ConfigError, match="pooling must be auto, cls or mean, got 'max'"):
         TrainConfig(pooling="max")
+    assert not hasattr(base.model.config, "newscat_pooling")  # resolving changes nothing
 
 
 def test_the_tail_average_is_scored_and_kept_only_when_validation_prefers_it(tiny, tmp_path: Path) -> None:
