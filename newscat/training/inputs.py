@@ -62,5 +62,6 @@ def prepare(cfg: Config) -> StudyInputs:
     frozen = resolve_frozen_layers(base.model, cfg.train.frozen_layers)
     pooling = resolve_pooling(base.model, cfg.train.pooling)  # auto becomes mean or cls; a bad choice fails now
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, frozen_layers=frozen, pooling=pooling))
+    log.info("model %s: %d frozen layers, %s pooling, dropout %s", cfg.model.name, frozen, pooling, cfg.train.dropout)
     records = {split: dataset_record(getattr(data, split), cfg.data.source, split) for split in SPLITS}
     return StudyInputs(cfg, data, tokenizer, tokenized, base, space, records)
