@@ -9,12 +9,15 @@ never enters the mean, so a text's answer does not depend on its batch-mates.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 POOLINGS = ("cls", "mean")
 CONFIG_KEY = "newscat_pooling"
-_MASK = "_newscat_attention_mask"  # where the base model's pre-hook leaves the batch's mask for the pooler's
 _HOOKED = "_newscat_mean_pooling"  # set on the base model once its hooks are in place
+# The masks of the forwards under way, per thread (innermost last): a mask kept on the module instead could reach
+# the pooler of another thread's forward, and a text's answer would depend on another client's batch.
+_masks = threading.local()
 
 
 class PoolingError(ValueError):
@@ -32,6 +35,7 @@ def apply_pooling(model: Any, pooling: str) -> None:
         return
     if not getattr(base, _HOOKED, False):
         base.register_forward_pre_hook(_keep_mask, with_kwargs=True)
+        base.register_forward_hook(_drop_mask, always_call=True)  # also when the forward fails
         base.pooler.register_forward_pre_hook(_mean_of_tokens)
         setattr(base, _HOOKED, True)
     setattr(model.config, CONFIG_KEY, pooling)
@@ -62,19 +66,35 @@ def apply_saved_pooling(model: Any) -> None:
     apply_pooling(model, getattr(model.config, CONFIG_KEY, "cls"))
 
 
+def _stack() -> list:
+    """This thread's masks of the base-model forwards under way."""
+    if not hasattr(_masks, "stack"):
+        _masks.stack = []
+    return _masks.stack
+
+
 def _keep_mask(module: Any, args: tuple, kwargs: dict) -> None:
-    """The base model's pre-hook: its pooler runs inside its forward and sees only the token states."""
+    """The base model's pre-hook: its pooler runs inside its forward, on this thread, and sees only the token
+    states."""
     mask = kwargs.get("attention_mask")
     if mask is None and len(args) > 1:
         mask = args[1]
-    setattr(module.pooler, _MASK, mask)
+    _stack().append(mask)
+
+
+def _drop_mask(module: Any, args: tuple, output: Any) -> None:
+    """The base model's post-hook: its forward is over (or failed), its mask is no longer needed."""
+    stack = _stack()
+    if stack:
+        stack.pop()
 
 
 def _mean_of_tokens(module: Any, args: tuple) -> tuple:
     """The pooler's pre-hook: its input becomes one position holding the mean of the text's unpadded states (the
     pooler reads position 0)."""
     (hidden,) = args
-    mask = getattr(module, _MASK, None)
+    stack = _stack()
+    mask = stack[-1] if stack else None
     if mask is None:
         return (hidden.mean(dim=1, keepdim=True),)
     weights = mask[:, : hidden.shape[1], None].to(hidden.dtype)

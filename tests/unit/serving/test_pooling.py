@@ -64,6 +64,7 @@ def test_pooling_is_applied_once_survives_copies_and_never_goes_back(mean_dir: P
     apply_saved_pooling(model)
     apply_pooling(model, "mean")  # idempotent: no second pair of hooks
     assert len(model.base_model._forward_pre_hooks) == 1 and len(model.base_model.pooler._forward_pre_hooks) == 1
+    assert len(model.base_model._forward_hooks) == 1
     ids, mask = (torch.from_numpy(a) for a in _batch(mean_dir, TEXTS))
     with torch.inference_mode():
         original = model(input_ids=ids, attention_mask=mask).logits
@@ -73,6 +74,40 @@ def test_pooling_is_applied_once_survives_copies_and_never_goes_back(mean_dir: P
         apply_pooling(model, "cls")
     with pytest.raises(PoolingError, match="pooling must be one of cls, mean"):
         apply_pooling(model, "max")
+
+
+def test_a_forward_on_another_thread_does_not_change_this_ones_answer(mean_dir: Path) -> None:
+    """Thread A's forward is paused between its encoder and its pooler while thread B runs a whole forward of
+    another batch (another padding) on the same model: A's answer is still the one A gets alone."""
+    import threading
+
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(mean_dir).eval()
+    apply_saved_pooling(model)
+    short, both = (tuple(torch.from_numpy(a) for a in _batch(mean_dir, texts)) for texts in (TEXTS[:1], TEXTS))
+    with torch.inference_mode():
+        expected = model(input_ids=short[0], attention_mask=short[1]).logits
+    answers: dict[str, torch.Tensor] = {}
+
+    def run(name: str, ids: torch.Tensor, mask: torch.Tensor) -> None:
+        with torch.inference_mode():
+            answers[name] = model(input_ids=ids, attention_mask=mask).logits
+
+    def other_forward_meanwhile(module: object, args: tuple, output: object) -> None:
+        if threading.current_thread().name == "A" and "B" not in answers:
+            other = threading.Thread(target=run, args=("B", *both), name="B")
+            other.start()
+            other.join()
+
+    model.base_model.encoder.register_forward_hook(other_forward_meanwhile)
+    first = threading.Thread(target=run, args=("A", *short), name="A")
+    first.start()
+    first.join()
+    assert set(answers) == {"A", "B"}
+    torch.testing.assert_close(answers["A"], expected)
+    torch.testing.assert_close(answers["B"][:1], expected, atol=1e-5, rtol=1e-4)  # padding-free for B too
 
 
 def test_an_encoder_without_a_pooler_is_told_to_use_cls() -> None:
