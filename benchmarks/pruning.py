@@ -11,10 +11,14 @@ pruners on the first study's curves, trial by trial as the study ran them (the s
 training is seeded and an evaluation changes nothing): what each pruner would have stopped, at no training cost.
 A spec is pruner@evals_per_epoch (median, halving, hyperband, or percentileP: keep the top P%), read at every k-th
 point of the recorded ones. Replayed figures are labelled as such; the studies above them ran for real.
+`--replay-sizes` replays every spec on the first k recorded trials too (what a k-trial study would have saved: the
+sampler's first 10 draws do not depend on pruning).
 
     python benchmarks/pruning.py --data ../shared/data/ag_news --n-trials 8 --n-train 2000
     python benchmarks/pruning.py --n-trials 6 --n-train 1000 --max-epochs 2 --evals-per-epoch 4 \
         --pruners none,halving --replay median@2,median@4,halving@2,halving@4,percentile25@4
+    python benchmarks/pruning.py --n-trials 12 --n-train 1000 --max-epochs 2 --evals-per-epoch 4 \
+        --pruners none,median --replay median@2,median@4,halving@4,percentile25@4 --replay-sizes 4,6,8,10
 """
 
 from __future__ import annotations
@@ -126,6 +130,27 @@ def replay(spec: str, curves: list[dict], args: argparse.Namespace) -> dict:
     return {"optimizer_steps": steps, "epochs_run": round(epochs, 2), "trials": dict(states), "best_val_accuracy": best}
 
 
+def replay_by_size(specs: list[str], base: dict, sizes: list[int], args: argparse.Namespace) -> dict:
+    """Each spec replayed on the first k recorded trials, against those k trials run in full."""
+    report: dict = {}
+    for k in sizes:
+        curves = base["curves"][:k]
+        full = sum(
+            round(max(c["accuracy_at"]) / args.evals_per_epoch * steps_per_epoch(args.n_train, c["params"]))
+            for c in curves
+        )
+        best = max(c["value"] for c in curves if c["value"] is not None)
+        report[str(k)] = {"full_optimizer_steps": full, "best_val_accuracy": best}
+        for spec in specs:
+            r = replay(spec, curves, args)
+            report[str(k)][spec] = {
+                "optimizer_steps": r["optimizer_steps"],
+                "steps_saved_fraction": round(1 - r["optimizer_steps"] / full, 3),
+                "best_val_accuracy_delta_points": round(100 * (r["best_val_accuracy"] - best), 2),
+            }
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="../shared/data/ag_news")
@@ -136,6 +161,7 @@ def main() -> None:
     parser.add_argument("--evals-per-epoch", type=int, default=2)
     parser.add_argument("--pruners", default="none,median,hyperband", help="comma-separated; the first is the base")
     parser.add_argument("--replay", default="", help="pruner@evals_per_epoch specs replayed on the base's curves")
+    parser.add_argument("--replay-sizes", default="", help="comma-separated k: replay on the base's first k trials")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -175,6 +201,9 @@ def main() -> None:
             }
             for spec, r in replayed.items()
         }
+        if args.replay_sizes:
+            sizes = [int(k) for k in args.replay_sizes.split(",")]
+            report["replayed_by_study_size"] = replay_by_size(args.replay.split(","), base, sizes, args)
     print(json.dumps(report, indent=2))
 
 
