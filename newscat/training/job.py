@@ -73,6 +73,7 @@ def tune_and_register(cfg: Config) -> TuneOutcome:
         cfg.tune,
         seed=cfg.seed,
         max_evals=cfg.train.max_epochs * cfg.train.evals_per_epoch,
+        n_validation=len(inputs.data.validation),
         on_interrupted=OnInterrupted(end_interrupted_run),
     )
     with studies.study_lock(study):  # workers starting together agree on one parent run and one warm-start queue

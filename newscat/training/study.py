@@ -15,6 +15,7 @@ from transformers import TrainerCallback
 from newscat.config import ConfigError, TuneConfig, eval_index
 from newscat.locks import beside_sqlite, database_lock
 from newscat.redaction import redact_url
+from newscat.training.racing import RacingPruner
 from newscat.training.recovery import OnInterrupted, fail_dead_workers_trials
 
 log = logging.getLogger("newscat")
@@ -48,7 +49,12 @@ def storage_error(url: str, exc: Exception) -> ConfigError:
 
 
 def open_study(
-    cfg: TuneConfig, *, seed: int, max_evals: int, on_interrupted: OnInterrupted | None = None
+    cfg: TuneConfig,
+    *,
+    seed: int,
+    max_evals: int,
+    n_validation: int | None = None,
+    on_interrupted: OnInterrupted | None = None,
 ) -> optuna.Study:
     """Create the study, or load it when it exists (resume); trials of dead local workers are failed first."""
     storage = make_storage(cfg, on_interrupted)
@@ -65,7 +71,7 @@ def open_study(
         storage=storage,
         direction="maximize",
         sampler=sampler,
-        pruner=make_pruner(cfg, max_evals),
+        pruner=make_pruner(cfg, max_evals, n_validation),
         load_if_exists=True,
     )
     if resumed and on_interrupted is not None:
@@ -98,9 +104,13 @@ def others_running(study: optuna.Study) -> list[int]:
     return [t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))]
 
 
-def make_pruner(cfg: TuneConfig, max_evals: int) -> optuna.pruners.BasePruner:
-    """Median (default), successive halving, Hyperband over evaluation points (`max_evals` = max_epochs x
-    evals_per_epoch), or none."""
+def make_pruner(cfg: TuneConfig, max_evals: int, n_validation: int | None = None) -> optuna.pruners.BasePruner:
+    """Median (default), racing (needs `n_validation`, the validation rows), successive halving, Hyperband over
+    evaluation points (`max_evals` = max_epochs x evals_per_epoch), or none."""
+    if cfg.pruner == "racing":
+        if n_validation is None:
+            raise ValueError("the racing pruner needs the validation set's size")
+        return RacingPruner(n_validation, n_startup_trials=cfg.pruner_startup_trials)
     if cfg.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=cfg.pruner_startup_trials, n_warmup_steps=0)
     if cfg.pruner == "halving":  # rungs at evaluations 1, 3, 9...: a trial goes on only if it is in the top third there

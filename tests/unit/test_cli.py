@@ -94,7 +94,7 @@ def test_mlproject_style_empty_values_leave_the_config_file_in_charge(tmp_path: 
     empty = ["--n-trials", "", "--timeout", "", "--max-epochs", "", "--pruner", "", "--precision", "", "--seed", ""]
     result = CliRunner().invoke(main, ["tune", "--config", str(config), "--data", str(tmp_path), *empty])
     assert result.exit_code == 1
-    assert "pruner must be median, halving, hyperband or none, got 'bogus'" in result.output
+    assert "pruner must be median, racing, halving, hyperband or none, got 'bogus'" in result.output
     bad = CliRunner().invoke(main, ["tune", "--n-trials", "four"])
     assert bad.exit_code == 2 and "'four' is not a valid integer" in bad.output
 

@@ -48,7 +48,7 @@ def test_zero_means_no_limit() -> None:
         ({"tune.n_trials": 0}, "n_trials must be >= 1"),
         ({"model.max_length": 4}, r"max_length must be in \[8, 512\]"),
         ({"data.validation_fraction": 0.9}, r"validation_fraction must be in \(0, 0.5\)"),
-        ({"tune.pruner": "random"}, "pruner must be median, halving, hyperband or none"),
+        ({"tune.pruner": "random"}, "pruner must be median, racing, halving, hyperband or none"),
         ({"train.metric": "loss"}, "metric must be eval_accuracy or eval_macro_f1"),
     ],
 )
