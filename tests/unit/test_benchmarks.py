@@ -75,7 +75,7 @@ def test_pruning_replay_stops_what_the_pruner_would_and_counts_the_steps() -> No
         import pruning
     finally:
         sys.path.remove(str(BENCHMARKS))
-    args = argparse.Namespace(n_train=100, max_epochs=2, evals_per_epoch=4)
+    args = argparse.Namespace(n_train=100, n_eval=500, max_epochs=2, evals_per_epoch=4)
     good = {"params": {"batch_size": 10}, "accuracy_at": {k: 0.5 + 0.05 * k for k in range(1, 9)}}
     bad = {"params": {"batch_size": 20}, "accuracy_at": {k: 0.3 + 0.01 * k for k in range(1, 5)}}  # a 1-epoch trial
     median = pruning.replay("median@4", [good, bad], args)
@@ -85,5 +85,33 @@ def test_pruning_replay_stops_what_the_pruner_would_and_counts_the_steps() -> No
     # At 2 evaluations per epoch the same curves are read at points 2, 4, 6, 8: the bad trial stops at half an epoch.
     assert pruning.replay("median@2", [good, bad], args)["epochs_run"] == 2.5
     assert pruning.replay("none@4", [good, bad], args)["optimizer_steps"] == 20 + 5
+    # Racing on 500 rows: the bad trial trails by 24 points at its first point (2 standard errors: about 4).
+    assert pruning.replay("racing@4", [good, bad], args)["optimizer_steps"] == 20 + 1
+    close = {"params": {"batch_size": 20}, "accuracy_at": {k: 0.48 + 0.05 * k for k in range(1, 5)}}
+    assert pruning.replay("racing@4", [good, close], args)["optimizer_steps"] == 20 + 5  # 2 points behind: noise
+    assert pruning.replay("median@4", [good, close], args)["optimizer_steps"] == 20 + 1
     with pytest.raises(SystemExit, match="must divide"):
         pruning.replay("median@3", [good], args)
+
+
+def test_weight_averaging_ema_is_bias_corrected() -> None:
+    import torch
+
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from weight_averaging import MovingAverage
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    model = torch.nn.Linear(1, 1)
+    constant, ramp = MovingAverage(0.998), MovingAverage(0.9)
+    for step in range(1, 201):
+        with torch.no_grad():
+            model.weight.fill_(3.0)
+        constant.on_step_end(None, None, None, model=model)
+        with torch.no_grad():
+            model.weight.fill_(float(step))
+        ramp.on_step_end(None, None, None, model=model)
+    # A constant stays itself from the first step on (no pull toward the zero start), and a ramp's average lags it by
+    # decay / (1 - decay) steps, whatever decay was asked (a warm-up would have capped it).
+    assert constant.shadow["weight"].item() == pytest.approx(3.0)
+    assert ramp.shadow["weight"].item() == pytest.approx(200 - 9, abs=1e-3)
