@@ -94,10 +94,9 @@ def fill_cache(model, cache: PrefixCache, tokenizer, tokenized) -> float:
 
 
 @torch.inference_mode()
-def accuracy(model, tokenizer, tokenized) -> float:
-    """The same evaluator for every variant: fp32, length-sorted batches of 64."""
+def accuracy(model, tokenizer, rows) -> float:
+    """The same evaluator for every variant (and benchmarks/weight_averaging.py): fp32, length-sorted batches of 64."""
     model.eval()
-    rows = tokenized["validation"]
     order = np.argsort(rows["length"])
     correct = 0
     for start in range(0, len(order), 64):
@@ -182,7 +181,7 @@ def main() -> None:
         results[name] = {
             "train_seconds": round(seconds, 1),
             "samples_per_s": round(len(data.train) / seconds, 2),
-            "val_accuracy_1_epoch": round(accuracy(model, tokenizer, tokenized), 4),
+            "val_accuracy_1_epoch": round(accuracy(model, tokenizer, tokenized["validation"]), 4),
         }
         if fill is not None:  # paid once per study, not per trial: shown apart
             results[name]["cache_fill_seconds"] = round(fill, 1)

@@ -8,7 +8,7 @@ the cache, dropout off, mean pooling), `--precision`, evaluated `--evals-per-epo
 - `tail_average`: the mean of the weights at the evaluations of the second half (`train.average_weights`),
 - `ema_D`: an EMA of the trainable weights after every optimizer step, decay D, bias-corrected.
 Each is scored on the validation rows (which pick, as the job would) and on the test split (which only measures), by
-the same evaluator: fp32, length-sorted batches of 64.
+the same evaluator as benchmarks/train_throughput.py: fp32, length-sorted batches of 64.
 
     python benchmarks/weight_averaging.py --data ../shared/data/ag_news --precision fp32 --decays 0.99,0.995,0.998
 """
@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from provenance import provenance
+from train_throughput import accuracy
 from transformers import TrainerCallback
 
 from newscat.config import build_config
@@ -61,20 +61,6 @@ class MovingAverage(TrainerCallback):
             return None
         correction = 1 - self.decay**self.steps
         return {name: total / correction for name, total in self.total.items()}
-
-
-@torch.inference_mode()
-def accuracy(model: Any, tokenizer: Any, rows: Any) -> float:
-    """fp32, length-sorted batches of 64."""
-    model.eval()
-    order = np.argsort(rows["length"])
-    correct = 0
-    for start in range(0, len(order), 64):
-        idx = order[start : start + 64].tolist()
-        batch = tokenizer.pad({"input_ids": [rows[i]["input_ids"] for i in idx]}, return_tensors="pt")
-        predicted = model(**batch).logits.argmax(-1).numpy()
-        correct += int((predicted == np.asarray([rows[i]["labels"] for i in idx])).sum())
-    return correct / len(order)
 
 
 @torch.no_grad()
