@@ -9,10 +9,12 @@ accuracy.
 Each trial's learning curve (its validation accuracy at every evaluation point) is recorded. `--replay` replays
 pruners on the first study's curves, trial by trial as the study ran them (the same configurations, the same curves:
 training is seeded and an evaluation changes nothing): what each pruner would have stopped, at no training cost.
-A spec is pruner@evals_per_epoch (median, racing, halving, hyperband, or percentileP: keep the top P%), read at
-every k-th point of the recorded ones. Replayed figures are labelled as such; the studies above them ran for real.
+A spec is pruner@evals_per_epoch (median, racing, halving, hyperband, percentileP: keep the top P%, or patientP:
+the median pruner asked only after P points without improvement), read at every k-th point of the recorded ones.
+Replayed figures are labelled as such; the studies above them ran for real.
 `--replay-sizes` replays every spec on the first k recorded trials too (what a k-trial study would have saved: the
-sampler's first 10 draws do not depend on pruning).
+sampler's first 10 draws do not depend on pruning). `--curves FILE` replays on the unpruned study of an earlier results
+file instead of running one (its rows, epochs and points replace the flags); nothing is trained.
 
     python benchmarks/pruning.py --data ../shared/data/ag_news --n-trials 8 --n-train 2000
     python benchmarks/pruning.py --n-trials 6 --n-train 1000 --max-epochs 2 --evals-per-epoch 4 \
@@ -21,6 +23,8 @@ sampler's first 10 draws do not depend on pruning).
         --pruners none,median --replay median@2,median@4,halving@4,percentile25@4 --replay-sizes 4,6,8,10
     python benchmarks/pruning.py --n-trials 12 --n-train 1000 --max-epochs 2 --evals-per-epoch 4 \
         --pruners none,racing --replay racing@2,racing@4,median@2,median@4,halving@4 --replay-sizes 4,6,8,10
+    python benchmarks/pruning.py --curves benchmarks/results/2026-12-03-pruning_racing.json \
+        --replay racing@4,median@4,patient1@4,patient2@4,halving@4,hyperband@4,percentile25@4 --replay-sizes 6,8,10
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import math
 import os
 import tempfile
 import time
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -95,13 +100,30 @@ def steps_per_epoch(n_train: int, params: dict) -> int:
 
 
 def replay_pruner(spec: str, max_evals: int, n_validation: int) -> optuna.pruners.BasePruner:
-    """A pruner as the study would build it (newscat's own settings), or percentileP."""
+    """A pruner as the study would build it (newscat's own settings), percentileP, or patientP (the median pruner
+    asked only after P evaluations without improvement)."""
     from newscat.config import TuneConfig
     from newscat.training.study import make_pruner
 
     if spec.startswith("percentile"):
         return optuna.pruners.PercentilePruner(float(spec.removeprefix("percentile")), n_startup_trials=1)
+    if spec.startswith("patient"):
+        with warnings.catch_warnings():  # experimental since Optuna 2.8
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            median = make_pruner(TuneConfig(pruner="median"), max_evals)
+            return optuna.pruners.PatientPruner(median, patience=int(spec.removeprefix("patient")))
     return make_pruner(TuneConfig(pruner=spec), max_evals, n_validation)
+
+
+def recorded_base(path: str, args: argparse.Namespace) -> dict:
+    """The unpruned study of an earlier results file, whose settings (rows, epochs, points) replace the flags."""
+    saved = json.loads(Path(path).read_text())
+    for key in ("data", "n_trials", "n_train", "n_eval", "max_epochs", "evals_per_epoch", "pruners"):
+        setattr(args, key, saved["settings"][key])
+    base = saved["results"][saved["settings"]["pruners"].split(",")[0]]
+    for curve in base["curves"]:
+        curve["accuracy_at"] = {int(k): v for k, v in curve["accuracy_at"].items()}  # JSON keys are strings
+    return base
 
 
 def replay(spec: str, curves: list[dict], args: argparse.Namespace) -> dict:
@@ -110,9 +132,9 @@ def replay(spec: str, curves: list[dict], args: argparse.Namespace) -> dict:
     every = args.evals_per_epoch // int(evals)
     if every < 1 or args.evals_per_epoch % int(evals):
         raise SystemExit(f"--replay {spec}: {evals} must divide --evals-per-epoch {args.evals_per_epoch}")
-    study = optuna.create_study(
-        direction="maximize", pruner=replay_pruner(name, args.max_epochs * int(evals), args.n_eval)
-    )
+    # Named as the real run's study: Hyperband assigns each trial's bracket by a hash of the study's name.
+    pruner = replay_pruner(name, args.max_epochs * int(evals), args.n_eval)
+    study = optuna.create_study(study_name=f"pruning-{name}", direction="maximize", pruner=pruner)
     steps, epochs, best, states = 0, 0.0, float("-inf"), Counter()
     for curve in curves:
         points = {k // every: v for k, v in curve["accuracy_at"].items() if k % every == 0}
@@ -166,14 +188,18 @@ def main() -> None:
     parser.add_argument("--pruners", default="none,median,hyperband", help="comma-separated; the first is the base")
     parser.add_argument("--replay", default="", help="pruner@evals_per_epoch specs replayed on the base's curves")
     parser.add_argument("--replay-sizes", default="", help="comma-separated k: replay on the base's first k trials")
+    parser.add_argument("--curves", default="", help="a results file: replay on its unpruned study, run nothing")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    with tempfile.TemporaryDirectory(prefix="newscat-pruning-") as tmp:
-        root = Path(tmp)
-        mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
+    if args.curves:
+        pruners, results = ["recorded"], {"recorded": recorded_base(args.curves, args)}
+    else:
         pruners = args.pruners.split(",")
-        results = {pruner: run(pruner, args, root) for pruner in pruners}
+        with tempfile.TemporaryDirectory(prefix="newscat-pruning-") as tmp:
+            root = Path(tmp)
+            mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
+            results = {pruner: run(pruner, args, root) for pruner in pruners}
     base = results[pruners[0]]
     report = {
         "benchmark": "pruning",

@@ -92,6 +92,33 @@ def test_pruning_replay_stops_what_the_pruner_would_and_counts_the_steps() -> No
     assert pruning.replay("median@4", [good, close], args)["optimizer_steps"] == 20 + 1
     with pytest.raises(SystemExit, match="must divide"):
         pruning.replay("median@3", [good], args)
+    # Hyperband's brackets hash the study's name: a replay is named as the real run's study, so it repeats itself.
+    many = [{**good, "accuracy_at": {k: v - 0.01 * i for k, v in good["accuracy_at"].items()}} for i in range(9)]
+    assert pruning.replay("hyperband@4", many, args) == pruning.replay("hyperband@4", many, args)
+    # Patience: the median pruner is asked only once the last 2 points fell below the best before them (Optuna's
+    # PatientPruner, min_delta 0): never for a rising curve; for a falling one at its third point, and it stops it.
+    assert pruning.replay("patient1@4", [good, bad], args)["trials"] == {"complete": 2}
+    falling = {"params": {"batch_size": 20}, "accuracy_at": {k: 0.31 - 0.01 * k for k in range(1, 5)}}
+    assert pruning.replay("patient1@4", [good, falling], args)["epochs_run"] == 2 + 0.75
+
+
+def test_pruning_replays_a_recorded_study_with_its_settings(tmp_path: Path) -> None:
+    import argparse
+
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import pruning
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    curve = {"params": {"batch_size": 10}, "accuracy_at": {"1": 0.5, "2": 0.7}}
+    settings = {"data": "d", "n_trials": 1, "n_train": 100, "n_eval": 50, "max_epochs": 1, "evals_per_epoch": 2}
+    saved = {"settings": {**settings, "pruners": "none,racing"}, "results": {"none": {"curves": [curve]}}}
+    (tmp_path / "r.json").write_text(json.dumps(saved))
+    args = argparse.Namespace(n_train=5, n_eval=5, max_epochs=9, evals_per_epoch=4)
+    base = pruning.recorded_base(str(tmp_path / "r.json"), args)
+    assert (args.n_train, args.n_eval, args.max_epochs, args.evals_per_epoch) == (100, 50, 1, 2)
+    assert base["curves"][0]["accuracy_at"] == {1: 0.5, 2: 0.7}
+    assert pruning.replay("none@2", base["curves"], args)["optimizer_steps"] == 10
 
 
 def test_weight_averaging_ema_is_bias_corrected() -> None:
