@@ -155,6 +155,8 @@ def main() -> None:
         "newscat_fp32_cached_layers2_nodropout_mean": replace(
             plain, precision="fp32", freeze_embeddings=True, frozen_layers=2, dropout=0.0, pooling="mean"
         ),
+        # The product's defaults with fp32 forced: what a CPU without native bf16 trains with.
+        "newscat_fp32_defaults": replace(defaults, precision="fp32"),
     }
     runners = {
         "seed_dynamic": lambda m, d: seed_recipe(m, tokenizer, tokenized, fixed_padding=False, out=d),
@@ -170,7 +172,9 @@ def main() -> None:
         fill = None
         frozen = resolve_frozen_layers(model, newscat_configs[name].frozen_layers) if name in newscat_configs else 0
         # The product's defaults (newscat and its variants) read the study's cache of the frozen layers:
-        if "_cached_" in name or (name in ("newscat", "newscat_mean", "newscat_llrd") and frozen):
+        if "_cached_" in name or (
+            name in ("newscat", "newscat_fp32_defaults", "newscat_mean", "newscat_llrd") and frozen
+        ):
             cache = PrefixCache(frozen)
             fill = fill_cache(model, cache, tokenizer, tokenized)
             runner = functools.partial(runners[name], cache=cache)
