@@ -9,8 +9,9 @@ accuracy.
 Each trial's learning curve (its validation accuracy at every evaluation point) is recorded. `--replay` replays
 pruners on the first study's curves, trial by trial as the study ran them (the same configurations, the same curves:
 training is seeded and an evaluation changes nothing): what each pruner would have stopped, at no training cost.
-A spec is pruner@evals_per_epoch (median, racing, halving, hyperband, percentileP: keep the top P%, or patientP:
-the median pruner asked only after P points without improvement), read at every k-th point of the recorded ones.
+A spec is pruner@evals_per_epoch (median, racing, halving, hyperband, percentileP: keep the top P%, patientP:
+the median pruner asked only after P points without improvement, or racingZ: racing at Z standard errors, not 2),
+read at every k-th point of the recorded ones.
 Replayed figures are labelled as such; the studies above them ran for real.
 `--replay-sizes` replays every spec on the first k recorded trials too (what a k-trial study would have saved: the
 sampler's first 10 draws do not depend on pruning). `--curves FILE` replays on the unpruned study of an earlier results
@@ -25,6 +26,8 @@ file instead of running one (its rows, epochs and points replace the flags); not
         --pruners none,racing --replay racing@2,racing@4,median@2,median@4,halving@4 --replay-sizes 4,6,8,10
     python benchmarks/pruning.py --curves benchmarks/results/2026-12-03-pruning_racing.json \
         --replay racing@4,median@4,patient1@4,patient2@4,halving@4,hyperband@4,percentile25@4 --replay-sizes 6,8,10
+    python benchmarks/pruning.py --curves benchmarks/results/2026-12-03-pruning_racing.json \
+        --replay racing0.5@4,racing1@4,racing1.5@4,racing@4,racing2.5@4
 """
 
 from __future__ import annotations
@@ -100,9 +103,10 @@ def steps_per_epoch(n_train: int, params: dict) -> int:
 
 
 def replay_pruner(spec: str, max_evals: int, n_validation: int) -> optuna.pruners.BasePruner:
-    """A pruner as the study would build it (newscat's own settings), percentileP, or patientP (the median pruner
-    asked only after P evaluations without improvement)."""
+    """A pruner as the study would build it (newscat's own settings), percentileP, patientP (the median pruner
+    asked only after P evaluations without improvement), or racingZ (racing at Z standard errors, not 2)."""
     from newscat.config import TuneConfig
+    from newscat.training.racing import RacingPruner
     from newscat.training.study import make_pruner
 
     if spec.startswith("percentile"):
@@ -112,6 +116,8 @@ def replay_pruner(spec: str, max_evals: int, n_validation: int) -> optuna.pruner
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             median = make_pruner(TuneConfig(pruner="median"), max_evals)
             return optuna.pruners.PatientPruner(median, patience=int(spec.removeprefix("patient")))
+    if spec.startswith("racing") and spec != "racing":
+        return RacingPruner(n_validation, float(spec.removeprefix("racing")), TuneConfig().pruner_startup_trials)
     return make_pruner(TuneConfig(pruner=spec), max_evals, n_validation)
 
 

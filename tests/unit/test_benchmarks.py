@@ -89,6 +89,8 @@ def test_pruning_replay_stops_what_the_pruner_would_and_counts_the_steps() -> No
     assert pruning.replay("racing@4", [good, bad], args)["optimizer_steps"] == 20 + 1
     close = {"params": {"batch_size": 20}, "accuracy_at": {k: 0.48 + 0.05 * k for k in range(1, 5)}}
     assert pruning.replay("racing@4", [good, close], args)["optimizer_steps"] == 20 + 5  # 2 points behind: noise
+    # racingZ: the same rule at Z standard errors; at 0.5 (1.1 points here) the 2-point gap prunes.
+    assert pruning.replay("racing0.5@4", [good, close], args)["optimizer_steps"] == 20 + 1
     assert pruning.replay("median@4", [good, close], args)["optimizer_steps"] == 20 + 1
     with pytest.raises(SystemExit, match="must divide"):
         pruning.replay("median@3", [good], args)
