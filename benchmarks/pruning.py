@@ -61,6 +61,9 @@ def run(pruner: str, args: argparse.Namespace, root: Path) -> dict:
             "train.refit": False,
             "train.work_dir": str(root / "work"),
             "tune.n_trials": args.n_trials,
+            # No time budget: the job's default one (1,200 s) cut the study short on a slow CPU, and each study must
+            # run all of its trials for the steps to compare.
+            "tune.timeout": 0,
             "tune.pruner": pruner,
             "tune.study_name": f"pruning-{pruner}",
             "tune.storage": f"sqlite:///{root}/optuna.db",
