@@ -135,6 +135,18 @@ def recorded_base(path: str, args: argparse.Namespace) -> dict:
     return base
 
 
+def validation_rows(args: argparse.Namespace) -> int:
+    """The validation rows the studies scored: `--n-eval` at most, fewer where the data holds fewer (racing's noise
+    is computed from them, as the job does)."""
+    from newscat.config import DataConfig
+    from newscat.data.load import load_news
+
+    if not Path(getattr(args, "data", None) or "/nonexistent").is_dir():  # synthetic curves: no data behind them
+        return args.n_eval
+    data = DataConfig(source=args.data, max_train_samples=args.n_train, max_eval_samples=args.n_eval)
+    return len(load_news(data, seed=0).validation)
+
+
 def replay(spec: str, curves: list[dict], args: argparse.Namespace) -> dict:
     """Feed the recorded curves, in trial order, to a fresh study with `spec` = pruner@evals_per_epoch."""
     name, evals = spec.split("@")
@@ -142,7 +154,7 @@ def replay(spec: str, curves: list[dict], args: argparse.Namespace) -> dict:
     if every < 1 or args.evals_per_epoch % int(evals):
         raise SystemExit(f"--replay {spec}: {evals} must divide --evals-per-epoch {args.evals_per_epoch}")
     # Named as the real run's study: Hyperband assigns each trial's bracket by a hash of the study's name.
-    pruner = replay_pruner(name, args.max_epochs * int(evals), args.n_eval)
+    pruner = replay_pruner(name, args.max_epochs * int(evals), validation_rows(args))
     study = optuna.create_study(study_name=f"pruning-{name}", direction="maximize", pruner=pruner)
     steps, epochs, best, states = 0, 0.0, float("-inf"), Counter()
     for curve in curves:
