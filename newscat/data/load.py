@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from newscat.config import DataConfig
-from newscat.data.text import join_fields
+from newscat.data.text import join_fields, normalize_text
 from newscat.errors import NewscatError
 
 FILE_SUFFIXES = (".csv", ".json", ".jsonl", ".parquet")
@@ -35,6 +35,7 @@ class NewsData:
     source: str
     layout: str
     train_pool: pd.DataFrame | None = None  # every training row, when `train` is a subsample of them
+    test_fraction: float | None = None  # the share carved off as the test split; None: the source has a test split
 
     def refit_rows(self, limit: int | None, *, seed: int) -> pd.DataFrame:
         """Training rows for the final model: up to `limit` of the pool (None: all), never fewer than `train`."""
@@ -49,7 +50,7 @@ class NewsData:
 
 def load_news(cfg: DataConfig, *, seed: int) -> NewsData:
     """Load, validate and split the configured data source."""
-    train, test, names, layout = _read_source(cfg)
+    train, test, names, layout, carved = _read_source(cfg)
     _check_splits(train, test, names, cfg.source)
     validation_size = _validation_size(len(train), cfg)
     pool, validation = stratified_split(train, validation_size, seed=seed)
@@ -65,7 +66,16 @@ def load_news(cfg: DataConfig, *, seed: int) -> NewsData:
         source=cfg.source,
         layout=layout,
         train_pool=pool if len(train) < len(pool) else None,
+        test_fraction=cfg.test_fraction if carved else None,
     )
+
+
+def text_key(text: str) -> str:
+    """What makes two texts the same row for leak checks: the text the model reads (`normalize_text`), case-folded.
+
+    A test headline that comes back with other escapes, spacing or case is still that test row.
+    """
+    return normalize_text(text).casefold()
 
 
 def stratified_split(frame: pd.DataFrame, second_size: int, *, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -88,17 +98,23 @@ def _validation_size(n_train: int, cfg: DataConfig) -> int:
     return size
 
 
-def _read_source(cfg: DataConfig) -> tuple[pd.DataFrame, pd.DataFrame, tuple[str, ...], str]:
+# train, test, class names, and whether the test split was carved from the training rows (by `test_fraction`)
+_Read = tuple[pd.DataFrame, pd.DataFrame, tuple[str, ...], bool]
+
+
+def _read_source(cfg: DataConfig) -> tuple[pd.DataFrame, pd.DataFrame, tuple[str, ...], str, bool]:
     path = Path(cfg.source).expanduser()
     if path.is_dir():
         if all((path / name).is_file() for name in AG_NEWS_FILES) and _is_headerless(path / "train.csv"):
-            return (*_read_ag_news_dir(path), "ag_news_csv")
-        return (*_read_file_dir(path, cfg), "files")
+            return (*_read_ag_news_dir(path), "ag_news_csv", False)
+        train, test, names, carved = _read_file_dir(path, cfg)
+        return train, test, names, "files", carved
     if path.is_file():
-        return (*_read_single_file(path, cfg), "file")
+        return (*_read_single_file(path, cfg), "file", True)
     if _looks_like_path(cfg.source):
         raise DataError(f"{cfg.source}: no such file or directory")
-    return (*_read_hub(cfg), "hub")
+    train, test, names, carved = _read_hub(cfg)
+    return train, test, names, "hub", carved
 
 
 def _looks_like_path(source: str) -> bool:
@@ -166,7 +182,7 @@ def _read_ag_news_csv(path: Path, n_classes: int) -> pd.DataFrame:
 # --- CSV / JSON / JSONL / Parquet files ------------------------------------------------------
 
 
-def _read_file_dir(path: Path, cfg: DataConfig) -> tuple[pd.DataFrame, pd.DataFrame, tuple[str, ...]]:
+def _read_file_dir(path: Path, cfg: DataConfig) -> _Read:
     found = {split: _find_split_file(path, split) for split in ("train", "test")}
     if found["train"] is None:
         raise DataError(
@@ -177,10 +193,10 @@ def _read_file_dir(path: Path, cfg: DataConfig) -> tuple[pd.DataFrame, pd.DataFr
     names = read_classes(classes) if classes.is_file() else None
     train_raw = _read_table(found["train"], cfg)
     if found["test"] is None:
-        return _label_and_carve_test(train_raw, names, found["train"], cfg)
+        return (*_label_and_carve_test(train_raw, names, found["train"], cfg), True)
     test_raw = _read_table(found["test"], cfg)
     names, to_id = _label_mapping(train_raw["label"], names, found["train"])
-    return _encode(train_raw, to_id, found["train"]), _encode(test_raw, to_id, found["test"]), names
+    return _encode(train_raw, to_id, found["train"]), _encode(test_raw, to_id, found["test"]), names, False
 
 
 def _read_single_file(path: Path, cfg: DataConfig) -> tuple[pd.DataFrame, pd.DataFrame, tuple[str, ...]]:
@@ -277,7 +293,7 @@ def _encode(raw: pd.DataFrame, to_id: dict[object, int], path: Path) -> pd.DataF
 # --- the Hugging Face Hub --------------------------------------------------------------------
 
 
-def _read_hub(cfg: DataConfig) -> tuple[pd.DataFrame, pd.DataFrame, tuple[str, ...]]:
+def _read_hub(cfg: DataConfig) -> _Read:
     import datasets
 
     try:
@@ -293,12 +309,12 @@ def _read_hub(cfg: DataConfig) -> tuple[pd.DataFrame, pd.DataFrame, tuple[str, .
     names = tuple(feature.names) if isinstance(feature, datasets.ClassLabel) else None
     train_raw = _hub_frame(loaded["train"].to_pandas(), cfg)
     if "test" not in loaded:
-        return _label_and_carve_test(train_raw, names, Path(cfg.source), cfg)
+        return (*_label_and_carve_test(train_raw, names, Path(cfg.source), cfg), True)
     test_raw = _hub_frame(loaded["test"].to_pandas(), cfg)
     if names is not None:  # ClassLabel ids are already 0..K-1
-        return _ids(train_raw), _ids(test_raw), names
+        return _ids(train_raw), _ids(test_raw), names, False
     names, to_id = _label_mapping(train_raw["label"], None, Path(cfg.source))
-    return _encode(train_raw, to_id, Path(cfg.source)), _encode(test_raw, to_id, Path(cfg.source)), names
+    return _encode(train_raw, to_id, Path(cfg.source)), _encode(test_raw, to_id, Path(cfg.source)), names, False
 
 
 def _hub_frame(frame: pd.DataFrame, cfg: DataConfig) -> pd.DataFrame:

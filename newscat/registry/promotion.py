@@ -103,10 +103,12 @@ def _score_both(
     scored: Predictions | None,
 ) -> tuple[Predictions, Predictions | None]:
     """Both versions' predictions on the same test rows: the data the challenger was trained on, or `source`."""
-    data = VersionTags.from_tags(challenger.tags).data_config(source)
+    pinned = VersionTags.from_tags(challenger.tags)
+    data = pinned.data_config(source)
     if data is None:
         raise RegistryError(f"{name} version {challenger.version} records no data source; pass --data")
-    news, record = load_test_split(data, seed)
+    # On the challenger's own data, the rows must be the test split it recorded: else they may be training rows.
+    news, record = load_test_split(data, seed, pinned=pinned, label=f"{name} version {challenger.version}")
     if scored is None or scored.data.get("digest") != record["digest"]:
         scored = score(f"models:/{name}/{challenger.version}", news, record)
     defending = score(f"models:/{name}/{champion.version}", news, record) if champion else None

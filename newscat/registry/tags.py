@@ -38,7 +38,10 @@ class VersionTags:
     text_columns: tuple[str, ...] = ("text",)
     label_column: str = "label"
     train_digest: str = ""
-    test_digest: str = ""
+    test_fraction: float | None = None  # cuts the test split off the data when it has none (None: older versions)
+    test_digest: str = ""  # MLflow's dataset digest of the test split (its first 10,000 rows and row count)
+    test_sha256: str = ""  # every test row, in order (see `tracking.datasets.rows_sha256`)
+    test_rows: int | None = None
     base_model: str = ""
     seed: int | None = None
     test_metrics: Mapping[str, float] = field(default_factory=dict)
@@ -58,7 +61,10 @@ class VersionTags:
             "data.text_columns": ",".join(self.text_columns),
             "data.label_column": self.label_column,
             "data.train_digest": self.train_digest,
+            "data.test_fraction": self.test_fraction,
             "data.test_digest": self.test_digest,
+            "data.test_sha256": self.test_sha256,
+            "data.test_rows": self.test_rows,
             "base_model": self.base_model,
             "seed": self.seed,
             **{evaluation_tag(digest): run_id for digest, run_id in self.evaluations.items()},
@@ -82,7 +88,10 @@ class VersionTags:
             text_columns=tuple(tags.get("data.text_columns", "text").split(",")),
             label_column=tags.get("data.label_column", "label"),
             train_digest=tags.get("data.train_digest", ""),
+            test_fraction=_float(tags.get("data.test_fraction")),
             test_digest=tags.get("data.test_digest", ""),
+            test_sha256=tags.get("data.test_sha256", ""),
+            test_rows=_int(tags.get("data.test_rows")),
             base_model=tags.get("base_model", ""),
             seed=_int(tags.get("seed")),
             test_metrics={k: float(tags[f"test_{k}"]) for k in TEST_METRICS if f"test_{k}" in tags},
@@ -94,11 +103,21 @@ class VersionTags:
         )
 
     def data_config(self, source: str | None = None) -> DataConfig | None:
-        """The data this version was trained on (or `source` read the same way); None when neither is known."""
+        """The data this version was trained on, read as it was: source, columns and the test split's fraction (or
+        `source` read the same way); None when neither is known."""
         source = source or self.data_source
         if not source:
             return None
-        return DataConfig(source=source, text_columns=self.text_columns, label_column=self.label_column)
+        split = {} if self.test_fraction is None else {"test_fraction": self.test_fraction}
+        return DataConfig(source=source, text_columns=self.text_columns, label_column=self.label_column, **split)
+
+    def test_split_inputs(self) -> str:
+        """What forms the version's test split, in words (for errors and logs)."""
+        fraction = "not recorded: 0.2 assumed" if self.test_fraction is None else f"{self.test_fraction:g}"
+        return (
+            f"source {redact_url(self.data_source)}, text columns {','.join(self.text_columns)}, label column "
+            f"{self.label_column}, test_fraction {fraction} (used where the data has no test split of its own)"
+        )
 
 
 def evaluation_tag(digest: str) -> str:
@@ -125,3 +144,7 @@ def left_tag(alias: str) -> str:
 
 def _int(value: str | None) -> int | None:
     return int(value) if value not in (None, "") else None
+
+
+def _float(value: str | None) -> float | None:
+    return float(value) if value not in (None, "") else None

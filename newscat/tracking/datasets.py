@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,8 +41,15 @@ def log_study_setup(cfg: Config, data: NewsData) -> None:
             "data.validation_rows": len(data.validation),
             "data.test_rows": len(data.test),
             "data.train_digest": digests["train"],
+            "data.test_digest": digests["test"],
+            "data.test_sha256": rows_sha256(data.test),
         }
     )
+
+
+def same_source(first: str, second: str) -> bool:
+    """Whether two spellings of a data source name the same data (a local path resolved, a URL as given)."""
+    return _source(first) == _source(second)
 
 
 def _source(source: str) -> str:
@@ -50,8 +59,26 @@ def _source(source: str) -> str:
 
 
 def dataset_record(frame: pd.DataFrame, source: str, split: str) -> dict[str, Any]:
-    """What an evaluation was computed on: source, split, MLflow dataset digest and row count."""
+    """What an evaluation was computed on: source, split, MLflow dataset digest, digest of every row, row count."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         dataset = mlflow.data.from_pandas(frame, source=_source(source), targets="label", name=split)
-    return {"source": redact_url(source), "split": split, "digest": dataset.digest, "rows": len(frame)}
+    return {
+        "source": redact_url(source),
+        "split": split,
+        "digest": dataset.digest,
+        "sha256": rows_sha256(frame),
+        "rows": len(frame),
+    }
+
+
+def rows_sha256(frame: pd.DataFrame) -> str:
+    """SHA-256 of every row's text and label, in order.
+
+    MLflow's dataset digest hashes only the first 10,000 rows (and the row count) into 8 hex digits: a test split
+    edited past its 10,000th row would keep its digest. This one covers every row.
+    """
+    digest = hashlib.sha256()
+    for text, label in zip(frame["text"], frame["label"], strict=True):
+        digest.update(json.dumps([str(text), int(label)], ensure_ascii=False).encode("utf-8") + b"\n")
+    return digest.hexdigest()
