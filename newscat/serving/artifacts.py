@@ -1,8 +1,10 @@
 """The files a served model is made of: weights, tokenizer and settings, their SHA-256, its requirements and code.
 
-No pickles: safetensors weights, a tokenizer.json and a JSON settings file; the digest recorded at export is checked
-at every load. The settings file holds the other files' digests, so its own digest lives beside it (`newscat.sha256`,
-in `sha256sum` format), written by `write_settings` after every change of the settings.
+No pickles: safetensors weights, a tokenizer.json and a JSON settings file; the digests recorded at export (weights,
+config.json with its labels and pooling, every tokenizer file, and later the graphs and the companion) are checked at
+every load. The settings file holds the other files' digests, so its own digest lives beside it (`newscat.sha256`, in
+`sha256sum` format), written by `write_settings` after every change of the settings. A model whose digests are
+missing (logged by an older newscat, or stripped) loads only when `NEWSCAT_ALLOW_UNVERIFIED=1` says so.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 
 from mlflow.exceptions import MlflowException
@@ -21,6 +25,8 @@ log = logging.getLogger("newscat")
 
 SETTINGS_FILE = "newscat.json"
 SETTINGS_DIGEST_FILE = "newscat.sha256"  # the SHA-256 of newscat.json, which cannot hold its own digest
+# The explicit switch that loads a model whose digests are missing (never one whose digests differ).
+ALLOW_UNVERIFIED_ENV = "NEWSCAT_ALLOW_UNVERIFIED"
 WEIGHTS_FILE = "model.safetensors"
 # Files of a Trainer checkpoint that make up the served model; pickles (training_args.bin) are left out.
 # The code a logged model ships (`code_paths`), relative to the package: the served model and the text functions it
@@ -44,12 +50,15 @@ def export_classifier(checkpoint: Path, target: Path, *, max_length: int, base_m
             shutil.copy2(checkpoint / name, target / name)
     if not (target / "model.safetensors").is_file():
         raise FileNotFoundError(f"{checkpoint}: no model.safetensors to serve")
+    # Every shipped file, not only the weights: config.json holds the label names and the pooling, and the
+    # tokenizer files decide which ids a text becomes; an edit of any of them changes the answers.
+    shipped = [name for name in MODEL_FILES if (target / name).is_file()]
     settings = {
         "max_length": max_length,
         "base_model": base_model,
         "max_batch": MAX_BATCH,
         "weights_sha256": file_sha256(target / WEIGHTS_FILE),
-        "files_sha256": {WEIGHTS_FILE: file_sha256(target / WEIGHTS_FILE)},  # checked at every load
+        "files_sha256": {name: file_sha256(target / name) for name in shipped},  # checked at every load
     }
     write_settings(target, settings)
     return target
@@ -88,10 +97,12 @@ class CorruptModelError(MlflowException):
     """The files on disk are not the files that were logged."""
 
 
-def verify_files(model_dir: Path, settings: dict) -> None:
-    """Refuse settings, weights or graphs whose SHA-256 differs from the one recorded when the model was logged (a
-    copy cut short, or altered)."""
-    verify_settings_file(model_dir)
+def verify_files(model_dir: Path, settings: dict, environ: Mapping[str, str] | None = None) -> None:
+    """Refuse settings, weights, config, tokenizer or graphs whose SHA-256 differs from the one recorded when the
+    model was logged (a copy cut short, or altered), and a model whose digests are missing unless
+    `NEWSCAT_ALLOW_UNVERIFIED=1` is set in `environ` (default: os.environ); a differing digest is never allowed."""
+    allowed = (os.environ if environ is None else environ).get(ALLOW_UNVERIFIED_ENV, "") == "1"
+    verify_settings_file(model_dir, allowed=allowed)
     expected = dict(settings.get("files_sha256", {}))
     if not expected and settings.get("weights_sha256"):  # logged before every file had a digest
         expected = {WEIGHTS_FILE: settings["weights_sha256"]}
@@ -103,18 +114,29 @@ def verify_files(model_dir: Path, settings: dict) -> None:
                 f"{path}: SHA-256 {actual[:12]}... differs from the logged {digest[:12]}...; "
                 "the artifact copy is incomplete or altered: download it again or re-log the model"
             )
+    # A shipped file without a digest could be swapped unnoticed (labels in config.json, the vocabulary).
+    unchecked = [name for name in MODEL_FILES if (model_dir / name).is_file() and name not in expected]
+    if unchecked:
+        _unverified(model_dir, f"no recorded SHA-256 for {', '.join(unchecked)}", allowed=allowed)
 
 
-def verify_settings_file(model_dir: Path) -> None:
-    """Refuse a newscat.json edited after it was written (its digest in newscat.sha256 differs); a model logged
-    before newscat.sha256 existed loads with a warning."""
+def _unverified(model_dir: Path, what: str, *, allowed: bool) -> None:
+    """A model whose files cannot all be checked: refused, or loaded with a warning when the user allowed it."""
+    if not allowed:
+        raise CorruptModelError(
+            f"{model_dir}: {what} (a model logged by an older newscat, or its digests were removed): its files "
+            f"cannot be checked, so it is not loaded. Re-log the model, or set {ALLOW_UNVERIFIED_ENV}=1 to load it "
+            "unverified"
+        )
+    log.warning("%s: %s; loaded unverified because %s=1", model_dir, what, ALLOW_UNVERIFIED_ENV)
+
+
+def verify_settings_file(model_dir: Path, *, allowed: bool = False) -> None:
+    """Refuse a newscat.json edited after it was written (its digest in newscat.sha256 differs), and one without
+    newscat.sha256 unless `allowed` (`NEWSCAT_ALLOW_UNVERIFIED=1`)."""
     sidecar = model_dir / SETTINGS_DIGEST_FILE
     if not sidecar.is_file():
-        log.warning(
-            "%s: no %s (a model logged before newscat recorded it): its settings file is not checked",
-            model_dir,
-            SETTINGS_DIGEST_FILE,
-        )
+        _unverified(model_dir, f"no {SETTINGS_DIGEST_FILE}, so {SETTINGS_FILE} is not checked", allowed=allowed)
         return
     recorded = sidecar.read_text(encoding="utf-8").split()
     digest = recorded[0] if recorded else "empty"
