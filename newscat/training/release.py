@@ -367,7 +367,11 @@ def version_tags(
         text_columns=cfg.data.text_columns,
         label_column=cfg.data.label_column,
         train_digest=inputs.digests["train"],
+        # Everything that cuts the test split, and its digests: later commands recompute it and compare.
+        test_fraction=cfg.data.test_fraction,
         test_digest=inputs.digests["test"],
+        test_sha256=inputs.records["test"]["sha256"],
+        test_rows=inputs.records["test"]["rows"],
         base_model=cfg.model.name,
         seed=cfg.seed,
         test_metrics=metrics,
