@@ -13,9 +13,13 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import requests
+
+if TYPE_CHECKING:
+    from newscat.registry.tags import VersionTags
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_NAME = "newscat-tiny"
@@ -272,3 +276,36 @@ def fresh_classifier(target: Path, *, num_labels: int = 4, max_length: int = 64,
         model.save_pretrained(checkpoint)
         AutoTokenizer.from_pretrained(source).save_pretrained(checkpoint)
         return export_classifier(Path(checkpoint), target, max_length=max_length, base_model="x")
+
+
+def write_news_file(path: Path, n_per_class: int = 10, seed: int = 0) -> Path:
+    """One CSV file (columns headline, topic: the class name) with no test split of its own: newscat carves one.
+    Every headline is distinct (numbered), so a test row and a training row never share a text by chance."""
+    rows = make_news(n_per_class, seed)
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows(
+            [("headline", "topic"), *((f"{row[1]} ({i})", CLASSES[row[0] - 1]) for i, row in enumerate(rows))]
+        )
+    return path
+
+
+def pinned_tags(source: Path, test_fraction: float = 0.3) -> VersionTags:
+    """The data tags a release writes for `write_news_file` data cut with `test_fraction`, read back as a later command
+    reads them from the registry."""
+    from newscat.config import DataConfig
+    from newscat.data.load import load_news
+    from newscat.registry.tags import VersionTags
+    from newscat.tracking.datasets import dataset_record
+
+    cfg = DataConfig(source=str(source), text_columns=("headline",), label_column="topic", test_fraction=test_fraction)
+    record = dataset_record(load_news(cfg, seed=42).test, cfg.source, "test")
+    tags = VersionTags(
+        data_source=cfg.source,
+        text_columns=cfg.text_columns,
+        label_column=cfg.label_column,
+        test_fraction=cfg.test_fraction,
+        test_digest=record["digest"],
+        test_sha256=record["sha256"],
+        test_rows=record["rows"],
+    )
+    return VersionTags.from_tags(tags.to_tags())

@@ -20,13 +20,15 @@ from typing import Any
 import pandas as pd
 
 from newscat.config import Config, window_seconds
-from newscat.data.load import load_news
+from newscat.data.load import load_news, text_key
 from newscat.errors import NewscatError
 from newscat.monitoring.monitor import MonitorError, resolve_version
+from newscat.registry.evaluations import verify_test_split
 from newscat.registry.gate import GateDecision
 from newscat.registry.promotion import promote_with_gate
 from newscat.registry.tags import VersionTags
 from newscat.registry.versions import append_description, set_version_tags, version_model_id
+from newscat.tracking.datasets import dataset_record
 from newscat.tracking.live import LiveWindow, log_live_datasets, read_live_window, traces_experiment_id
 from newscat.tracking.models import logged_params
 from newscat.training.job import TuneOutcome, tune_and_register
@@ -35,6 +37,7 @@ from newscat.training.search_space import DEFAULT_SPACE
 log = logging.getLogger("newscat")
 LIVE_WINDOW_TAG = "newscat.live_window"  # on the challenger's version: the traces it learned from
 LIVE_ROWS_TAG = "newscat.live_rows"
+RESTORE_DATA = "retrain from a version trained on the data as it is now (retrain reads only the version's own data)"
 
 
 class RetrainError(NewscatError):
@@ -86,11 +89,8 @@ def retrain(target: str, cfg: Config, *, work_dir: Path, now_ms: int | None = No
     if original is None or model_id is None:
         raise MonitorError(f"{target} records no training data or LoggedModel: it cannot be retrained from here")
     live = labelled_live_rows(cfg, model_id, now_ms)
-    data = load_news(replace(original, max_train_samples=None), seed=cfg.seed)
-    live = without_leaks(live, set(data.train["text"]) | set(data.validation["text"]))
     folder = work_dir / f"retrain-{version.name}-{int(time.time())}"
-    write_data(folder / "train", data, live.train, test=data.test)
-    write_data(folder / "recent", data, pd.DataFrame(columns=["text", "label"]), test=_encoded(live.holdout, data))
+    live = write_retrain_data(target, tags, live, folder, seed=cfg.seed)
     tuned = tune_and_register(retrain_config(cfg, folder / "train", tags, logged_params(model_id), version.name))
     number = str(tuned.version)
     set_version_tags(
@@ -119,6 +119,23 @@ def retrain(target: str, cfg: Config, *, work_dir: Path, now_ms: int | None = No
         **gate,
     )
     return RetrainOutcome(tuned, live, recent.decision, on_test.decision, on_test.moved)
+
+
+def write_retrain_data(target: str, tags: VersionTags, live: LiveRows, folder: Path, *, seed: int) -> LiveRows:
+    """Write the retrain's data folders from the served version's own data, read as it was, and the live rows:
+    `train` (its training rows and the live ones, its pinned test split as test.csv) and `recent` (the held-out
+    live rows as test.csv). Returns the live rows as used: none of the test split's texts is trained on."""
+    original = tags.data_config()
+    if original is None:
+        raise MonitorError(f"{target} records no training data: it cannot be retrained from here")
+    data = load_news(replace(original, max_train_samples=None), seed=seed)
+    # The gate's "original test split" must be the one the served version was tested on, and none of it trained on.
+    verify_test_split(target, tags, original, dataset_record(data.test, original.source, "test"), remedy=RESTORE_DATA)
+    live = without_test_rows(live, data.test)
+    live = without_leaks(live, set(data.train["text"]) | set(data.validation["text"]))
+    write_data(folder / "train", data, live.train, test=data.test)
+    write_data(folder / "recent", data, pd.DataFrame(columns=["text", "label"]), test=_encoded(live.holdout, data))
+    return live
 
 
 def labelled_live_rows(cfg: Config, model_id: str, now_ms: int | None = None) -> LiveRows:
@@ -163,9 +180,19 @@ def without_leaks(live: LiveRows, original: set[str]) -> LiveRows:
     return replace(live, holdout=holdout, leaked=live.leaked + int(leaked.sum()))
 
 
+def without_test_rows(live: LiveRows, test: pd.DataFrame) -> LiveRows:
+    """The live training rows minus those whose text is a row of the test split (as `text_key` compares texts): a
+    served test headline labelled by a user must not make the challenger learn the test split."""
+    in_test = live.train["text"].map(text_key).isin(set(test["text"].map(text_key)))
+    if in_test.any():
+        log.info("%d labelled live text(s) repeat rows of the original test split: not trained on", int(in_test.sum()))
+    return replace(live, train=live.train[~in_test].reset_index(drop=True))
+
+
 def write_data(folder: Path, data: Any, live_train: pd.DataFrame, *, test: pd.DataFrame) -> None:
     """A data folder newscat reads (train.csv, test.csv with text and label names, classes.txt in the model's class
-    order): the original training rows (validation included: the new study draws its own) plus `live_train`."""
+    order): the original training rows (validation included: the new study draws its own) plus `live_train`, less
+    any row whose text is a row of `test` (the data may repeat a text across its splits)."""
     names = list(data.label_names)
     folder.mkdir(parents=True)
     (folder / "classes.txt").write_text("\n".join(names) + "\n", encoding="utf-8")
@@ -176,7 +203,10 @@ def write_data(folder: Path, data: Any, live_train: pd.DataFrame, *, test: pd.Da
             live_train[["text", "label"]],
         ]
     )
-    train.to_csv(folder / "train.csv", index=False)
+    in_test = train["text"].map(text_key).isin(set(test["text"].map(text_key)))
+    if in_test.any():
+        log.info("%d training row(s) repeat a test row's text: left out of the retrain's training data", in_test.sum())
+    train[~in_test].to_csv(folder / "train.csv", index=False)
     pd.DataFrame({"text": test["text"], "label": [names[i] for i in test["label"]]}).to_csv(
         folder / "test.csv", index=False
     )

@@ -15,37 +15,17 @@ from newscat.data.load import NewsData, load_news
 from newscat.registry.evaluations import TestSplitChanged, load_test_split, verify_test_split
 from newscat.registry.tags import VersionTags
 from newscat.tracking.datasets import dataset_record
-from tests.helpers import CLASSES, make_news
-
-
-def _one_file(path: Path, n_per_class: int = 10, seed: int = 0) -> Path:
-    rows = make_news(n_per_class, seed)
-    frame = pd.DataFrame(
-        {"headline": [r[1] + f" ({i})" for i, r in enumerate(rows)], "topic": [CLASSES[r[0] - 1] for r in rows]}
-    )
-    frame.to_csv(path, index=False)
-    return path
+from tests.helpers import pinned_tags, write_news_file
 
 
 def _trained(source: Path) -> tuple[VersionTags, NewsData]:
-    """The tags the release writes for data read with test_fraction 0.3 (the default is 0.2)."""
-    cfg = DataConfig(source=str(source), text_columns=("headline",), label_column="topic", test_fraction=0.3)
-    data = load_news(cfg, seed=42)
-    record = dataset_record(data.test, cfg.source, "test")
-    tags = VersionTags(
-        data_source=cfg.source,
-        text_columns=cfg.text_columns,
-        label_column=cfg.label_column,
-        test_fraction=cfg.test_fraction,
-        test_digest=record["digest"],
-        test_sha256=record["sha256"],
-        test_rows=record["rows"],
-    )
-    return VersionTags.from_tags(tags.to_tags()), data  # as a later command reads them from the registry
+    """A version's tags for data cut with test_fraction 0.3 (the default is 0.2), and the data as training read it."""
+    tags = pinned_tags(source, 0.3)
+    return tags, load_news(tags.data_config(), seed=42)
 
 
 def test_a_carved_split_records_its_fraction_and_a_test_file_none(tmp_path: Path) -> None:
-    source = _one_file(tmp_path / "news.csv")
+    source = write_news_file(tmp_path / "news.csv")
     carved = load_news(
         DataConfig(source=str(source), text_columns=("headline",), label_column="topic", test_fraction=0.3), seed=0
     )
@@ -53,13 +33,13 @@ def test_a_carved_split_records_its_fraction_and_a_test_file_none(tmp_path: Path
     folder = tmp_path / "folder"
     folder.mkdir()
     for split in ("train", "test"):
-        _one_file(folder / f"{split}.csv", seed=len(split))
+        write_news_file(folder / f"{split}.csv", seed=len(split))
     given = load_news(DataConfig(source=str(folder), text_columns=("headline",), label_column="topic"), seed=0)
     assert given.test_fraction is None
 
 
 def test_the_tags_read_back_the_data_config_that_cuts_the_same_test_split(tmp_path: Path) -> None:
-    tags, data = _trained(_one_file(tmp_path / "news.csv"))
+    tags, data = _trained(write_news_file(tmp_path / "news.csv"))
     assert tags.to_tags()["data.test_fraction"] == "0.3" and tags.test_rows == 12
     again = load_news(tags.data_config(), seed=7)  # another seed: the test split does not move with it
     assert again.test["text"].tolist() == data.test["text"].tolist()
@@ -71,7 +51,7 @@ def test_the_tags_read_back_the_data_config_that_cuts_the_same_test_split(tmp_pa
 
 
 def test_the_own_data_unchanged_is_verified(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    source = _one_file(tmp_path / "news.csv")
+    source = write_news_file(tmp_path / "news.csv")
     tags, _ = _trained(source)
     caplog.set_level(logging.INFO, logger="newscat")
     news, record = load_test_split(tags.data_config(), 42, pinned=tags, label="models:/news/1")
@@ -83,9 +63,9 @@ def test_the_own_data_unchanged_is_verified(tmp_path: Path, caplog: pytest.LogCa
 
 
 def test_a_changed_file_stops_with_what_differs_and_what_to_pass(tmp_path: Path) -> None:
-    source = _one_file(tmp_path / "news.csv")
+    source = write_news_file(tmp_path / "news.csv")
     tags, _ = _trained(source)
-    _one_file(source, n_per_class=11)  # four rows more: another split comes out
+    write_news_file(source, n_per_class=11)  # four rows more: another split comes out
     with pytest.raises(TestSplitChanged) as raised:
         load_test_split(tags.data_config(), 42, pinned=tags, label="models:/news/1")
     message = str(raised.value)
@@ -106,8 +86,8 @@ def test_a_change_past_mlflows_10000_digested_rows_is_caught_by_the_sha256() -> 
 
 
 def test_other_data_on_purpose_is_scored_without_the_pin(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    tags, _ = _trained(_one_file(tmp_path / "news.csv"))
-    other = _one_file(tmp_path / "other.csv", seed=3)
+    tags, _ = _trained(write_news_file(tmp_path / "news.csv"))
+    other = write_news_file(tmp_path / "other.csv", seed=3)
     caplog.set_level(logging.INFO, logger="newscat")
     _, record = load_test_split(tags.data_config(str(other)), 42, pinned=tags, label="v")
     assert record["digest"] != tags.test_digest  # scored all the same: the user asked for this data
@@ -124,7 +104,7 @@ def test_other_data_on_purpose_is_scored_without_the_pin(tmp_path: Path, caplog:
 def test_a_version_registered_before_the_pin_is_said_not_verified(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    source = _one_file(tmp_path / "news.csv")
+    source = write_news_file(tmp_path / "news.csv")
     old = VersionTags.from_tags(
         {"data.source": str(source), "data.text_columns": "headline", "data.label_column": "topic"}
     )
