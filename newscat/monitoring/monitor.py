@@ -20,7 +20,8 @@ from mlflow.entities.model_registry import ModelVersion
 from newscat.config import MonitorConfig, window_seconds
 from newscat.errors import NewscatError
 from newscat.evaluation.metrics import classification_metrics, metric_key
-from newscat.monitoring.drift import DriftResult, measure_drift
+from newscat.monitoring.drift import DESCRIBED, DriftResult, drift_problems, measure_drift
+from newscat.monitoring.estimate import ConfidenceCalibration, estimate_accuracy
 from newscat.monitoring.reference import features_of_records
 from newscat.registry.tags import VersionTags
 from newscat.registry.versions import version_by_alias, version_by_number, version_model_id
@@ -45,7 +46,8 @@ class LiveAccuracy:
     high: float | None = None
     macro_f1: float | None = None
     recall: dict[str, float] = field(default_factory=dict)
-    expected: float | None = None  # mean top-class probability of the unlabelled answers
+    expected: float | None = None  # the accuracy the unlabelled answers' confidence predicts (`estimate`)
+    expected_method: str = ""  # how: calibrated on the reference, or the bare mean top-class probability
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,7 @@ def monitor(target: str, cfg: MonitorConfig, *, now_ms: int | None = None) -> Mo
     answers = window.answers
     live = features_of_records(answers.to_dict("records")) if len(answers) else None
     drift = measure_drift(reference, live) if live is not None and len(live) >= cfg.min_texts else None
-    accuracy = live_accuracy(answers, window.label_names)
+    accuracy = live_accuracy(answers, window.label_names, ConfidenceCalibration.from_reference(reference))
     test_accuracy = VersionTags.from_tags(version.tags).test_metrics.get("accuracy")
     problems, notes = judge(cfg, len(answers), drift, accuracy, test_accuracy)
     report = MonitorReport(
@@ -130,16 +132,21 @@ def resolve_version(target: str) -> ModelVersion:
     raise MonitorError(f"monitor takes NAME@ALIAS or NAME/VERSION (e.g. newscat@champion), got {target!r}")
 
 
-def live_accuracy(answers: pd.DataFrame, label_names: tuple[str, ...]) -> LiveAccuracy:
-    """Accuracy (with a 95% Wilson interval), macro-F1 and per-class recall on the labelled answers; mean
-    confidence on the unlabelled ones (what a calibrated model expects its accuracy there to be)."""
+def live_accuracy(
+    answers: pd.DataFrame, label_names: tuple[str, ...], calibration: ConfidenceCalibration | None = None
+) -> LiveAccuracy:
+    """Accuracy (with a 95% Wilson interval), macro-F1 and per-class recall on the labelled answers; on the
+    unlabelled ones, the accuracy their confidence predicts (calibrated on the reference where it records
+    correctness, else the mean top-class probability)."""
     if answers.empty:
         return LiveAccuracy(0, 0)
     labelled = answers[answers["true_label"].notna()]
     unlabelled = answers[answers["true_label"].isna()]
-    expected = float(unlabelled["score"].mean()) if len(unlabelled) else None
+    estimate = estimate_accuracy(unlabelled["score"].to_numpy(), calibration)
+    expected = estimate.value if estimate is not None else None
+    method = estimate.method if estimate is not None else ""
     if labelled.empty:
-        return LiveAccuracy(0, len(unlabelled), expected=expected)
+        return LiveAccuracy(0, len(unlabelled), expected=expected, expected_method=method)
     index = {name: i for i, name in enumerate(label_names)}
     truth = labelled["true_label"].map(index).to_numpy()
     predicted = labelled["label"].map(index).to_numpy()
@@ -149,7 +156,7 @@ def live_accuracy(answers: pd.DataFrame, label_names: tuple[str, ...]) -> LiveAc
         name: metrics[f"recall_{metric_key(name)}"] for name in label_names if (labelled["true_label"] == name).any()
     }
     return LiveAccuracy(
-        len(labelled), len(unlabelled), metrics["accuracy"], low, high, metrics["macro_f1"], recall, expected
+        len(labelled), len(unlabelled), metrics["accuracy"], low, high, metrics["macro_f1"], recall, expected, method
     )
 
 
@@ -173,15 +180,7 @@ def judge(
     if drift is None:
         notes.append(f"drift not judged: {texts} live texts < monitor.min_texts {cfg.min_texts}")
     else:
-        drifted = [f.feature for f in drift.features if f.drifted]
-        if drift.share >= cfg.max_drift_share:
-            problems.append(
-                f"input drift: {len(drifted)} of {len(drift.features)} features drifted ({', '.join(drifted)}; "
-                f"share {drift.share:.2f} >= monitor.max_drift_share {cfg.max_drift_share:g})"
-            )
-        label = drift.feature("label")
-        if cfg.prediction_drift and label.drifted:
-            problems.append(f"prediction drift: the predicted labels' distribution moved ({label.evidence()})")
+        problems += drift_problems(drift, cfg.max_drift_share, cfg.prediction_drift)
     if accuracy.labelled < cfg.min_labelled:
         notes.append(
             f"live accuracy not judged: {accuracy.labelled} labelled texts < monitor.min_labelled {cfg.min_labelled}"
@@ -247,11 +246,11 @@ def summary(report: MonitorReport) -> str:
         f"reference: {report.reference_source}",
     ]
     if report.drift is not None:
-        lines.append(f"{'feature':<15}{'method':<32}{'score':>8}{'threshold':>11}  drifted")
+        lines.append(f"{'feature':<15}{'test':<12}{'p-value':>9}{'alpha/k':>9}{'effect':>8}{'floor':>7}  drifted")
         for f in report.drift.features:
-            lines.append(
-                f"{f.feature:<15}{f.method:<32}{f.score:>8.3f}{f.threshold:>11.3f}  {'YES' if f.drifted else 'no'}"
-            )
+            mark = ("YES" if f.drifted else "no") if f.tested else f"not tested: moves with {DESCRIBED[f.feature]}"
+            numbers = f"{f.score:>9.3g}{f.threshold:>9.4f}{f.effect:>8.3f}{f.floor:>7.2f}"
+            lines.append(f"{f.feature:<15}{f.method:<12}{numbers}  {mark}")
     if acc.accuracy is not None:
         recall = ", ".join(f"{k} {v:.2f}" for k, v in acc.recall.items())
         lines.append(
@@ -262,7 +261,8 @@ def summary(report: MonitorReport) -> str:
         lines.append(f"test accuracy at release: {report.test_accuracy:.4f}")
     if acc.expected is not None:
         lines.append(
-            f"the model's confidence predicts accuracy {acc.expected:.4f} on the {acc.unlabelled:,} unlabelled"
+            f"the model's confidence predicts accuracy {acc.expected:.4f} on the {acc.unlabelled:,} unlabelled "
+            f"({acc.expected_method})"
         )
     lines.extend(f"note: {n}" for n in report.notes)
     lines.extend(f"UNHEALTHY: {p}" for p in report.problems)

@@ -3,7 +3,9 @@
 The same table is built twice. At release, from texts of the training distribution that the final encoder did not
 train on (the validation rows, and the gate's training texts where it did not see them), answered by the built model
 on its served path: the **training reference**, logged beside the model. Later, from the served model's traces: the
-**live window**. Texts are never kept in the reference, only the features below.
+**live window**. Texts are never kept in the reference, only the features below; the reference also records,
+per text whose label is known at release, whether the model's answer was right (`correct`: what the label-free
+accuracy estimate is calibrated on, `newscat.monitoring.estimate`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from newscat.monitoring.estimate import CORRECT, correctness
 
 NUMERIC = ("chars", "tokens", "unknown_share", "confidence")
 CATEGORICAL = ("label", "truncated")
@@ -52,10 +56,12 @@ def features_of_answers(
     truncated: Sequence[bool],
     counts: tuple[Sequence[int], Sequence[int]],
     label_names: Sequence[str],
+    labels: Sequence[int] | None = None,
 ) -> pd.DataFrame:
-    """The feature table of texts as a model answered them (`counts`: tokens read and unknown ones, per text)."""
+    """The feature table of texts as a model answered them (`counts`: tokens read and unknown ones, per text); with
+    their true `labels` (class indices, negative where unknown), the `correct` column too."""
     best = probabilities.argmax(axis=1)
-    return feature_frame(
+    frame = feature_frame(
         [len(t) for t in texts],
         counts[0],
         counts[1],
@@ -63,6 +69,9 @@ def features_of_answers(
         [label_names[i] for i in best],
         probabilities[np.arange(len(best)), best],
     )
+    if labels is not None:
+        frame[CORRECT] = correctness(probabilities, labels)
+    return frame
 
 
 def features_of_records(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:

@@ -193,16 +193,20 @@ class Reference:
 def training_reference(inputs: StudyInputs, final: FinalWeights, build: ServingBuild) -> Reference:
     """Features of texts from the training distribution the final encoder did not train on (the validation rows,
     plus the gate's training texts where it did not see them), answered as the served model answers them: their
-    confidence is what the model shows on new news of the kind it learned, not on news it memorised."""
+    confidence is what the model shows on new news of the kind it learned, not on news it memorised. Their labels are
+    known here, so it records whether each answer was right: what the label-free accuracy estimate is calibrated on."""
     gate = gate_texts(inputs, final)
     unseen = gate.unlabeled_source.endswith("did not see")
     texts = gate.texts + (gate.unlabeled if unseen else [])
+    pool = inputs.data.train if inputs.data.train_pool is None else inputs.data.train_pool
+    label_of = dict(zip(pool["text"], pool["label"], strict=True))
+    labels = [int(v) for v in gate.labels] + ([int(label_of.get(t, -1)) for t in gate.unlabeled] if unseen else [])
     source = f"{len(gate.texts)} validation rows" + (f" and {len(gate.unlabeled)} {gate.unlabeled_source}" * unseen)
     log.info("training reference for monitoring: %s, answered on %s", source, build.scorer.choice)
     scores = build.scores(texts)
     scorer = build.scorer
     counts = scorer.encoder.counts(texts, max_chars=scorer.max_length * CHARS_PER_TOKEN_CAP)
-    frame = features_of_answers(texts, scores.probabilities, scores.truncated, counts, scorer.label_names)
+    frame = features_of_answers(texts, scores.probabilities, scores.truncated, counts, scorer.label_names, labels)
     return Reference(frame, source)
 
 

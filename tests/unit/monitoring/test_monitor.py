@@ -70,7 +70,7 @@ def test_one_class_of_longer_texts_is_drift_and_wrong_answers_fail_the_accuracy_
 
     report = monitor(f"{NAME}@champion", CFG)
     assert not report.healthy
-    assert report.drift.feature("label").drifted and report.drift.feature("chars").drifted
+    assert report.drift.feature("label").drifted and report.drift.feature("tokens").drifted
     assert any(p.startswith("prediction drift:") for p in report.problems)
     assert report.accuracy.accuracy == 0.5 and report.accuracy.high < 0.85
     assert any("below 0.8500 (test accuracy 0.9000 - monitor.max_accuracy_drop 0.05)" in p for p in report.problems)
