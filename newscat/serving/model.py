@@ -6,10 +6,13 @@ tuning or tracking code.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
+import logging
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +29,22 @@ from newscat.serving.choice import Choice, Platform, resolve
 from newscat.serving.inputs import CHARS_PER_TOKEN_CAP, MAX_BATCH, MAX_BATCH_ENV, invalid, max_batch, texts_from
 from newscat.serving.lexical import LexicalModel, mix, prepare_texts
 from newscat.serving.tokens import TokenEncoder, UnreadableText
-from newscat.serving.tracing import PREDICTION_ID_COLUMN, Tracer, TraceSettings
+from newscat.serving.tracing import (
+    PREDICTION_ID_COLUMN,
+    TRACING_ENV,
+    Tracer,
+    TraceSettings,
+    in_scoring_server,
+    tracing_asked,
+)
+
+log = logging.getLogger("newscat")
+# In the model's settings: the LoggedModel its files were logged as (written into the logged copy only), so that a
+# served model links its traces to itself without being told which model it is.
+LOGGED_MODEL_KEY = "logged_model_id"
+# Set while newscat loads a model to decide or record with it (evaluate, check, promote, the release check): the
+# model then scores on its recorded path whatever NEWSCAT_BACKEND, NEWSCAT_PRECISION or NEWSCAT_DEVICE say.
+_RECORDED_PATH: contextvars.ContextVar[bool] = contextvars.ContextVar("newscat_recorded_path", default=False)
 
 # Padded tokens per forward pass. Measured on a 2-core AMD EPYC (ONNX int8, batches of 128 news items merged from
 # concurrent requests): 352 texts/s at 512 tokens, 312 at 2,048, 193 with fixed batches of 64 texts; titles alone
@@ -104,17 +122,30 @@ class Scorer:
         return self.scores(texts).probabilities
 
 
+@contextlib.contextmanager
+def recorded_path_loads() -> Iterator[None]:
+    """Models loaded (through MLflow's pyfunc loader, in this thread) inside the block serve their recorded path:
+    the NEWSCAT_BACKEND / NEWSCAT_PRECISION / NEWSCAT_DEVICE overrides in the environment are not read. For every
+    load whose answers decide something or become a model's metrics."""
+    token = _RECORDED_PATH.set(True)
+    try:
+        yield
+    finally:
+        _RECORDED_PATH.reset(token)
+
+
 class NewsClassifier(mlflow.pyfunc.PythonModel):
     """Loads once; predicts a topic, its probability and every class probability per text."""
 
     def load_context(self, context: Any) -> None:
-        self.scorer = Scorer(Path(context.artifacts["classifier"]))
+        self.recorded_path = _RECORDED_PATH.get()  # read by `load_recorded`: this load ignored the overrides
+        self.scorer = Scorer(Path(context.artifacts["classifier"]), env={} if self.recorded_path else None)
         self.logged_max_batch = int(self.scorer.settings.get("max_batch", MAX_BATCH))
         max_batch(self.logged_max_batch)  # a bad NEWSCAT_MAX_BATCH fails at startup, not on the first request
         self.label_names = self.scorer.label_names
         self.choice = self.scorer.choice
         self._batcher = Batcher(self._forward)
-        self._tracer = _tracer(self.scorer, str(self.choice))  # None unless NEWSCAT_TRACING=on
+        self._tracer = _tracer(self.scorer, str(self.choice))  # None unless served with NEWSCAT_TRACING=on
         # One line on the server's console says which engine answers and why (the scoring server configures no
         # logging): the recorded default, a fallback this machine forced, or an operator's override.
         print(f"newscat model serves with {self.choice}: {self.choice.reason}", file=sys.stderr, flush=True)
@@ -164,7 +195,18 @@ class NewsClassifier(mlflow.pyfunc.PythonModel):
 
 
 def _tracer(scorer: Scorer, engine: str) -> Tracer | None:
-    """The request tracer NEWSCAT_TRACING=on asks for (its settings checked now, at load), else None."""
+    """The request tracer NEWSCAT_TRACING=on asks for (its settings checked now, at load), else None.
+
+    Only MLflow's scoring server (`mlflow models serve`) traces: an in-process load (evaluate, promote, predict, a
+    notebook, Spark's local workers) would record test rows or batch jobs as live traffic, which monitor and retrain
+    read later.
+    """
+    if not in_scoring_server():
+        if tracing_asked():
+            log.info(
+                "%s=on is honoured by `mlflow models serve` only: this in-process load traces nothing", TRACING_ENV
+            )
+        return None
     settings = TraceSettings.from_env()
     if settings is None:
         return None
@@ -175,6 +217,7 @@ def _tracer(scorer: Scorer, engine: str) -> Tracer | None:
         tokenizer=scorer.model_dir,
         max_length=scorer.max_length,
         attributes=attributes,
+        model_id=scorer.settings.get(LOGGED_MODEL_KEY) or None,
     )
 
 

@@ -38,6 +38,7 @@ from mlflow.tracing.constant import (
     SpansLocation,
     TraceTagKey,
 )
+from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
 from newscat.serving.inputs import CHARS_PER_TOKEN_CAP
 from newscat.serving.tokens import TokenEncoder
@@ -136,7 +137,7 @@ class Writer:
         client = mlflow.MlflowClient(self.config.tracking_uri)
         try:
             self._client = TracingClient(self.config.tracking_uri)
-            served = served_model(client, settings.model_uri) if settings.model_uri else {}
+            served = served_model(client, settings.model_uri, self.config.model_id)
             model_id = served.pop(MODEL_ID_METADATA, None)
             experiment_id = trace_experiment(client, settings.experiment, model_id)
             experiment = client.get_experiment(experiment_id).name
@@ -354,17 +355,46 @@ def experiment_by_name(client: mlflow.MlflowClient, name: str) -> str:
         return client.get_experiment_by_name(name).experiment_id
 
 
-def served_model(client: mlflow.MlflowClient, model_uri: str) -> dict[str, str]:
-    """The registered name and version behind `model_uri` (as trace tags) and the LoggedModel id (as the trace
-    metadata MLflow links traces to models by)."""
-    name, version, alias = registered_model(model_uri)
-    if not name:  # models:/m-<id>
-        return {MODEL_ID_METADATA: model_uri[len("models:/") :].strip("/")}
-    found = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
-    # A version registered from models:/m-... may read model_id None on some stores; its source holds the id.
-    model_id = found.model_id or (found.source[len("models:/") :] if found.source.startswith("models:/m-") else "")
-    served = {REGISTERED_MODEL_TAG: name, REGISTERED_VERSION_TAG: str(found.version)}
+def served_model(client: mlflow.MlflowClient, model_uri: str | None, own_model_id: str | None = None) -> dict[str, str]:
+    """The LoggedModel served (as the trace metadata MLflow links traces to models by) and its registered name and
+    version (as trace tags).
+
+    The id the served files record (`own_model_id`) is the model that answers: it wins over `model_uri`
+    (NEWSCAT_TRACE_MODEL_URI, needed only by models logged before newscat recorded the id), whose alias may have
+    moved to another version since the server loaded its files.
+    """
+    served: dict[str, str] = {}
+    uri_model_id, name = None, ""
+    if model_uri:
+        name, version, alias = registered_model(model_uri)
+        if not name:  # models:/m-<id>
+            uri_model_id = model_uri[len("models:/") :].strip("/")
+        else:
+            found = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+            # A version registered from models:/m-... may read model_id None on some stores; its source holds the id.
+            uri_model_id = found.model_id or (
+                found.source[len("models:/") :] if found.source.startswith("models:/m-") else None
+            )
+            served = {REGISTERED_MODEL_TAG: name, REGISTERED_VERSION_TAG: str(found.version)}
+    if own_model_id and own_model_id != uri_model_id:
+        served = registered_versions_of(client, own_model_id, prefer=name)
+    model_id = own_model_id or uri_model_id
     return {**served, MODEL_ID_METADATA: model_id} if model_id else served
+
+
+def registered_versions_of(client: mlflow.MlflowClient, model_id: str, prefer: str = "") -> dict[str, str]:
+    """The registered name and version of a LoggedModel (as trace tags): of the name `prefer` where it has one
+    there, else its latest registration; {} when it is not registered."""
+    linked = json.loads(client.get_logged_model(model_id).tags.get(MLFLOW_MODEL_VERSIONS, "[]") or "[]")
+    entries = [(str(e["name"]), str(e["version"])) for e in linked if e.get("name") and e.get("version")]
+    if not entries:  # registered by create_model_version, which does not tag the LoggedModel
+        found = client.search_model_versions(f"source_path = 'models:/{model_id}'")
+        entries = [(v.name, str(v.version)) for v in sorted(found, key=lambda v: int(v.creation_timestamp or 0))]
+    preferred = [entry for entry in entries if entry[0] == prefer] or entries
+    if not preferred:
+        return {}
+    name, version = preferred[-1]
+    return {REGISTERED_MODEL_TAG: name, REGISTERED_VERSION_TAG: version}
 
 
 def _refuses_log_spans(exc: BaseException) -> bool:

@@ -1,6 +1,9 @@
 """Request tracing of the served model: one MLflow trace per request, written by a child process.
 
-Off by default; `NEWSCAT_TRACING=on` (read when the model loads) turns it on. A traced request costs its handler a
+Off by default; `NEWSCAT_TRACING=on` (read when the model loads) turns it on, in MLflow's scoring server only
+(`mlflow models serve`, whose processes carry `__pyfunc_model_path__`): a model loaded in-process (evaluate, promote,
+predict, a notebook, Spark's local workers) never traces, so test rows and batch jobs never pass for live traffic.
+A traced request costs its handler a
 random trace id and a put on a queue: the id goes into the answer at once, and everything else (token counts,
 per-text records, the write to the tracking store) happens in the trace writer (`newscat.serving.trace_writer`), a
 child process in Linux's idle scheduling class with its own interpreter. So the writer's Python never holds the
@@ -9,7 +12,9 @@ never slows or fails an answer. What the writer cannot keep up with waits in a b
 or answered before the store was reached, go untraced and are counted in the log.
 
 Traces are linked to the served LoggedModel (the model id pyfunc's prediction context names where the MLmodel file
-records one, else the one NEWSCAT_TRACE_MODEL_URI resolves to) and tagged with its registered name and version.
+records one, else the id the model's own settings record since newscat wrote it there, else the one
+NEWSCAT_TRACE_MODEL_URI resolves to) and tagged with the registered name and version of the files served: after an
+alias moves, a running server's traces still name the version it serves.
 
 Shipped inside every logged model: only mlflow, numpy, pandas and the standard library are imported here.
 """
@@ -50,7 +55,11 @@ TEXTS_ENV = "NEWSCAT_TRACE_TEXTS"  # on: the texts themselves go into the traces
 # Experiment the traces go to (created if missing); unset: the served LoggedModel's own experiment, whose model
 # page lists them in its Traces tab (the UI shows a model's traces from its own experiment only).
 EXPERIMENT_ENV = "NEWSCAT_TRACE_EXPERIMENT"
-MODEL_URI_ENV = "NEWSCAT_TRACE_MODEL_URI"  # models:/name/version, models:/name@alias or models:/m-<id>
+# Optional: models:/name/version, models:/name@alias or models:/m-<id>; a model logged by newscat knows its own id.
+MODEL_URI_ENV = "NEWSCAT_TRACE_MODEL_URI"
+# Set by MLflow's scoring server (`mlflow models serve`, and its container) in the processes that load the model
+# (mlflow.pyfunc.scoring_server._SERVER_MODEL_PATH, read here without importing the server's web stack).
+SCORING_SERVER_ENV = "__pyfunc_model_path__"
 BACKLOG_ENV = "NEWSCAT_TRACE_BACKLOG"  # requests waiting to be written, at most (default 10000)
 DEFAULT_EXPERIMENT = "newscat-serving"  # where no served model is named (no NEWSCAT_TRACE_MODEL_URI)
 DEFAULT_BACKLOG = 10_000  # about 1 KB each with digests only: 10 MB of memory while the store lags
@@ -98,6 +107,17 @@ class TraceSettings:
             model_uri=model_uri,
             backlog=_count(env, BACKLOG_ENV, DEFAULT_BACKLOG),
         )
+
+
+def in_scoring_server(env: Mapping[str, str] | None = None) -> bool:
+    """Whether this process is MLflow's scoring server loading its model (the only place that traces)."""
+    return bool((os.environ if env is None else env).get(SCORING_SERVER_ENV))
+
+
+def tracing_asked(env: Mapping[str, str] | None = None) -> bool:
+    """Whether NEWSCAT_TRACING is set to anything but off (an in-process load says it traces nothing)."""
+    value = (os.environ if env is None else env).get(TRACING_ENV, "").strip().lower()
+    return value not in ("", "off", "0", "false", "no")
 
 
 def _switch(env: Mapping[str, str], name: str) -> bool:
@@ -213,6 +233,7 @@ class WriterConfig:
     max_length: int
     attributes: dict[str, str]
     tracking_uri: str
+    model_id: str | None = None  # the LoggedModel the served files record (None: logged before newscat wrote it)
 
 
 class Tracer:
@@ -234,6 +255,7 @@ class Tracer:
         max_length: int,
         attributes: Mapping[str, str] | None = None,
         log: Callable[[str], None] | None = None,
+        model_id: str | None = None,
     ) -> None:
         self.settings = settings
         self.label_names = list(label_names)
@@ -248,7 +270,13 @@ class Tracer:
         self.last_error = ""
         self.experiment_id: str | None = None  # set once the writer reached the store
         config = WriterConfig(
-            settings, self.label_names, str(tokenizer), max_length, dict(attributes or {}), mlflow.get_tracking_uri()
+            settings,
+            self.label_names,
+            str(tokenizer),
+            max_length,
+            dict(attributes or {}),
+            mlflow.get_tracking_uri(),
+            model_id,
         )
         self._process = _start_writer(config)
         stop = threading.Event()
@@ -434,7 +462,7 @@ def _at_exit(ref: weakref.ref[Tracer]) -> None:
 
 def _context_model_id() -> str | None:
     """The model id pyfunc's `predict` gave MLflow's prediction context: set where the model's MLmodel file records
-    one (MLflow then links the trace itself); newscat's logged models so far record none."""
+    one (MLflow then links the trace itself); newscat's logged models record theirs in their settings instead."""
     context = get_prediction_context()
     return context.model_id if context is not None else None
 

@@ -18,25 +18,34 @@ import pandas as pd
 from mlflow.entities import Dataset as DatasetEntity
 from mlflow.entities import LoggedModelOutput, LoggedModelStatus
 from mlflow.exceptions import MlflowException
+from mlflow.models import Model
 from mlflow.tracking import MlflowClient
 
 from newscat.monitoring.reference import REFERENCE_ARTIFACT, REFERENCE_DIR, REFERENCE_FILE
-from newscat.serving.artifacts import export_classifier, logged_weights_sha256, pip_requirements, shipped_code
+from newscat.serving.artifacts import (
+    export_classifier,
+    logged_weights_sha256,
+    pip_requirements,
+    shipped_code,
+    update_settings,
+)
 from newscat.serving.inputs import TEXT_COLUMN
-from newscat.serving.model import SIGNATURE
+from newscat.serving.model import LOGGED_MODEL_KEY, SIGNATURE, recorded_path_loads
 
 log = logging.getLogger("newscat")
 MODEL_TYPE = "news-topic-classifier"
 WEIGHTS_TAG = "newscat.weights_sha256"  # the SHA-256 of model.safetensors inside the model
 STUDY_RUN_TAG = "newscat.study_run_id"  # the study's parent run
+SOURCE_MODEL_TAG = "newscat.source_model_id"  # on a release: the trial's or refit's LoggedModel with its weights
 REFERENCE_TAG = "newscat.monitoring_reference"  # how many texts the training reference holds, and which
 DESCRIPTION_TAG = "mlflow.note.content"  # what the MLflow UI shows as a model's description
 EXAMPLE = pd.DataFrame({TEXT_COLUMN: ["Stocks rally as oil prices fall", "Striker scores twice in cup final win"]})
 
 
-def save_pyfunc(model_dir: Path, target: Path, backend: str = "torch") -> Path:
+def save_pyfunc(model_dir: Path, target: Path, backend: str = "torch", model_id: str | None = None) -> Path:
     """Save a classifier folder as a pyfunc model at `target`: models-from-code, only the serving code inside, and
-    the requirements of the backend it serves with by default."""
+    the requirements of the backend it serves with by default; with `model_id`, the LoggedModel it is logged as is
+    written into the copy's settings (checked at load like the rest), so that a served model knows which it is."""
     with tempfile.TemporaryDirectory(prefix="newscat-code-") as tmp:
         code = shipped_code(Path(tmp))
         mlflow.pyfunc.save_model(
@@ -48,7 +57,15 @@ def save_pyfunc(model_dir: Path, target: Path, backend: str = "torch") -> Path:
             input_example=EXAMPLE,
             pip_requirements=pip_requirements(backend),
         )
+    if model_id:
+        update_settings(classifier_copy(target), **{LOGGED_MODEL_KEY: model_id})
     return target
+
+
+def classifier_copy(pyfunc_dir: Path) -> Path:
+    """The classifier folder inside a saved pyfunc model (where MLflow copied the `classifier` artifact)."""
+    conf = Model.load(str(pyfunc_dir / "MLmodel")).flavors["python_function"]
+    return pyfunc_dir / conf["artifacts"]["classifier"]["path"]
 
 
 def log_checkpoint_model(
@@ -100,24 +117,25 @@ def log_classifier_model(
     try:
         with tempfile.TemporaryDirectory(prefix="newscat-pyfunc-") as tmp:
             client = MlflowClient()
-            client.log_model_artifacts(model.model_id, str(save_pyfunc(model_dir, Path(tmp) / "model", backend)))
+            saved = save_pyfunc(model_dir, Path(tmp) / "model", backend, model_id=model.model_id)
+            client.log_model_artifacts(model.model_id, str(saved))
         client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=step)])
     except BaseException as exc:
-        _mark_failed(model.model_id, exc)
+        mark_failed(model.model_id, exc)
         raise  # the original error, whatever marking the model did
     mlflow.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
     return model.model_id
 
 
-def _mark_failed(model_id: str, cause: BaseException) -> None:
-    """End a model whose upload failed as FAILED. When that fails too (the store may be the cause: an outage), the
-    failure is logged and the original error is the one raised; a later resume ends the model FAILED
-    (`fail_pending_models`)."""
+def mark_failed(model_id: str, cause: BaseException) -> None:
+    """End a model whose upload, or the release's check of it, failed as FAILED. When that fails too (the store may
+    be the cause: an outage), the failure is logged and the original error is the one raised; a later resume ends
+    the model FAILED (`fail_pending_models`, and for a release `release_models`)."""
     try:
         mlflow.finalize_logged_model(model_id, LoggedModelStatus.FAILED)
     except Exception as secondary:  # any: it must not replace `cause`
         log.error(
-            "could not mark LoggedModel %s FAILED after %s: %s (it stays PENDING until the study is resumed)",
+            "could not mark LoggedModel %s FAILED after %s: %s (a resume of the study ends it FAILED)",
             model_id,
             type(cause).__name__,
             secondary,
@@ -149,6 +167,19 @@ def fail_pending_models(run_id: str) -> list[str]:
     return [model.model_id for model in pending]
 
 
+def release_models(study_run_id: str, source_model_id: str) -> list[Any]:
+    """The release LoggedModels already logged in the study run `study_run_id` for the weights of
+    `source_model_id`, oldest first, whatever their status (a resumed release reuses or fails them)."""
+    found = mlflow.search_logged_models(
+        experiment_ids=[MlflowClient().get_run(study_run_id).info.experiment_id],
+        filter_string=f"tags.`{STUDY_RUN_TAG}` = '{study_run_id}' AND tags.`newscat.role` = 'release' "
+        f"AND tags.`{SOURCE_MODEL_TAG}` = '{source_model_id}'",
+        order_by=[{"field_name": "creation_timestamp", "ascending": True}],
+        output_format="list",
+    )
+    return list(found)
+
+
 def best_model(experiment_id: str, study_run_id: str, metric: str) -> Any | None:
     """The READY trial model of the study run `study_run_id` with the highest `metric` on the validation set
     (the earliest on ties)."""
@@ -175,7 +206,9 @@ def weights_sha256(model_id: str) -> str:
 
 
 def load_model(model_uri: str) -> Any:
-    """Load a logged or registered model as a pyfunc (any URI MLflow understands).
+    """Load a logged or registered model as a pyfunc (any URI MLflow understands) to answer with (`newscat
+    predict`): a newscat model honours the NEWSCAT_BACKEND / NEWSCAT_PRECISION / NEWSCAT_DEVICE overrides, and
+    never traces (only `mlflow models serve` does).
 
     MLflow makes a loaded model the "active model" for later metrics; newscat always says which model a metric
     belongs to, so that is undone here.
@@ -183,6 +216,42 @@ def load_model(model_uri: str) -> Any:
     model = mlflow.pyfunc.load_model(model_uri)
     mlflow.clear_active_model()
     return model
+
+
+def load_recorded(model_uri: str) -> Any:
+    """Load a model to decide or record metrics with (evaluate, check, promote, the retrain gates, the release
+    check): a newscat model scores on its recorded serving path whatever NEWSCAT_BACKEND / NEWSCAT_PRECISION /
+    NEWSCAT_DEVICE say, so that two versions compare, and metrics land on a model, on the path it serves by.
+    `scored_path` says which path it was."""
+    with recorded_path_loads():
+        model = load_model(model_uri)
+    engine = _newscat_model(model)
+    if engine is not None and not getattr(engine, "recorded_path", False) and engine.choice.reason.startswith("over"):
+        # The loaded model ran serving code that the switch above does not reach (another copy of newscat).
+        raise MlflowException(
+            f"{model_uri} was loaded with NEWSCAT_* overrides read from the environment: its scores cannot be used "
+            "to decide or record metrics; unset NEWSCAT_BACKEND, NEWSCAT_PRECISION and NEWSCAT_DEVICE"
+        )
+    return model
+
+
+def scored_path(model: Any) -> dict[str, str]:
+    """Which engine a loaded model answers with, to record beside metrics made with it: `scored_path`
+    (backend/precision), `scored_engine` (with the device and why); {} for a model that is not newscat's."""
+    engine = _newscat_model(model)
+    if engine is None:
+        return {}
+    choice = engine.choice
+    return {"scored_path": choice.path, "scored_engine": f"{choice}: {choice.reason}"}
+
+
+def _newscat_model(model: Any) -> Any | None:
+    """The newscat classifier inside a loaded pyfunc; None for any other model."""
+    try:
+        python_model = model.unwrap_python_model()
+    except MlflowException:  # not a PythonModel (another flavor's pyfunc)
+        return None
+    return python_model if hasattr(python_model, "choice") and hasattr(python_model, "scorer") else None
 
 
 def log_model_card(model_id: str, card: str) -> None:

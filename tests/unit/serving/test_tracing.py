@@ -321,10 +321,13 @@ def test_the_logged_model_answers_ids_only_with_tracing_on_and_its_traces_are_li
 
     monkeypatch.setenv("NEWSCAT_TRACING", "on")
     monkeypatch.setenv("NEWSCAT_TRACE_EXPERIMENT", "served")
-    monkeypatch.setenv("NEWSCAT_TRACE_MODEL_URI", f"models:/{model_id}")
+    monkeypatch.delenv("NEWSCAT_TRACE_MODEL_URI", raising=False)
+    # What `mlflow models serve` sets in the processes that load the model: only there does a model trace.
+    monkeypatch.setenv(tracing.SCORING_SERVER_ENV, "/served/model")
     model = mlflow.pyfunc.load_model(f"models:/{model_id}")
     # newscat logs a saved pyfunc into its LoggedModel: the MLmodel file records no model id, so MLflow's own link
-    # (the prediction context) has none to give; the tracer links the trace to the model the URI names.
+    # (the prediction context) has none to give; the tracer links the trace to the id the model's settings record
+    # (no NEWSCAT_TRACE_MODEL_URI needed).
     assert model.metadata.model_id is None
     tracer = model.unwrap_python_model()._tracer
     deadline = time.monotonic() + 30
