@@ -1,8 +1,9 @@
 """The trace writer: the child process that turns a scoring server's answered requests into MLflow traces.
 
 `newscat.serving.tracing.Tracer` starts it with a pipe on its stdin (length-prefixed pickles: first the
-`WriterConfig`, then lists of requests, one tuple each) and reads its messages on its stdout (JSON lines: ready,
-log, counts).
+`WriterConfig`, then lists of requests, one tuple each, and the tracer's own counts, a dict) and reads its messages
+on its stdout (JSON lines: ready, log, counts). It records what became of the requests (served, traced, lost) in the
+store too, as a coverage run that `newscat monitor` reads (`newscat.serving.coverage`).
 It runs in Linux's idle scheduling class, so the server's forward passes always go first, and writes in batches: each
 trace's info (tags, the link to the served model) with `start_trace`, then the spans of up to BATCH requests in one
 `log_spans` call, the two calls MLflow's own exporter makes per trace. A store that refuses `log_spans` (a server
@@ -18,6 +19,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import math
 import os
 import sys
 import threading
@@ -40,6 +42,7 @@ from mlflow.tracing.constant import (
 )
 from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
+from newscat.serving.coverage import CoverageLog, coverage_of
 from newscat.serving.inputs import CHARS_PER_TOKEN_CAP
 from newscat.serving.tokens import TokenEncoder
 from newscat.serving.tracing import (
@@ -99,10 +102,18 @@ class Writer:
         self._tags = {CLASSES_TAG: json.dumps(config.label_names)}
         self._model_id: str | None = None  # the served LoggedModel, where pyfunc's prediction context names none
         self._artifacts_since: float | None = None  # set while spans go to trace artifacts (`log_spans` refused)
+        self._request_counts: dict[str, int] = {}  # the tracer's latest: requests served, left untraced there
+        self._coverage: CoverageLog | None = None  # set once there is a store and a served model to record it for
+        self._coverage_at = -math.inf
+        self._traced_model_id: str | None = None  # the model of the last trace (the prediction context's)
 
     def read(self, stream: IO[bytes]) -> None:
         """Takes requests off the pipe as they come, so the server's feeder rarely waits on it."""
         while (jobs := receive(stream)) is not None:
+            if isinstance(jobs, dict):  # the tracer's own counts, for the coverage record
+                with self._ready:
+                    self._request_counts = jobs
+                continue
             with self._ready:
                 room = max(0, self.config.settings.backlog - len(self._jobs))
                 self._jobs.extend(jobs[:room])
@@ -128,6 +139,7 @@ class Writer:
             if batch:
                 self.write(batch)
             self._report()
+            self._record_coverage(final=done)
             if done:
                 return
 
@@ -256,6 +268,30 @@ class Writer:
                 continue
             self._count_traced(1)
 
+    def _record_coverage(self, final: bool) -> None:
+        """The coverage totals to the store (`newscat.serving.coverage`): every `coverage_every_s` when they
+        changed, and at the end; a failed write is said in the log, and the next one carries the same totals."""
+        model_id = self._model_id or self._traced_model_id
+        if self._experiment_id is None or not model_id:  # the store never answered, or no model to record it for
+            return
+        if not final and time.monotonic() - self._coverage_at < self.config.coverage_every_s:
+            return
+        self._coverage_at = time.monotonic()
+        if self._coverage is None:
+            served = {k: v for k, v in self._tags.items() if k in (REGISTERED_MODEL_TAG, REGISTERED_VERSION_TAG)}
+            self._coverage = CoverageLog(self.config.tracking_uri, self._experiment_id, model_id, served)
+        with self._ready:
+            totals = coverage_of(self._request_counts, self.counts)
+        if not self._coverage.log(totals):
+            self._send(
+                {
+                    "log": f"newscat tracing: the coverage record could not be written ({self._coverage.error}); "
+                    "the next one carries the same totals"
+                }
+            )
+        if final:
+            self._coverage.close()
+
     def _count_traced(self, n: int) -> None:
         with self._ready:
             self.counts["traced"] += n
@@ -303,6 +339,7 @@ class Writer:
             }
         )
         model_id = context_model_id or self._model_id
+        self._traced_model_id = model_id or self._traced_model_id
         info = TraceInfo(
             trace_id=trace_id,
             trace_location=TraceLocation.from_experiment_id(self._experiment_id or ""),

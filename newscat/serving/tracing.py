@@ -49,6 +49,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc.context import get_prediction_context
 
+from newscat.serving.coverage import COVERAGE_EVERY_S, SERVED
+
 TRACING_ENV = "NEWSCAT_TRACING"  # on | off (default)
 SAMPLING_ENV = "NEWSCAT_TRACE_SAMPLING"  # share of requests traced, 0 < x <= 1 (default 1)
 TEXTS_ENV = "NEWSCAT_TRACE_TEXTS"  # on: the texts themselves go into the traces (default off: digests only)
@@ -234,6 +236,7 @@ class WriterConfig:
     attributes: dict[str, str]
     tracking_uri: str
     model_id: str | None = None  # the LoggedModel the served files record (None: logged before newscat wrote it)
+    coverage_every_s: float = COVERAGE_EVERY_S  # how often the writer records its coverage totals in the store
 
 
 class Tracer:
@@ -256,6 +259,7 @@ class Tracer:
         attributes: Mapping[str, str] | None = None,
         log: Callable[[str], None] | None = None,
         model_id: str | None = None,
+        coverage_every_s: float = COVERAGE_EVERY_S,
     ) -> None:
         self.settings = settings
         self.label_names = list(label_names)
@@ -266,6 +270,7 @@ class Tracer:
         self._here: Counter[str] = Counter()  # decided on the request path
         self._written: dict[str, int] = {}  # the writer's counts: traced, or lost there
         self._accepted = 0
+        self._served = 0  # every request `record` saw: what the writer's coverage record counts as served
         self._stopped = False
         self.last_error = ""
         self.experiment_id: str | None = None  # set once the writer reached the store
@@ -277,9 +282,11 @@ class Tracer:
             dict(attributes or {}),
             mlflow.get_tracking_uri(),
             model_id,
+            coverage_every_s=coverage_every_s,
         )
         self._process = _start_writer(config)
         stop = threading.Event()
+        self._stop = stop
         ref = weakref.ref(self)
         threading.Thread(
             target=_feed, args=(ref, self._queue, stop, self._process.stdin), name="newscat-tracer-feed", daemon=True
@@ -305,6 +312,8 @@ class Tracer:
         self, texts: list[str], probabilities: np.ndarray, truncated: np.ndarray, *, start_ns: int
     ) -> list[str] | None:
         """The prediction ids of a request answered now (None: not traced). Never raises."""
+        with self._lock:
+            self._served += 1
         try:
             return self._record(texts, probabilities, truncated, start_ns)
         except Exception as exc:  # tracing must never fail an answer
@@ -336,6 +345,12 @@ class Tracer:
             return None
         return prediction_ids(trace_id, len(texts))
 
+    def request_counts(self) -> dict[str, int]:
+        """What the writer's coverage record needs from the request path: the requests served, and those left
+        untraced here (not sampled, or lost before reaching the writer)."""
+        with self._lock:
+            return {SERVED: self._served, **self._here}
+
     def _count(self, what: str, error: str = "", n: int = 1) -> None:
         with self._lock:
             self._here[what] += n
@@ -362,6 +377,17 @@ class Tracer:
                     return True
             time.sleep(0.02)
         return False
+
+    def close(self, timeout: float = 30.0) -> bool:
+        """Stop tracing now: what is queued goes to the writer, which writes it, records its final coverage and
+        exits; whether it exited within `timeout` seconds. Later requests are counted untraced."""
+        self._stopped = True
+        self._stop.set()
+        try:
+            self._process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
 
     def report(self) -> str:
         """One line of counts since the start (lost traces first)."""
@@ -407,8 +433,9 @@ def _feed(ref: weakref.ref[Tracer], jobs: queue.Queue[tuple], stop: threading.Ev
     """The feeder thread: every FEED_EVERY_S, the requests queued meanwhile into the writer's pipe as one message
     (one wake-up and one write per interval, not per request: on a busy server each wake-up takes the GIL and a
     core from the forward passes), until the tracer is dropped; and the counts into the log (the first line as soon
-    as there is something to count, then at most every LOG_EVERY_S, when they changed)."""
-    logged, reported = 0.0, ""
+    as there is something to count, then at most every LOG_EVERY_S, when they changed); and, when they changed,
+    the tracer's own counts (requests served, left untraced) to the writer, which records coverage from them."""
+    logged, reported, told = 0.0, "", {}
     while not stop.is_set() or not jobs.empty():
         stop.wait(FEED_EVERY_S)
         batch = []
@@ -428,6 +455,11 @@ def _feed(ref: weakref.ref[Tracer], jobs: queue.Queue[tuple], stop: threading.Ev
                         tracer._accepted -= len(batch)
                 del tracer
         tracer = ref()
+        if tracer is not None and (counts := tracer.request_counts()) != told:
+            # Sent after the requests they count: the writer's coverage record never holds more traced than served.
+            with contextlib.suppress(OSError, ValueError):
+                send(pipe, counts)
+                told = counts
         if tracer is not None and time.monotonic() - logged >= LOG_EVERY_S and tracer.counts:
             line = tracer.report()
             if line != reported:

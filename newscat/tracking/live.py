@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
+import posixpath
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -15,11 +17,15 @@ import pandas as pd
 from mlflow.data.digest_utils import compute_pandas_digest
 from mlflow.entities import Dataset as DatasetEntity
 from mlflow.entities import DatasetInput, InputTag, LoggedModelInput
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from newscat.monitoring.feedback import EXPECTATION_PREFIX
+from newscat.monitoring.reference import REFERENCE_DIR, REFERENCE_FILE
+from newscat.serving.coverage import COVERAGE_ROLE, METRICS, MODEL_ID_TAG, ROLE_TAG, Coverage
 from newscat.serving.tracing import CLASSES_TAG, MODEL_ID_METADATA, SPAN_NAME
+from newscat.tracking.store import TrackingError, raise_failure
 
 log = logging.getLogger("newscat")
 PAGE = 500  # traces per search page
@@ -46,6 +52,32 @@ class LiveWindow:
             f"mlflow-traces:experiment={self.experiment_id};model_id={self.model_id};"
             f"from_ms={self.since_ms};to_ms={self.until_ms}"
         )
+
+
+class MonitoringReadError(TrackingError):
+    """A read the monitor's judgement rests on failed (the store is down or refused it): never "nothing there"."""
+
+
+READ_FAILED = "Nothing was judged. Make sure the store answers (its log says why the request failed), then rerun."
+
+
+def read_reference(model_id: str) -> pd.DataFrame | None:
+    """The training reference logged beside a model; None only where the model's artifacts hold none (released
+    before newscat recorded one). A store that fails to list or send it raises MonitoringReadError."""
+    action = f"reading the training reference of model {model_id}"
+    try:
+        location = MlflowClient().get_logged_model(model_id).artifact_location.rstrip("/")
+        # Listed first: only "the folder holds no reference file" means no reference; any failure is an error.
+        listed = mlflow.artifacts.list_artifacts(artifact_uri=f"{location}/{REFERENCE_DIR}")
+        if not any(posixpath.basename(f.path.rstrip("/")) == REFERENCE_FILE and not f.is_dir for f in listed):
+            return None
+        with tempfile.TemporaryDirectory(prefix="newscat-reference-") as tmp:
+            path = mlflow.artifacts.download_artifacts(f"{location}/{REFERENCE_DIR}/{REFERENCE_FILE}", dst_path=tmp)
+            return pd.read_parquet(path)
+    except MlflowException as exc:
+        raise_failure(exc, action, then=READ_FAILED, error=MonitoringReadError)
+    except (OSError, ValueError) as exc:  # an artifact store that failed, or a file that arrived broken
+        raise MonitoringReadError(f"{action} failed ({type(exc).__name__}: {exc}). {READ_FAILED}") from exc
 
 
 def experiment_id_of(name: str) -> str | None:
@@ -86,6 +118,45 @@ def read_live_window(experiment_id: str, model_id: str, since_ms: int, until_ms:
         if not token:
             break
     return LiveWindow(experiment_id, model_id, since_ms, until_ms, traces, pd.DataFrame(rows), labels)
+
+
+def read_coverage(experiment_id: str, model_id: str, since_ms: int, until_ms: int) -> Coverage | None:
+    """The requests the model's servers answered, traced and lost between `since_ms` and `until_ms`, from the trace
+    writers' coverage runs (`newscat.serving.coverage`: running totals, so a window's traffic is each run's total at
+    its end minus its total at its start); None where no writer recorded any (a server older than these records, or
+    one whose writer never reached the store). A failing store raises MonitoringReadError."""
+    client = MlflowClient()
+    query = (
+        f"tags.`{ROLE_TAG}` = '{COVERAGE_ROLE}' AND tags.`{MODEL_ID_TAG}` = '{model_id}' AND "
+        f"attributes.start_time <= {until_ms}"
+    )
+    runs, token = [], None
+    try:
+        while True:
+            page = client.search_runs([experiment_id], filter_string=query, max_results=PAGE, page_token=token)
+            runs += [run for run in page if not run.info.end_time or run.info.end_time >= since_ms]
+            token = page.token
+            if not token:
+                break
+        histories = [{key: client.get_metric_history(run.info.run_id, key) for key in METRICS} for run in runs]
+    except MlflowException as exc:
+        action = f"reading the trace coverage of model {model_id}"
+        raise_failure(exc, action, then=READ_FAILED, error=MonitoringReadError)
+    if not runs:
+        return None
+    total = Coverage()
+    for history in histories:
+        total = total + (_total_at(history, until_ms) - _total_at(history, since_ms - 1))
+    return total
+
+
+def _total_at(history: Mapping[str, list[Any]], timestamp_ms: int) -> Coverage:
+    """A coverage run's running totals as they stood at `timestamp_ms` (zero before its first record)."""
+    values = {}
+    for key, points in history.items():
+        before = [p for p in points if p.timestamp <= timestamp_ms]
+        values[key] = max(before, key=lambda p: (p.timestamp, p.step)).value if before else 0.0
+    return Coverage.from_metrics(values)
 
 
 def _answers(trace: Any) -> list[dict[str, Any]]:
