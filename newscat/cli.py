@@ -220,7 +220,13 @@ def audit(name: str) -> None:
 )
 @click.option("--text-columns", help="Comma-separated text column(s) of files / Hub data.")
 @click.option("--label-column", help="Label column of files / Hub data.")
-@click.option("--seed", type=int, default=42, show_default=True, help="Seed of the split (files without a test split).")
+@click.option(
+    "--seed",
+    type=int,
+    default=42,
+    show_default=True,
+    help="Seed of the validation split; a test split carved from files without one never moves with it.",
+)
 def evaluate(model_uri: str, data: str | None, text_columns: str | None, label_column: str | None, seed: int) -> None:
     """Evaluate MODEL_URI on a test split and log the report to a run (experiment `newscat-evaluations`).
 
