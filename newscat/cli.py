@@ -331,17 +331,20 @@ def predict(
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--source", help="Who gives these labels, recorded with each (default: the OS user).")
 @click.option("--replace", is_flag=True, help="Replace a true label already given for the same prediction.")
-def feedback(file: Path, source: str | None, replace: bool) -> None:
+@click.option("--skip-unknown", is_flag=True, help="Write the other rows when some ids are not in the store.")
+def feedback(file: Path, source: str | None, replace: bool, skip_unknown: bool) -> None:
     """Attach true labels to served predictions, as MLflow expectations on their traces.
 
     FILE is CSV (with a header) or JSON lines (.jsonl) with `id` (the `prediction_id` the server answered with
-    NEWSCAT_TRACING=on, e.g. tr-...:0) and `label`. Every row is checked first (the trace exists, the row and
-    the label are the model's, no duplicates, no label given before unless --replace); one refused row and
-    nothing is written: the report says why per row and the exit status is 1.
+    NEWSCAT_TRACING=on, e.g. tr-...:0), `label` and optionally `text` (the text answered, kept for `newscat
+    retrain` where the server did not keep texts). Every row is checked first (the trace exists, the row and the
+    label are the model's, the text is the one answered, no other label given before unless --replace); one
+    refused row and nothing is written: the report says why per row, lists the unknown ids, and the exit status
+    is 1. A label given again is a no-op (unchanged), so a file can be sent twice.
     """
     from newscat.monitoring.feedback import attach_feedback, read_feedback
 
-    report = attach_feedback(read_feedback(file), source=source, replace=replace)
+    report = attach_feedback(read_feedback(file), source=source, replace=replace, skip_unknown=skip_unknown)
     click.echo(report.text())
     if report.refused:  # the report's last line already says what happened
         raise click.exceptions.Exit(1)
