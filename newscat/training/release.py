@@ -2,8 +2,9 @@
 
 The seams, in order: `build_release` exports and gates the serving paths and fits the lexical companion, every choice
 made on validation or unlabelled texts; `score_test` scores the test split once, through the `ServingBuild` that
-answers exactly as the served model will; `log_release_model` logs the folder; `check_logged_model` loads it back
-as a user would (no overrides) and compares; then the card, the tags and the registration. The refit itself is
+answers exactly as the served model will; `release_model` logs the folder (or reuses the unregistered release an
+earlier process logged for these weights) and `check_logged_model` loads it back as a user would (no overrides) and
+compares, a model that fails ending FAILED; then the card, the tags and the registration. The refit itself is
 started by the job (`training/job.py`), not here.
 """
 
@@ -13,15 +14,16 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import optuna
 import pandas as pd
+from mlflow.entities import LoggedModelStatus
 from mlflow.entities.model_registry import ModelVersion
 
 from newscat.errors import NewscatError
@@ -37,6 +39,7 @@ from newscat.serving.inputs import CHARS_PER_TOKEN_CAP
 from newscat.serving.lexical import prepare_texts
 from newscat.tracking.evaluations import log_evaluation
 from newscat.tracking.models import (
+    SOURCE_MODEL_TAG,
     STUDY_RUN_TAG,
     download_model,
     load_model,
@@ -46,6 +49,8 @@ from newscat.tracking.models import (
     log_reference,
     logged_card,
     logged_params,
+    mark_failed,
+    release_models,
     weights_sha256,
 )
 from newscat.training.lexical import Companion, build_companion, companion_metrics, companion_table
@@ -131,9 +136,8 @@ def release_best(
         build, companion = build_release(inputs, model_dir, final)
         test = score_test(inputs, build, companion)
         reference = training_reference(inputs, final, build)
-        model_id = log_release_model(inputs, best, final, parent_run_id, build)
+        model_id = release_model(inputs, best, final, parent_run_id, build, test.predictions)
     log_reference(model_id, reference.frame, reference.source)
-    check_logged_model(model_id, test.predictions)
     log_model_metrics(model_id, build.decision.metrics(), inputs.records["validation"])
     if companion is not None:
         log_model_metrics(model_id, companion.choice.metrics(), inputs.records["validation"])
@@ -248,6 +252,59 @@ def score_test(inputs: StudyInputs, build: ServingBuild, companion: Companion | 
     return TestScores(predictions, scores.encoder, lexical)
 
 
+def release_model(
+    inputs: StudyInputs,
+    best: optuna.trial.FrozenTrial,
+    final: FinalWeights,
+    parent_run_id: str,
+    build: ServingBuild,
+    reference: Predictions,
+) -> str:
+    """The checked release LoggedModel of `build`: one an earlier process of this study logged for the same weights
+    and left unregistered (killed between logging and registering), reused when it is READY, on the build's serving
+    decision and answers as the build does; else a new one (`log_release_model`). Every other release of these
+    weights in this study ends FAILED, so never two READY ones stand for one registration."""
+    kept = reuse_release(release_models(parent_run_id, final.model_id), build.decision.tags(), reference)
+    if kept is not None:
+        return kept
+    return checked_release(log_release_model(inputs, best, final, parent_run_id, build), reference)
+
+
+def reuse_release(orphans: list[Any], decision: Mapping[str, str], reference: Predictions) -> str | None:
+    """The id of the first READY orphan release whose serving decision is `decision` and that passes the release
+    check against `reference` (None: none does); every other orphan is marked FAILED."""
+    kept = None
+    for orphan in orphans:
+        if kept is None and orphan.status == LoggedModelStatus.READY and _same_decision(orphan.tags, decision):
+            try:
+                check_logged_model(orphan.model_id, reference)
+            except Exception as exc:  # any: a copy cut short fails to load, a changed one to answer alike
+                log.warning("release model %s left by an earlier process fails the check: %s", orphan.model_id, exc)
+            else:
+                log.info("reusing release model %s, logged by an earlier process of this study", orphan.model_id)
+                kept = orphan.model_id
+                continue
+        if orphan.status != LoggedModelStatus.FAILED:
+            log.info("release model %s (%s) of an earlier process: marked FAILED", orphan.model_id, orphan.status)
+            mark_failed(orphan.model_id, ReleaseError(f"superseded by the resumed release of {orphan.name}"))
+    return kept
+
+
+def _same_decision(tags: Mapping[str, str], decision: Mapping[str, str]) -> bool:
+    return all(tags.get(key) == value for key, value in decision.items())
+
+
+def checked_release(model_id: str, reference: Predictions) -> str:
+    """`model_id` once it passes `check_logged_model`; a model that fails it ends FAILED, not READY, and the
+    error is raised."""
+    try:
+        check_logged_model(model_id, reference)
+    except BaseException as exc:  # a kill during the check too: the model was never shown to answer right
+        mark_failed(model_id, exc)
+        raise
+    return model_id
+
+
 def log_release_model(
     inputs: StudyInputs, best: optuna.trial.FrozenTrial, final: FinalWeights, parent_run_id: str, build: ServingBuild
 ) -> str:
@@ -262,7 +319,7 @@ def log_release_model(
             "newscat.study": inputs.cfg.tune.study_name,
             "newscat.trial": str(best.number),
             "newscat.role": "release",
-            "newscat.source_model_id": final.model_id,  # the trial's or refit's LoggedModel with these weights
+            SOURCE_MODEL_TAG: final.model_id,  # the trial's or refit's LoggedModel with these weights
             STUDY_RUN_TAG: parent_run_id,
             **build.decision.tags(),
         },
