@@ -144,3 +144,47 @@ def test_weight_averaging_ema_is_bias_corrected() -> None:
     # decay / (1 - decay) steps, whatever decay was asked (a warm-up would have capped it).
     assert constant.shadow["weight"].item() == pytest.approx(3.0)
     assert ramp.shadow["weight"].item() == pytest.approx(200 - 9, abs=1e-3)
+
+
+def test_monitor_alarms_counts_false_alarms_detections_and_estimate_errors_with_the_monitors_decision() -> None:
+    import numpy as np
+    import pandas as pd
+
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import monitor_alarms
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    from newscat.monitoring.estimate import CORRECT
+    from newscat.monitoring.reference import feature_frame
+
+    rng = np.random.default_rng(0)
+
+    def pool(n: int, classes: int, words: float) -> pd.DataFrame:
+        tokens = rng.normal(words, words / 3, n).clip(3, 128).astype(int)
+        confidence = rng.uniform(0.4, 1.0, n)
+        frame = feature_frame(
+            tokens * 5, tokens, [0] * n, tokens >= 128, rng.choice(list("ABCD")[:classes], n), confidence
+        )
+        frame[CORRECT] = (rng.uniform(size=n) < confidence).astype(float)  # a calibrated model
+        return frame
+
+    reference, healthy = pool(800, 4, 40), pool(5000, 4, 40)
+    calm = monitor_alarms.judge_windows(reference, healthy, 1000, 40, rng)
+    assert calm["alarms"]["hits"] <= 6 and calm["alarms"]["windows"] == 40  # alpha 0.05 + slack
+    assert calm["estimate_error"]["p90_abs"] < 0.05 and calm["mean_confidence_error"]["p90_abs"] < 0.05
+    titles = monitor_alarms.judge_windows(reference, pool(5000, 4, 10), 1000, 20, rng)
+    assert titles["alarms"]["rate"] == 1.0 and titles["drifted_by_feature"]["tokens"] == 20
+    one = monitor_alarms.judge_windows(reference, pool(5000, 1, 40), 1000, 20, rng)
+    assert one["drifted_by_feature"]["label"] == 20
+    assert monitor_alarms.rate(0, 200) == {"hits": 0, "windows": 200, "rate": 0.0, "ci95": [0.0, 0.0188]}
+
+    test = pd.DataFrame(
+        {"label": [0, 1], "title": ["Cup final ", "Oil up"], "description": ["Won 2-1.", "Brent rose."]}
+    )
+    train = pd.DataFrame({"label": [3], "title": ["Chip"], "description": ["A new chip."]})
+    shifted = monitor_alarms.shifted_texts(test, train, rng)
+    assert shifted["titles"]["text"].tolist() == ["Cup final", "Oil up"]
+    assert shifted["descriptions"]["text"].tolist() == ["Won 2-1.", "Brent rose."]
+    assert shifted["other_descriptions"]["text"].tolist() == ["Cup final  A new chip.", "Oil up A new chip."]
+    assert shifted["other_descriptions"]["label"].tolist() == [0, 1]  # the title's label
