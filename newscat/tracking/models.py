@@ -22,6 +22,7 @@ from mlflow.models import Model
 from mlflow.tracking import MlflowClient
 
 from newscat.monitoring.reference import REFERENCE_ARTIFACT, REFERENCE_DIR, REFERENCE_FILE
+from newscat.redaction import redact_values
 from newscat.serving.artifacts import (
     export_classifier,
     logged_weights_sha256,
@@ -110,9 +111,9 @@ def log_classifier_model(
     model = mlflow.initialize_logged_model(
         name=name,
         source_run_id=run_id,
-        params={k: str(v) for k, v in params.items()},
+        params=redact_values({k: str(v) for k, v in params.items()}),  # a base model may be a URL with a password
         model_type=MODEL_TYPE,
-        tags={**tags, WEIGHTS_TAG: logged_weights_sha256(model_dir)},
+        tags={**redact_values(tags), WEIGHTS_TAG: logged_weights_sha256(model_dir)},
     )
     try:
         with tempfile.TemporaryDirectory(prefix="newscat-pyfunc-") as tmp:

@@ -218,7 +218,7 @@ def log_trial_params(number: int, params: Mapping[str, Any], cfg: Config, **extr
             **params,
             **extra,
             "trial_number": number,
-            "model": cfg.model.name,
+            "model": redact_url(cfg.model.name),  # a URL's password is never stored
             "max_length": cfg.model.max_length,
             "precision": cfg.train.precision,
             "bf16": use_bf16(cfg.train.precision),
