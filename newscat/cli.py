@@ -426,12 +426,14 @@ def retrain(target: str, since: str | None, promote: str | None, config_file: st
 @click.option("--older-than", "older_than", required=True, help="Delete traces started before this: 90d, 12h, 30m.")
 @click.option("--experiment", default="", help="Experiment the server traces to (default: TARGET's own experiment).")
 def prune_traces(target: str, older_than: str, experiment: str) -> None:
-    """Trace retention: delete the served model's traces (and the true labels on them) older than a window.
+    """Trace retention: delete the served model's traces older than a window, keeping their true labels.
 
     TARGET (NAME@ALIAS or NAME/VERSION) names the served model: its traces live in its LoggedModel's experiment
-    unless the server was given NEWSCAT_TRACE_EXPERIMENT (then pass that as --experiment).
+    unless the server was given NEWSCAT_TRACE_EXPERIMENT (then pass that as --experiment). The labelled rows are
+    kept first (a `kept-labels` run in that experiment, which `newscat retrain` reads), then the traces are
+    deleted in chunks.
     """
     from newscat.monitoring.retention import prune_traces as prune
 
-    deleted, name = prune(older_than, target=target, experiment=experiment)
-    click.echo(f"deleted {deleted} traces of experiment {name!r} older than {older_than}")
+    outcome = prune(older_than, target=target, experiment=experiment)
+    click.echo(outcome.text(older_than))

@@ -1,28 +1,37 @@
 """`newscat retrain NAME@ALIAS`: a challenger trained on the original data plus the labelled live traffic.
 
-The served model's traced answers that received true labels (and kept their texts: NEWSCAT_TRACE_TEXTS=on) over
-the window are split by time: the newest share is held out and never trained on; the rest joins the original
-training rows. The study starts from the served model's params (its first trial), registers the result with alias
-`challenger` (its version tags and card name the live window), and the gate faces it with the served model twice,
-on the held-out recent traffic (where it must be significantly better) and on the original test split (where it
-must not be worse by more than `max_test_drop`, nor significantly). With `promote=auto` it becomes champion only
-when it passes both.
+The served model's traced answers that received true labels over the window, with their texts (kept in the trace
+with NEWSCAT_TRACE_TEXTS=on, or given with the label by `newscat feedback`), and the labels `newscat prune-traces`
+kept from deleted traces, are split by time: the newest share (at least `min_holdout(alpha)` rows, the fewest with
+which McNemar's exact test can pass) is held out and never trained on; the rest joins the original training rows. A
+held-out text that is a near-duplicate (`near_duplicate_keys`) of a training text is dropped. The study starts from
+the served model's params (its first trial) with its whole recorded recipe (`champion_recipe`: text length, pooling,
+frozen layers, dropout, ...), registers the result with alias `challenger` (its version tags and card name the live
+window), and the gate faces it with the served model twice, on the held-out recent traffic (where it must be
+significantly better) and on the original test split (where it must not be worse by more than `max_test_drop`, nor
+significantly). With `promote=auto` it becomes champion only when it passes both.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 
 from newscat.config import Config, window_seconds
 from newscat.data.load import load_news, text_key
 from newscat.errors import NewscatError
+from newscat.monitoring.feedback import feedback_texts
 from newscat.monitoring.monitor import MonitorError, resolve_version
+from newscat.monitoring.retention import kept_labels
 from newscat.registry.evaluations import verify_test_split
 from newscat.registry.gate import GateDecision
 from newscat.registry.promotion import promote_with_gate
@@ -38,6 +47,28 @@ log = logging.getLogger("newscat")
 LIVE_WINDOW_TAG = "newscat.live_window"  # on the challenger's version: the traces it learned from
 LIVE_ROWS_TAG = "newscat.live_rows"
 RESTORE_DATA = "retrain from a version trained on the data as it is now (retrain reads only the version's own data)"
+HEAD_WORDS = 8  # texts that agree on their first this many normalized words are near-duplicates
+# The recipe a challenger copies from the champion beside its search-space params: the LoggedModel's params (what
+# produced its weights: `training.step.model_params`), then its study run's flat config for what the model's params
+# do not record. Section and key of the config, the name on the LoggedModel ("": only in the study's config).
+RECIPE = (
+    ("model", "max_length", "max_length"),
+    ("model", "lexical", ""),
+    ("model", "serving_paths", ""),
+    ("train", "precision", "precision"),
+    ("train", "freeze_embeddings", "freeze_embeddings"),
+    ("train", "frozen_layers", "frozen_layers"),
+    ("train", "dropout", "dropout"),
+    ("train", "pooling", "pooling"),
+    ("train", "layer_lr_decay", "layer_lr_decay"),
+    ("train", "max_epochs", ""),
+    ("train", "eval_batch_size", ""),
+    ("train", "evals_per_epoch", ""),
+    ("train", "metric", ""),
+    ("train", "refit", ""),
+    ("train", "refit_samples", ""),
+    ("train", "average_weights", ""),
+)
 
 
 class RetrainError(NewscatError):
@@ -91,7 +122,10 @@ def retrain(target: str, cfg: Config, *, work_dir: Path, now_ms: int | None = No
     live = labelled_live_rows(cfg, model_id, now_ms)
     folder = work_dir / f"retrain-{version.name}-{int(time.time())}"
     live = write_retrain_data(target, tags, live, folder, seed=cfg.seed)
-    tuned = tune_and_register(retrain_config(cfg, folder / "train", tags, logged_params(model_id), version.name))
+    check_holdout(live, cfg)  # before any training: a held-out split the gate can never pass on is refused now
+    params = logged_params(model_id)
+    recipe = champion_recipe(params, study_params(tags.parent_run_id))
+    tuned = tune_and_register(retrain_config(cfg, folder / "train", tags, params, version.name, recipe))
     number = str(tuned.version)
     set_version_tags(
         version.name,
@@ -138,46 +172,105 @@ def write_retrain_data(target: str, tags: VersionTags, live: LiveRows, folder: P
     return live
 
 
+def min_holdout(alpha: float) -> int:
+    """The fewest held-out rows with which the gate can pass at `alpha`: McNemar's exact (two-sided binomial) test
+    on n discordant pairs, all won by the challenger, gives p = min(1, 2 * 0.5**n), so it needs the smallest n with
+    2 * 0.5**n < alpha (6 at alpha 0.05, 8 at 0.01); each discordant pair is a held-out row."""
+    n = 1
+    while 2 * 0.5**n >= alpha:
+        n += 1
+    return n
+
+
 def labelled_live_rows(cfg: Config, model_id: str, now_ms: int | None = None) -> LiveRows:
-    """The window's answers with a true label and their text, oldest first, split by time (newest held out)."""
+    """The window's answers with a true label and their text (the trace's, else the one given with the feedback),
+    and the labels prune-traces kept for the window, oldest first, split by time (newest held out)."""
     experiment_id = traces_experiment_id(cfg.monitor.experiment, model_id)
     if experiment_id is None:
         raise RetrainError(f"no experiment {cfg.monitor.experiment!r} holds traces: nothing to learn from")
     now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
-    window = read_live_window(experiment_id, model_id, now_ms - window_seconds(cfg.retrain.since) * 1000, now_ms)
+    since_ms = now_ms - window_seconds(cfg.retrain.since) * 1000
+    window = read_live_window(experiment_id, model_id, since_ms, now_ms)
+    columns = ["trace_id", "row", "timestamp_ms", "text", "true_label"]
     answers = window.answers
-    labelled = answers[answers["true_label"].notna()] if len(answers) else answers
-    with_text = labelled[labelled["text"].notna()] if "text" in labelled else labelled.iloc[0:0]
-    if len(with_text) < cfg.retrain.min_live_rows:
-        kept = (
+    labelled = answers[answers["true_label"].notna()].copy() if len(answers) else pd.DataFrame(columns=columns)
+    if "text" not in labelled:
+        labelled["text"] = None
+    missing = labelled["text"].isna()
+    if missing.any():  # served without NEWSCAT_TRACE_TEXTS: the feedback may have carried the texts
+        given = feedback_texts(labelled.loc[missing, "trace_id"].unique())
+        keys = zip(labelled.loc[missing, "trace_id"], labelled.loc[missing, "row"], strict=True)
+        labelled.loc[missing, "text"] = [given.get((t, int(r))) for t, r in keys]
+    kept = kept_labels(experiment_id, model_id, since_ms, now_ms)
+    if len(kept) and len(labelled):  # a trace kept but not deleted (a prune that stopped): read once, live
+        live_keys = set(zip(labelled["trace_id"], labelled["row"].astype(int), strict=True))
+        kept = kept[[(t, int(r)) not in live_keys for t, r in zip(kept["trace_id"], kept["row"], strict=True)]]
+    parts = [frame[columns] for frame in (labelled, kept) if len(frame)]
+    labelled = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
+    with_text = labelled[labelled["text"].notna()]
+    held = max(min_holdout(cfg.promote.alpha), round(len(with_text) * cfg.retrain.holdout_share))
+    needed = max(cfg.retrain.min_live_rows, held + 1)  # at least one row to learn from beside the held-out ones
+    if len(with_text) < needed:
+        why = f"retrain.min_live_rows {cfg.retrain.min_live_rows}"
+        if needed > cfg.retrain.min_live_rows:
+            alpha = cfg.promote.alpha
+            why = f"{held} to hold out, the fewest with which McNemar's exact test can pass at alpha {alpha}"
+        no_text = (
             ""
             if len(with_text) == len(labelled)
             else (
-                f"; {len(labelled) - len(with_text)} of them without their text: serve with NEWSCAT_TRACE_TEXTS=on to "
-                "keep the texts retraining needs"
+                f"; {len(labelled) - len(with_text)} of them without their text: serve with NEWSCAT_TRACE_TEXTS=on, or "
+                "give the texts with the labels (a `text` column in the `newscat feedback` file)"
             )
         )
         raise RetrainError(
-            f"{len(with_text)} labelled live answers with their texts in the last {cfg.retrain.since} "
-            f"(retrain.min_live_rows {cfg.retrain.min_live_rows}){kept}"
+            f"{len(with_text)} labelled live answers with their texts in the last {cfg.retrain.since}, "
+            f"at least {needed} needed ({why}){no_text}"
         )
     rows = with_text.sort_values(["timestamp_ms", "trace_id", "row"])
     rows = pd.DataFrame({"text": rows["text"], "label": rows["true_label"], "timestamp_ms": rows["timestamp_ms"]})
-    held = max(1, round(len(rows) * cfg.retrain.holdout_share))
     return LiveRows(rows.iloc[:-held].reset_index(drop=True), rows.iloc[-held:].reset_index(drop=True), window)
 
 
+def near_duplicate_keys(text: str) -> tuple[str, ...]:
+    """What makes two texts near-duplicates: the same words once case, punctuation, digits and spacing are gone (a
+    headline re-sent with another date, price or dash), or, for texts of at least `HEAD_WORDS` words, the same first
+    `HEAD_WORDS` of them (the same story with another tail: a source, an update). Two texts are near-duplicates when
+    they share a key: linear in the texts, no dependency."""
+    words = re.sub(r"[\W\d_]+", " ", str(text).casefold()).split()
+    keys = ("all:" + " ".join(words),)
+    return (*keys, "head:" + " ".join(words[:HEAD_WORDS])) if len(words) >= HEAD_WORDS else keys
+
+
+def _keys_of(texts: Iterable[str]) -> set[str]:
+    return {key for text in texts for key in near_duplicate_keys(text)}
+
+
 def without_leaks(live: LiveRows, original: set[str]) -> LiveRows:
-    """The held-out answers minus those whose text is also a training row (an earlier live answer or an original
-    row): the gate must score the challenger on texts it never saw, or a repeated headline wins it the gate."""
-    known = original | set(live.train["text"])
-    leaked = live.holdout["text"].isin(known)
+    """The held-out answers minus those whose text is a training row's, or a near-duplicate of one
+    (`near_duplicate_keys`; an earlier live answer or an original row): the gate must score the challenger on texts
+    it never saw, or a repeated headline wins it the gate."""
+    known = _keys_of(original) | _keys_of(live.train["text"])
+    leaked = live.holdout["text"].map(lambda text: not known.isdisjoint(near_duplicate_keys(text))).astype(bool)
     if leaked.all():
         raise RetrainError(
-            f"all {len(live.holdout)} held-out answers repeat texts of the training rows: nothing new to gate on"
+            f"all {len(live.holdout)} held-out answers repeat texts of the training rows (or nearly): nothing new to "
+            "gate on"
         )
     holdout = live.holdout[~leaked].reset_index(drop=True)
     return replace(live, holdout=holdout, leaked=live.leaked + int(leaked.sum()))
+
+
+def check_holdout(live: LiveRows, cfg: Config) -> None:
+    """Refuse a held-out split too small for the gate ever to pass (once the near-duplicates left it)."""
+    needed = min_holdout(cfg.promote.alpha)
+    if len(live.holdout) < needed:
+        dropped = f" ({live.leaked} more repeated training texts, or nearly, and were dropped)" if live.leaked else ""
+        raise RetrainError(
+            f"the held-out split has {len(live.holdout)} rows{dropped}; McNemar's exact test at alpha "
+            f"{cfg.promote.alpha} needs at least {needed} discordant pairs, so at least {needed} held-out rows: label "
+            "more live answers, widen retrain.since, or raise promote.alpha"
+        )
 
 
 def without_test_rows(live: LiveRows, test: pd.DataFrame) -> LiveRows:
@@ -217,19 +310,53 @@ def _encoded(rows: pd.DataFrame, data: Any) -> pd.DataFrame:
     return pd.DataFrame({"text": rows["text"], "label": rows["label"].map(to_id)})
 
 
-def retrain_config(cfg: Config, source: Path, tags: VersionTags, params: dict[str, str], name: str) -> Config:
-    """The tune config of the retrain: the data folder, the served model's base model, a study of its own whose
-    first trial is the served model's params, registered under the same name, never promoted by the job itself."""
+def study_params(run_id: str) -> dict[str, str]:
+    """The flat config the champion's study run logged ({} where no run is recorded or it is gone: the LoggedModel's
+    own params still give the recipe that made its weights)."""
+    if not run_id:
+        return {}
+    try:
+        return dict(MlflowClient().get_run(run_id).data.params)
+    except MlflowException as exc:
+        log.warning("the champion's study run %s cannot be read (%s): its recipe comes from its model", run_id, exc)
+        return {}
+
+
+def champion_recipe(model_params: Mapping[str, str], run_params: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """`RECIPE`'s settings as the champion recorded them, by config section: the LoggedModel's param first (what
+    made the weights), else the study run's `section.key`; a setting recorded nowhere is left to the config."""
+    recipe: dict[str, dict[str, Any]] = {"model": {}, "train": {}}
+    for section, key, on_model in RECIPE:
+        value = model_params.get(on_model) if on_model else None
+        value = value if value is not None else run_params.get(f"{section}.{key}")
+        if value is not None:
+            recipe[section][key] = value if key == "serving_paths" else _value(value)
+    return recipe
+
+
+def retrain_config(
+    cfg: Config,
+    source: Path,
+    tags: VersionTags,
+    params: dict[str, str],
+    name: str,
+    recipe: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Config:
+    """The tune config of the retrain: the data folder, the served model's base model and recipe (`champion_recipe`),
+    a study of its own whose first trial is the served model's params, registered under the same name, never
+    promoted by the job itself."""
     first = {k: _number(v) for k, v in params.items() if k in DEFAULT_SPACE}
     space = dict(cfg.tune.search_space or {})
     space["enqueue"] = [first, *space.get("enqueue", ())]
+    recipe = recipe or {}
     return replace(
         cfg,
         # Every row of the folder is trained on: a subsample would drop most of the live rows it exists for.
         data=replace(
             cfg.data, source=str(source), text_columns=("text",), label_column="label", max_train_samples=None
         ),
-        model=replace(cfg.model, name=tags.base_model or cfg.model.name),
+        model=replace(cfg.model, name=tags.base_model or cfg.model.name, **recipe.get("model", {})),
+        train=replace(cfg.train, **recipe.get("train", {})),
         tune=replace(
             cfg.tune,
             study_name=f"{cfg.tune.study_name}-retrain-{int(time.time())}",
@@ -248,6 +375,12 @@ def _number(value: str) -> int | float | str:
         except ValueError:
             continue
     return value
+
+
+def _value(value: str) -> int | float | bool | str | None:
+    """A param as logged (the str of a bool, of None, of a number, or a word) back to the config's value."""
+    words: dict[str, bool | None] = {"True": True, "False": False, "None": None}
+    return words[value] if value in words else _number(value)
 
 
 def live_card_section(live: LiveRows, target: str, served_version: str) -> str:
