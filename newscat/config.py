@@ -258,7 +258,10 @@ class RetrainConfig:
 
     since: str = "30d"  # the labelled traffic of the last N minutes (m), hours (h) or days (d)
     holdout_share: float = 0.3  # the newest share of it is never trained on: the challenger is gated on it
-    min_live_rows: int = 20  # fewer labelled answers with their texts: nothing to learn from, refused
+    # Fewer labelled answers with their texts: nothing to learn from, refused. 100 holds out 30 (holdout_share 0.3),
+    # where the gate can pass when the challenger fixes 6 of the served model's errors and breaks none, or 8 and 1
+    # (McNemar at alpha 0.05; at least `retrain.min_holdout(alpha)` rows are held out whatever the share: 6 at 0.05).
+    min_live_rows: int = 100
     n_trials: int = 1  # trials of the retrain's study; the first is the champion's params
     # On the original test split the challenger must not regress: it may lose at most this much of the gate's
     # metric, and not significantly (it has to win on the recent traffic, not on the old test rows).

@@ -196,3 +196,16 @@ def test_the_challenger_copies_the_champions_whole_recipe(tracking_uri: str, tmp
     assert cfg.tune.search_space["enqueue"][0]["weight_decay"] == 0.02
     # A study run that is gone: the LoggedModel's own params still make the weights' recipe.
     assert champion_recipe(model_params, study_params(""))["model"] == {"max_length": 64}
+
+
+def test_the_defaults_hold_out_enough_rows_for_the_gate_to_pass_on_a_realistic_retrain() -> None:
+    from newscat.registry.gate import mcnemar_exact
+
+    cfg = build_config({})
+    held = max(min_holdout(cfg.promote.alpha), round(cfg.retrain.min_live_rows * cfg.retrain.holdout_share))
+    assert held == 30
+    champion = np.ones(held, bool)
+    champion[:8] = False  # the served model is wrong on 8 of the 30 newest labelled answers
+    challenger = np.ones(held, bool)
+    challenger[8] = False  # the challenger gets those 8 right and one other wrong
+    assert mcnemar_exact(challenger, champion)[2] < cfg.promote.alpha
