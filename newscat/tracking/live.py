@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import posixpath
 import tempfile
 import time
@@ -201,15 +202,22 @@ def log_monitoring(
         schema=json.dumps({"mlflow_colspec": [{"name": c, "type": str(t)} for c, t in features.dtypes.items()]}),
         profile=json.dumps({"num_rows": len(features), "traces": window.traces}),
     )
-    with mlflow.start_run(experiment_id=window.experiment_id, run_name=run_name) as run:
+    # Made by id: under `mlflow run` (MLFLOW_RUN_ID set) start_run(experiment_id=...) resumes the project's run, in
+    # the project's experiment, and the report would be logged there. The two runs name each other instead.
+    project_run = os.environ.get("MLFLOW_RUN_ID", "")
+    created = MlflowClient().create_run(window.experiment_id, run_name=run_name)
+    with mlflow.start_run(run_id=created.info.run_id) as run:
         context = [InputTag(MLFLOW_DATASET_CONTEXT, LIVE_CONTEXT)]
         MlflowClient().log_inputs(
             run.info.run_id, [DatasetInput(entity, context)], models=[LoggedModelInput(window.model_id)]
         )
-        mlflow.set_tags({"newscat.role": "monitor", "newscat.model_id": window.model_id, **tags})
+        linked = {"newscat.project_run_id": project_run} if project_run else {}
+        mlflow.set_tags({"newscat.role": "monitor", "newscat.model_id": window.model_id, **linked, **tags})
         mlflow.log_metrics(dict(metrics), model_id=window.model_id, dataset=entity)
         for name, text in artifacts.items():
             mlflow.log_text(text, name)
+    if project_run:
+        MlflowClient().set_tag(project_run, "newscat.monitor_run_id", run.info.run_id)
     return run.info.run_id
 
 

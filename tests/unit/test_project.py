@@ -25,6 +25,9 @@ def test_conda_yaml_and_pyproject_agree() -> None:
     conda = yaml.safe_load((ROOT / "conda.yaml").read_text())
     pip = next(dep["pip"] for dep in conda["dependencies"] if isinstance(dep, dict))
     deps = {_name(r): r for r in project["dependencies"]}
+    # The environment `mlflow run` builds serves every entry point: `-e monitor` needs the monitor extra (Evidently,
+    # and the pandas it works with, which replaces the bare pandas requirement).
+    deps |= {_name(r): r for r in project["optional-dependencies"]["monitor"]}
     conda_deps = {_name(r): r for r in pip}
     assert set(deps) == set(conda_deps)
     for name, requirement in deps.items():
