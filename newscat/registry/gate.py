@@ -32,6 +32,8 @@ class GateDecision:
     min_accuracy: float = 0.0  # the floor a first champion must reach
     baseline_accuracy: float | None = None  # always predicting the most frequent class, on the same rows
     max_drop: float | None = None  # set: a guard (the challenger may lose at most this much, not significantly)
+    challenger_path: str = ""  # the serving path (backend/precision) each version was scored on: its recorded one
+    champion_path: str = ""
 
     def table(self) -> str:
         """The comparison as a fixed-width text table, followed by the verdict."""
@@ -46,6 +48,11 @@ class GateDecision:
             f"data {self.data.get('source', '?')} [{self.data.get('split', '?')}], {self.data.get('rows', '?')} rows, "
             f"digest {self.data.get('digest', '?')}"
         )
+        if self.challenger_path or self.champion_path:
+            lines.append(
+                f"scored on each version's recorded serving path: champion {self.champion_path or '-'}, "
+                f"challenger {self.challenger_path or '-'}"
+            )
         if self.baseline_accuracy is not None:
             lines.append(
                 f"floor for a first champion: accuracy >= {self.min_accuracy}; "
@@ -111,6 +118,8 @@ def decide(
         "data": challenger.data,
         "min_accuracy": min_accuracy,
         "baseline_accuracy": majority_baseline(challenger.labels),
+        "challenger_path": str(challenger.data.get("scored_path", "")),
+        "champion_path": str(champion.data.get("scored_path", "")) if champion is not None else "",
     }
     if champion is None:
         return _first_champion(common, new["accuracy"], min_accuracy)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -10,7 +11,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.tracking import MlflowClient
 
 from newscat.evaluation.report import Predictions
-from newscat.registry.evaluations import load_test_split, score
+from newscat.registry.evaluations import load_test_split, log_scored_path, score
 from newscat.registry.gate import GateDecision, decide
 from newscat.registry.tags import VersionTags
 from newscat.registry.versions import (
@@ -23,11 +24,13 @@ from newscat.registry.versions import (
 )
 from newscat.tracking.evaluations import log_evaluation
 from newscat.tracking.limits import TAG_VALUE_LIMIT
+from newscat.tracking.models import logged_tags
 from newscat.tracking.runs import log_metrics, start_evaluation_run, start_nested_evaluation_run
 
 log = logging.getLogger("newscat")
 PROMOTIONS_EXPERIMENT = "newscat-promotions"
 GATE_MODEL_TAG, GATE_ALIAS_TAG = "gate.registered_model", "gate.to_alias"  # which model and alias a decision is about
+SERVING_DEFAULT_TAG = "newscat.serving.default"  # on a release's LoggedModel: the path its serving gate chose
 
 
 class AlreadyHeld(RegistryError):
@@ -111,8 +114,21 @@ def _score_both(
     news, record = load_test_split(data, seed, pinned=pinned, label=f"{name} version {challenger.version}")
     if scored is None or scored.data.get("digest") != record["digest"]:
         scored = score(f"models:/{name}/{challenger.version}", news, record)
+    scored = _with_release_path(scored, f"models:/{name}/{challenger.version}")
     defending = score(f"models:/{name}/{champion.version}", news, record) if champion else None
     return scored, defending
+
+
+def _with_release_path(scored: Predictions, model_uri: str) -> Predictions:
+    """The release's own test predictions (the main job hands them in: its build scored them on the recorded default,
+    never with an override) with that path in their data record, as `score` records it."""
+    if "scored_path" in scored.data:
+        return scored
+    model_id = model_id_of(model_uri)
+    # The gate's decision, a tag of the LoggedModel; a model logged before the ONNX gate serves torch fp32.
+    path = logged_tags(model_id).get(SERVING_DEFAULT_TAG, "torch/fp32") if model_id else "unknown"
+    engine = f"{path.replace('/', ' ')} on cpu: the release build, on the recorded default {path}"
+    return dataclasses.replace(scored, data={**scored.data, "scored_path": path, "scored_engine": engine})
 
 
 def _record(
@@ -131,10 +147,12 @@ def _record(
         log_gate_decision(decision, forced=forced)
         mlflow.set_tags({GATE_MODEL_TAG: name, GATE_ALIAS_TAG: to_alias})
         log_evaluation(attacking, decision.challenger_metrics, model_id=model_id_of(challenger_uri))
+        log_scored_path(attacking.data)
         if defending is not None:
             champion_uri = f"models:/{name}/{decision.champion}"
             with start_nested_evaluation_run(champion_uri):
                 log_evaluation(defending, decision.champion_metrics, model_id=model_id_of(champion_uri))
+                log_scored_path(defending.data)
     return run.info.run_id
 
 
@@ -186,5 +204,7 @@ def log_gate_decision(decision: GateDecision, *, forced: bool) -> None:
             "gate.min_accuracy": str(decision.min_accuracy),
             "gate.dataset_digest": str(decision.data.get("digest", "")),
             "gate.kind": "improvement" if decision.max_drop is None else f"guard (max drop {decision.max_drop})",
+            "gate.challenger_path": decision.challenger_path,  # each version's recorded serving path, as scored
+            "gate.champion_path": decision.champion_path,
         }
     )
