@@ -1,4 +1,4 @@
-"""Whether this machine runs bf16 math natively (used for training, and by the served model's `auto` choice)."""
+"""Whether this machine runs bf16 math natively: training asks of its GPU when it has one, serving of the CPU."""
 
 from __future__ import annotations
 
@@ -25,11 +25,12 @@ class Hardware:
     name: str
 
     @classmethod
-    def detect(cls) -> Hardware:
-        """This machine's GPU (device 0), or its CPU when torch sees no GPU."""
+    def detect(cls, device: str = "auto") -> Hardware:
+        """The hardware that runs `device`'s math: for `auto`, this machine's GPU (device 0) when torch sees one
+        (training), else its CPU; for `cpu`, the CPU even beside a GPU (where newscat serves)."""
         import torch
 
-        if torch.cuda.is_available():
+        if device != "cpu" and torch.cuda.is_available():
             capability = tuple(torch.cuda.get_device_capability())
             name = f"GPU {torch.cuda.get_device_name()} (compute capability {capability[0]}.{capability[1]})"
             return cls((capability[0], capability[1]), frozenset(), name)
@@ -48,12 +49,14 @@ def bf16_is_native(capability: tuple[int, int] | None, cpu_flags: frozenset[str]
     return bool(cpu_flags & BF16_CPU_FLAGS)
 
 
-def native_bf16() -> bool:
-    """Whether this machine runs bf16 math natively (an Ampere or newer GPU, or an AVX512-BF16 / AMX CPU).
+def native_bf16(device: str = "cpu") -> bool:
+    """Whether `device` runs bf16 math natively: by default the CPU, which serves the model (and scores the gate's
+    paths) even where a GPU is present, so a GPU beside it decides nothing (an AVX512-BF16 / AMX CPU); `cuda` or
+    `auto`: the GPU when there is one (Ampere or newer).
 
     Elsewhere bf16 is emulated and slower than fp32, so `auto` precision means fp32 there.
     """
-    return Hardware.detect().native_bf16
+    return Hardware.detect(device).native_bf16
 
 
 def use_bf16(precision: str, hardware: Hardware | None = None) -> bool:
