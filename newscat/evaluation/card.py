@@ -39,6 +39,8 @@ class CardFacts:
     max_length: int
     serving: str = ""  # the accuracy gate's table of serving paths (markdown)
     lexical: str = ""  # the lexical companion's comparison with the encoder (markdown; empty: not tried)
+    # What the test scores are of: the served model (the encoder on its default path, mixed with the companion)
+    served: str = ""
 
 
 def model_card(facts: CardFacts) -> str:
@@ -78,6 +80,8 @@ Fine-tuned **{facts.base_model}** (BERT family) to sort {words.texts} into {len(
 {params}
 
 ## Test results
+Scores of the served model{_served(facts.served)} on the test split, which chose nothing.
+
 | metric | value |
 | --- | --- |
 {metrics}
@@ -94,8 +98,8 @@ Each fast path was scored beside torch fp32 on the validation rows and on traini
 it may be the default only if its labels agree with torch fp32's on at least 99.5% of those texts and it loses at
 most 0.3 points of validation accuracy. The fastest path that passed is the default, and the model serves it wherever
 this hardware can; `NEWSCAT_BACKEND` (auto, torch, onnx), `NEWSCAT_PRECISION` (auto, fp32, bf16, int8) and
-`NEWSCAT_DEVICE` (auto, cpu, cuda) override it (the server's log says so). The test scores above are the default
-path's.
+`NEWSCAT_DEVICE` (auto, cpu, cuda) override it (the server's log says so). The test scores above are the served
+model's: {facts.served or "the default path"}.
 
 {facts.serving or "Served by torch (fp32; bf16 where the hardware runs it natively)."}
 
@@ -150,6 +154,10 @@ def _words(facts: CardFacts) -> _Words:
         "score worse.",
         overlap="Classes that overlap take most confusions: the confusion matrix under `evaluation/` shows which.",
     )
+
+
+def _served(served: str) -> str:
+    return f" ({served})" if served else ""
 
 
 def _lexical_section(table: str) -> str:

@@ -144,12 +144,15 @@ def mark_failed(model_id: str, cause: BaseException) -> None:
 
 
 def log_model_metrics(
-    model_id: str, metrics: Mapping[str, float], record: Mapping[str, Any], *, step: int = 0, prefix: str = ""
+    model_id: str, metrics: Mapping[str, float], record: Mapping[str, Any] | None, *, step: int = 0, prefix: str = ""
 ) -> None:
-    """Metrics of `model_id`, linked to the dataset of `record` (split name and digest), in the active run."""
-    dataset = DatasetEntity(
-        name=str(record["split"]), digest=str(record["digest"]), source_type="local", source=str(record["source"])
-    )
+    """Metrics of `model_id`, linked to the dataset of `record` (split name and digest; None: to no dataset, for
+    figures that are not one split's), in the active run."""
+    dataset = None
+    if record is not None:
+        dataset = DatasetEntity(
+            name=str(record["split"]), digest=str(record["digest"]), source_type="local", source=str(record["source"])
+        )
     values = {f"{prefix}{k}": float(v) for k, v in metrics.items()}
     mlflow.log_metrics(values, step=step, model_id=model_id, dataset=dataset)
 
