@@ -13,11 +13,12 @@ The registered model answers, on its served path (the pyfunc's own `Scorer`, as 
   random row of the training file, a feed that joins two sources wrongly; its true label is the title's).
 
 Windows are drawn with replacement from each pool (--windows of --sizes texts from the healthy pool, --windows of
---shift-size from each shifted one); each is judged by the monitor's own decision (`judge_drift` and
-`drift_problems` with the default `MonitorConfig`) and its accuracy estimated by the monitor's estimate
-(`estimate_accuracy`, calibrated on the reference) and by the old one (the mean top-class probability). The test
-split only measures: the decision's alpha and effect floor were fixed before this ran. Scores are cached per model
-under --cache. Prints JSON; --out writes it too.
+--shift-size from each shifted one), every answer unlabelled; each is judged by the monitor's own decision with the
+default `MonitorConfig` (`judge_drift` and `drift_problems`, and `estimate_problems` on the estimate against the
+version's test accuracy) and its accuracy estimated by the monitor's estimate (`estimate_accuracy`, Platt-calibrated
+on the reference), by isotonic calibration on the same rows and by the old estimate (the mean top-class
+probability). The test split only measures: alpha and the effect floor were fixed before this ran. Scores are
+cached per model under --cache. Prints JSON; --out writes it too.
 
     python benchmarks/monitor_alarms.py --model models:/newscat@challenger \\
         --tracking-uri sqlite:////tmp/mainjob/mlflow.db --data ../shared/data/ag_news \\
@@ -90,32 +91,43 @@ def rate(hits: int, trials: int) -> dict[str, float | int]:
 
 
 def judge_windows(
-    reference: pd.DataFrame, pool: pd.DataFrame, size: int, windows: int, rng: np.random.Generator
+    reference: pd.DataFrame,
+    pool: pd.DataFrame,
+    size: int,
+    windows: int,
+    rng: np.random.Generator,
+    test_accuracy: float | None,
 ) -> dict[str, object]:
-    """`windows` windows of `size` texts drawn with replacement from `pool`: how many the monitor calls drifted (and
-    which features), and the accuracy estimates' absolute errors against each window's true accuracy."""
-    from newscat.monitoring.drift import drift_problems, judge_drift
-    from newscat.monitoring.estimate import CORRECT, ConfidenceCalibration, estimate_accuracy
+    """`windows` windows of `size` unlabelled texts drawn with replacement from `pool`: how many the monitor calls
+    unhealthy (and why: which features drifted, how often the estimate fell below the floor), and the accuracy
+    estimates' errors against each window's true accuracy."""
+    from newscat.monitoring.drift import TESTS, drift_problems, judge_drift
+    from newscat.monitoring.estimate import CORRECT, ConfidenceCalibration, estimate_accuracy, estimate_problems
 
     cfg = MonitorConfig()
     calibration = ConfidenceCalibration.from_reference(reference)
-    alarms, by_feature = 0, dict.fromkeys(("tokens", "unknown_share", "confidence", "label"), 0)
-    errors, baseline = [], []
+    isotonic = ConfidenceCalibration.from_reference(reference, "isotonic")
+    alarms, low_estimates, by_feature = 0, 0, dict.fromkeys(TESTS, 0)
+    errors: dict[str, list[float]] = {"estimate": [], "isotonic": [], "mean_confidence": []}
     for _ in range(windows):
         live = pool.iloc[rng.integers(0, len(pool), size)]
         drift = judge_drift(reference, live)
-        alarms += bool(drift_problems(drift, cfg.max_drift_share, cfg.prediction_drift))
+        estimate = estimate_accuracy(live["confidence"], calibration)
+        low = estimate_problems(estimate, size, test_accuracy, cfg)
+        alarms += bool(drift_problems(drift, cfg.max_drift_share, cfg.prediction_drift) or low)
+        low_estimates += bool(low)
         for name in drift.drifted:
             by_feature[name] += 1
         truth = float(live[CORRECT].mean())
-        errors.append(estimate_accuracy(live["confidence"], calibration).value - truth)
-        baseline.append(float(live["confidence"].mean()) - truth)
+        errors["estimate"].append(estimate.value - truth)
+        errors["isotonic"].append(estimate_accuracy(live["confidence"], isotonic).value - truth)
+        errors["mean_confidence"].append(float(live["confidence"].mean()) - truth)
     return {
         "size": size,
         "alarms": rate(alarms, windows),
         "drifted_by_feature": by_feature,
-        "estimate_error": error_summary(errors),
-        "mean_confidence_error": error_summary(baseline),
+        "estimate_below_floor": low_estimates,
+        **{f"{name}_error": error_summary(values) for name, values in errors.items()},
     }
 
 
@@ -159,6 +171,7 @@ def main() -> None:
     from newscat.data.text import join_fields
     from newscat.monitoring.drift import ALPHA, EFFECT_FLOOR, TESTS
     from newscat.monitoring.monitor import resolve_version
+    from newscat.registry.tags import VersionTags
     from newscat.registry.versions import version_model_id
     from newscat.tracking.models import logged_reference
 
@@ -198,13 +211,14 @@ def main() -> None:
 
     began = time.perf_counter()
     sizes = [int(s) for s in args.sizes.split(",")]
+    test_accuracy = VersionTags.from_tags(version.tags).test_metrics.get("accuracy")
     result = {
         "benchmark": "monitor_alarms",
         **provenance(),
         "model": args.model,
         "model_id": model_id,
         "version": str(version.version),
-        "test_accuracy_tag": version.tags.get("test_accuracy"),
+        "test_accuracy": test_accuracy,
         "decision": {
             "alpha": ALPHA,
             "tests": TESTS,
@@ -212,6 +226,7 @@ def main() -> None:
             "effect_floor": EFFECT_FLOOR,
             "max_drift_share": MonitorConfig().max_drift_share,
             "prediction_drift": MonitorConfig().prediction_drift,
+            "estimate_floor": None if test_accuracy is None else test_accuracy - MonitorConfig().max_accuracy_drop,
         },
         "reference": {
             **pool_summary(reference),
@@ -220,9 +235,11 @@ def main() -> None:
             "max_confidence_gap_to_logged": gap,
         },
         "pools": {name: pool_summary(frame) for name, frame in pools.items()},
-        "healthy": {str(size): judge_windows(reference, healthy, size, args.windows, rng) for size in sizes},
+        "healthy": {
+            str(size): judge_windows(reference, healthy, size, args.windows, rng, test_accuracy) for size in sizes
+        },
         "shifted": {
-            name: judge_windows(reference, frame, args.shift_size, args.windows, rng)
+            name: judge_windows(reference, frame, args.shift_size, args.windows, rng, test_accuracy)
             for name, frame in pools.items()
             if name != "healthy"
         },

@@ -231,8 +231,8 @@ class MonitorConfig:
     # Where the server writes traces (its NEWSCAT_TRACE_EXPERIMENT); empty: the served model's own experiment,
     # where the server traces by default.
     experiment: str = ""
-    # Unhealthy when at least this share of the 4 tested drift features drifted (0.25: any one; each is tested at
-    # p < 0.05/4 with an effect floor, so traffic like the reference alarms in at most 5% of runs) ...
+    # Unhealthy when at least this share of the 3 tested drift features drifted (0.25: any one; each is tested at
+    # p < 0.05/3 with an effect floor, so traffic like the reference alarms in at most 5% of runs) ...
     max_drift_share: float = 0.25
     prediction_drift: bool = True  # ... or when the predicted labels' distribution drifted (if true)
     min_texts: int = 100  # fewer live texts than this: drift is not judged

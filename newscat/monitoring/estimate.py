@@ -4,10 +4,17 @@ reference.
 The mean top-class probability is an accuracy estimate only for a calibrated model; newscat's models are not (a few
 points under- or over-confident). Confidence-based performance estimation (CBPE, as NannyML calls it) fixes that
 with what the release already knows: for each reference row (validation texts the final model did not train on) its
-confidence and whether the answer was right. An isotonic regression of correctness on confidence, fitted on those
-rows, maps a live answer's confidence to its probability of being right; the mean over the window is the estimate.
-It assumes that a text answered with confidence c is right as often live as in the reference (no change in what the
-labels mean): it follows shifts in which texts come, not a change of the topics' meaning.
+confidence and whether the answer was right. A logistic fit of correctness on the logit of confidence (Platt scaling:
+two parameters), fitted on those rows, maps a live answer's confidence to its probability of being right; the mean
+over the window is the estimate. Platt, not isotonic regression, because references are small: 500 validation rows
+hold some 30 wrong answers, and an isotonic fit then says "never wrong" above the highest-scored mistake (the
+benchmark measures both). It assumes that a text answered with confidence c is right as often live as in the
+reference (no change in what the labels mean): it follows shifts in which texts come, not a change of the topics'
+meaning. The validation rows also chose the model (trial, checkpoint, companion share), so they flatter it a little.
+
+The estimate is also judged: below the version's test accuracy minus `monitor.max_accuracy_drop` (the floor labelled
+answers are held to), on at least `monitor.min_texts` unlabelled answers, the model is unhealthy. That is how a fall
+in confidence counts: by the accuracy it predicts, not by its distribution's distance from the reference's.
 
 A reference logged before newscat recorded correctness has no `correct` column: the estimate falls back to the mean
 top-class probability, and says so.
@@ -17,12 +24,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
+if TYPE_CHECKING:
+    from newscat.config import MonitorConfig
+
 CORRECT = "correct"  # the reference's column: 1.0 the model's answer was right, 0.0 wrong, NaN no label known
 MIN_CALIBRATION_ROWS = 100  # fewer labelled reference rows: too few to fit, fall back
+METHODS = ("platt", "isotonic")
+_EPS = 1e-6  # confidence is clipped into (0, 1) before its logit
 
 
 @dataclass(frozen=True)
@@ -35,28 +48,37 @@ class AccuracyEstimate:
 
 
 class ConfidenceCalibration:
-    """P(answer right | confidence), isotonic (non-decreasing in confidence), fitted on labelled reference rows."""
+    """P(answer right | confidence), fitted on labelled reference rows: Platt scaling (the monitor's), or isotonic."""
 
-    def __init__(self, confidence: Sequence[float], correct: Sequence[float]) -> None:
-        from sklearn.isotonic import IsotonicRegression
+    def __init__(self, confidence: Sequence[float], correct: Sequence[float], method: str = "platt") -> None:
+        if method not in METHODS:
+            raise ValueError(f"calibration method must be one of {METHODS}, got {method!r}")
+        x, y = np.asarray(confidence, dtype=np.float64), np.asarray(correct, dtype=np.float64)
+        self.rows, self.method = len(x), method
+        if method == "isotonic" or len(np.unique(y)) < 2:  # all right (or all wrong): nothing for a logistic fit
+            from sklearn.isotonic import IsotonicRegression
 
-        self.rows = len(confidence)
-        self._fit = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip").fit(
-            np.asarray(confidence, dtype=np.float64), np.asarray(correct, dtype=np.float64)
-        )
+            self._fit = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(x, y)
+        else:
+            from sklearn.linear_model import LogisticRegression
+
+            self._fit = LogisticRegression(C=1e6).fit(_logit(x)[:, None], y.astype(int))
 
     @classmethod
-    def from_reference(cls, reference: pd.DataFrame) -> ConfidenceCalibration | None:
+    def from_reference(cls, reference: pd.DataFrame, method: str = "platt") -> ConfidenceCalibration | None:
         """The calibration of a reference with correctness (None: it has none, or too few labelled rows)."""
         if CORRECT not in reference.columns:
             return None
         known = reference[reference[CORRECT].notna()]
         if len(known) < MIN_CALIBRATION_ROWS:
             return None
-        return cls(known["confidence"].to_numpy(), known[CORRECT].to_numpy())
+        return cls(known["confidence"].to_numpy(), known[CORRECT].to_numpy(), method)
 
     def probability_right(self, confidence: Sequence[float]) -> np.ndarray:
-        return self._fit.predict(np.asarray(confidence, dtype=np.float64))
+        x = np.asarray(confidence, dtype=np.float64)
+        if hasattr(self._fit, "predict_proba"):
+            return self._fit.predict_proba(_logit(x)[:, None])[:, 1]
+        return self._fit.predict(x)
 
 
 def estimate_accuracy(
@@ -77,8 +99,29 @@ def estimate_accuracy(
     )
 
 
+def estimate_problems(
+    estimate: AccuracyEstimate | None, answers: int, test_accuracy: float | None, cfg: MonitorConfig
+) -> list[str]:
+    """What makes a window unhealthy by its estimated accuracy (the monitor's verdict and the benchmark use this):
+    calibrated, on at least `cfg.min_texts` unlabelled answers, below test accuracy - `cfg.max_accuracy_drop`."""
+    if estimate is None or not estimate.calibrated or test_accuracy is None or answers < cfg.min_texts:
+        return []
+    floor = test_accuracy - cfg.max_accuracy_drop
+    if estimate.value >= floor:
+        return []
+    return [
+        f"estimated accuracy {estimate.value:.4f} on {answers:,} unlabelled answers ({estimate.method}) is below "
+        f"{floor:.4f} (test accuracy {test_accuracy:.4f} - monitor.max_accuracy_drop {cfg.max_accuracy_drop:g})"
+    ]
+
+
 def correctness(probabilities: np.ndarray, labels: Sequence[int]) -> np.ndarray:
     """Per row, 1.0 where the top class is the label, 0.0 where not, NaN where the label is unknown (negative)."""
     truth = np.asarray(labels, dtype=np.int64)
     right = (probabilities.argmax(axis=1) == truth).astype(np.float64)
     return np.where(truth >= 0, right, np.nan)
+
+
+def _logit(confidence: np.ndarray) -> np.ndarray:
+    clipped = np.clip(confidence, _EPS, 1 - _EPS)
+    return np.log(clipped / (1 - clipped))

@@ -21,7 +21,7 @@ from newscat.config import MonitorConfig, window_seconds
 from newscat.errors import NewscatError
 from newscat.evaluation.metrics import classification_metrics, metric_key
 from newscat.monitoring.drift import DESCRIBED, DriftResult, drift_problems, measure_drift
-from newscat.monitoring.estimate import ConfidenceCalibration, estimate_accuracy
+from newscat.monitoring.estimate import AccuracyEstimate, ConfidenceCalibration, estimate_accuracy, estimate_problems
 from newscat.monitoring.reference import features_of_records
 from newscat.registry.tags import VersionTags
 from newscat.registry.versions import version_by_alias, version_by_number, version_model_id
@@ -48,6 +48,7 @@ class LiveAccuracy:
     recall: dict[str, float] = field(default_factory=dict)
     expected: float | None = None  # the accuracy the unlabelled answers' confidence predicts (`estimate`)
     expected_method: str = ""  # how: calibrated on the reference, or the bare mean top-class probability
+    expected_calibrated: bool = False
 
 
 @dataclass(frozen=True)
@@ -145,8 +146,11 @@ def live_accuracy(
     estimate = estimate_accuracy(unlabelled["score"].to_numpy(), calibration)
     expected = estimate.value if estimate is not None else None
     method = estimate.method if estimate is not None else ""
+    calibrated = estimate is not None and estimate.calibrated
     if labelled.empty:
-        return LiveAccuracy(0, len(unlabelled), expected=expected, expected_method=method)
+        return LiveAccuracy(
+            0, len(unlabelled), expected=expected, expected_method=method, expected_calibrated=calibrated
+        )
     index = {name: i for i, name in enumerate(label_names)}
     truth = labelled["true_label"].map(index).to_numpy()
     predicted = labelled["label"].map(index).to_numpy()
@@ -156,7 +160,16 @@ def live_accuracy(
         name: metrics[f"recall_{metric_key(name)}"] for name in label_names if (labelled["true_label"] == name).any()
     }
     return LiveAccuracy(
-        len(labelled), len(unlabelled), metrics["accuracy"], low, high, metrics["macro_f1"], recall, expected, method
+        len(labelled),
+        len(unlabelled),
+        metrics["accuracy"],
+        low,
+        high,
+        metrics["macro_f1"],
+        recall,
+        expected,
+        method,
+        calibrated,
     )
 
 
@@ -181,6 +194,10 @@ def judge(
         notes.append(f"drift not judged: {texts} live texts < monitor.min_texts {cfg.min_texts}")
     else:
         problems += drift_problems(drift, cfg.max_drift_share, cfg.prediction_drift)
+        # A fall in confidence counts by the accuracy it predicts on the unlabelled answers (`estimate`).
+        if accuracy.expected is not None:
+            estimate = AccuracyEstimate(accuracy.expected, accuracy.expected_calibrated, accuracy.expected_method)
+            problems += estimate_problems(estimate, accuracy.unlabelled, test_accuracy, cfg)
     if accuracy.labelled < cfg.min_labelled:
         notes.append(
             f"live accuracy not judged: {accuracy.labelled} labelled texts < monitor.min_labelled {cfg.min_labelled}"
@@ -248,7 +265,7 @@ def summary(report: MonitorReport) -> str:
     if report.drift is not None:
         lines.append(f"{'feature':<15}{'test':<12}{'p-value':>9}{'alpha/k':>9}{'effect':>8}{'floor':>7}  drifted")
         for f in report.drift.features:
-            mark = ("YES" if f.drifted else "no") if f.tested else f"not tested: moves with {DESCRIBED[f.feature]}"
+            mark = ("YES" if f.drifted else "no") if f.tested else f"not tested: {DESCRIBED[f.feature]}"
             numbers = f"{f.score:>9.3g}{f.threshold:>9.4f}{f.effect:>8.3f}{f.floor:>7.2f}"
             lines.append(f"{f.feature:<15}{f.method:<12}{numbers}  {mark}")
     if acc.accuracy is not None:

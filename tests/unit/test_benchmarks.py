@@ -170,13 +170,16 @@ def test_monitor_alarms_counts_false_alarms_detections_and_estimate_errors_with_
         return frame
 
     reference, healthy = pool(800, 4, 40), pool(5000, 4, 40)
-    calm = monitor_alarms.judge_windows(reference, healthy, 1000, 40, rng)
+    calm = monitor_alarms.judge_windows(reference, healthy, 1000, 40, rng, 0.7)
     assert calm["alarms"]["hits"] <= 6 and calm["alarms"]["windows"] == 40  # alpha 0.05 + slack
     assert calm["estimate_error"]["p90_abs"] < 0.05 and calm["mean_confidence_error"]["p90_abs"] < 0.05
-    titles = monitor_alarms.judge_windows(reference, pool(5000, 4, 10), 1000, 20, rng)
+    assert calm["estimate_below_floor"] == 0  # estimated accuracy about 0.7, the floor 0.65
+    titles = monitor_alarms.judge_windows(reference, pool(5000, 4, 10), 1000, 20, rng, 0.7)
     assert titles["alarms"]["rate"] == 1.0 and titles["drifted_by_feature"]["tokens"] == 20
-    one = monitor_alarms.judge_windows(reference, pool(5000, 1, 40), 1000, 20, rng)
+    one = monitor_alarms.judge_windows(reference, pool(5000, 1, 40), 1000, 20, rng, 0.7)
     assert one["drifted_by_feature"]["label"] == 20
+    worse = monitor_alarms.judge_windows(reference, healthy, 1000, 20, rng, 0.9)  # a test accuracy it cannot keep
+    assert worse["estimate_below_floor"] == 20 and worse["alarms"]["rate"] == 1.0
     assert monitor_alarms.rate(0, 200) == {"hits": 0, "windows": 200, "rate": 0.0, "ci95": [0.0, 0.0188]}
 
     test = pd.DataFrame(

@@ -50,3 +50,31 @@ def test_the_reference_records_correctness_where_labels_are_known() -> None:
     )
     assert frame[CORRECT].tolist()[:2] == [1.0, 0.0] and np.isnan(frame[CORRECT].iloc[2])
     assert CORRECT not in features_of_answers(["a"], probabilities[:1], [False], ([3], [0]), ["x", "y"]).columns
+
+
+def test_isotonic_says_never_wrong_above_the_last_mistake_of_a_small_reference_and_platt_does_not() -> None:
+    # 500 rows of a model right 94% of the time: about 30 mistakes, none above some confidence; isotonic calibrates
+    # everything above it to 1.0, Platt keeps what the logistic fit of all rows says.
+    rng = np.random.default_rng(2)
+    confidence = rng.beta(12, 1, 500)
+    right = (rng.uniform(size=500) < confidence).astype(float)
+    top = confidence[right == 0].max()
+    isotonic = ConfidenceCalibration(confidence, right, "isotonic")
+    platt = ConfidenceCalibration(confidence, right)
+    assert platt.method == "platt" and isotonic.probability_right([top + 1e-3])[0] == 1.0
+    assert platt.probability_right([top + 1e-3])[0] < 1.0
+
+
+def test_an_estimate_below_the_accuracy_floor_is_a_problem_only_when_calibrated_and_on_enough_texts() -> None:
+    from newscat.config import MonitorConfig
+    from newscat.monitoring.estimate import AccuracyEstimate, estimate_problems
+
+    cfg = MonitorConfig()  # max_accuracy_drop 0.05, min_texts 100
+    low = AccuracyEstimate(0.80, True, "confidence calibrated on 500 labelled reference rows")
+    (problem,) = estimate_problems(low, 1000, 0.90, cfg)
+    assert problem.startswith("estimated accuracy 0.8000 on 1,000 unlabelled answers (confidence calibrated")
+    assert "is below 0.8500 (test accuracy 0.9000 - monitor.max_accuracy_drop 0.05)" in problem
+    assert estimate_problems(AccuracyEstimate(0.86, True, ""), 1000, 0.90, cfg) == []
+    assert estimate_problems(low, 99, 0.90, cfg) == []  # too few answers
+    assert estimate_problems(AccuracyEstimate(0.80, False, ""), 1000, 0.90, cfg) == []  # the bare mean: not judged
+    assert estimate_problems(low, 1000, None, cfg) == []  # no test accuracy recorded
