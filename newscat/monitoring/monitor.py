@@ -25,7 +25,13 @@ from newscat.monitoring.estimate import AccuracyEstimate, ConfidenceCalibration,
 from newscat.monitoring.reference import features_of_records
 from newscat.registry.tags import VersionTags
 from newscat.registry.versions import version_by_alias, version_by_number, version_model_id
-from newscat.tracking.live import LiveWindow, log_monitoring, read_live_window, traces_experiment_id
+from newscat.tracking.live import (
+    LiveWindow,
+    log_monitoring,
+    other_versions_note,
+    read_live_window,
+    traces_experiment_id,
+)
 from newscat.tracking.models import REFERENCE_TAG, logged_reference, logged_tags
 
 Z95 = 1.959964  # the normal quantile of a two-sided 95% interval
@@ -99,6 +105,8 @@ def monitor(target: str, cfg: MonitorConfig, *, now_ms: int | None = None) -> Mo
     accuracy = live_accuracy(answers, window.label_names, ConfidenceCalibration.from_reference(reference))
     test_accuracy = VersionTags.from_tags(version.tags).test_metrics.get("accuracy")
     problems, notes = judge(cfg, len(answers), drift, accuracy, test_accuracy)
+    stale = other_versions_note(experiment_id, version.name, str(version.version), window.since_ms, window.until_ms)
+    notes += (stale,) if stale else ()  # a server still answering with another version: said, not judged
     report = MonitorReport(
         target=target,
         version=str(version.version),

@@ -25,7 +25,13 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 from newscat.monitoring.feedback import EXPECTATION_PREFIX
 from newscat.monitoring.reference import REFERENCE_DIR, REFERENCE_FILE
 from newscat.serving.coverage import COVERAGE_ROLE, METRICS, MODEL_ID_TAG, ROLE_TAG, Coverage
-from newscat.serving.tracing import CLASSES_TAG, MODEL_ID_METADATA, SPAN_NAME
+from newscat.serving.tracing import (
+    CLASSES_TAG,
+    MODEL_ID_METADATA,
+    REGISTERED_MODEL_TAG,
+    REGISTERED_VERSION_TAG,
+    SPAN_NAME,
+)
 from newscat.tracking.store import TrackingError, raise_failure
 
 log = logging.getLogger("newscat")
@@ -158,6 +164,36 @@ def _total_at(history: Mapping[str, list[Any]], timestamp_ms: int) -> Coverage:
         before = [p for p in points if p.timestamp <= timestamp_ms]
         values[key] = max(before, key=lambda p: (p.timestamp, p.step)).value if before else 0.0
     return Coverage.from_metrics(values)
+
+
+def other_versions_traced(experiment_id: str, name: str, version: str, since_ms: int, until_ms: int) -> dict[str, int]:
+    """Traces in the window per other registered version of `name` (counted up to PAGE each): a server that loaded
+    its files before an alias moved still answers, and traces, with the version it loaded."""
+    query = (
+        f"tags.`{REGISTERED_MODEL_TAG}` = '{name}' AND tags.`{REGISTERED_VERSION_TAG}` != '{version}' AND "
+        f"trace.timestamp_ms >= {since_ms} AND trace.timestamp_ms <= {until_ms}"
+    )
+    found = MlflowClient().search_traces(locations=[experiment_id], filter_string=query, max_results=PAGE)
+    counts: dict[str, int] = {}
+    for trace in found:
+        other = trace.info.tags.get(REGISTERED_VERSION_TAG, "?")
+        counts[other] = counts.get(other, 0) + 1
+    return counts
+
+
+def other_versions_note(experiment_id: str, name: str, version: str, since_ms: int, until_ms: int) -> str | None:
+    """The warning `newscat monitor` gives when other versions of `name` traced in the window (None: none did):
+    what it reads of `version` is then not all the traffic the name answers."""
+    counts = other_versions_traced(experiment_id, name, version, since_ms, until_ms)
+    if not counts:
+        return None
+    listed = ", ".join(f"version {v}: {n}{'+' if n >= PAGE else ''} traces" for v, n in sorted(counts.items()))
+    note = (
+        f"other versions of {name} still answer traffic in this window ({listed}): a server loaded before the alias "
+        f"moved serves its old version until restarted; only version {version}'s traces are judged here"
+    )
+    log.warning("%s", note)
+    return note
 
 
 def _answers(trace: Any) -> list[dict[str, Any]]:
