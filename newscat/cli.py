@@ -406,8 +406,10 @@ def monitor(target: str, since: str | None, experiment: str | None, config_file:
 def retrain(target: str, since: str | None, promote: str | None, config_file: str | None) -> None:
     """Retrain the model NAME@ALIAS points at on its original data plus its labelled live answers.
 
-    The answers given true labels (`newscat feedback`) whose traces kept their texts (NEWSCAT_TRACE_TEXTS=on) are
-    split by time: the newest `retrain.holdout_share` is never trained on. A study starting from the served model's
+    The answers given true labels (`newscat feedback`) with their texts (kept in the traces with
+    NEWSCAT_TRACE_TEXTS=on, or given in the feedback file), and the labels `prune-traces` kept, are split by time:
+    the newest `retrain.holdout_share` (at least the fewest rows with which the gate can pass at promote.alpha: 6
+    at 0.05) is never trained on. A study starting from the served model's
     params registers a `challenger`; the gate compares it with the served model on those held-out answers (it must
     win there) and on the original test split (it must not regress: `retrain.max_test_drop`), and with
     --promote auto moves the alias only if it passes both.
