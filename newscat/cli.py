@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -377,20 +378,53 @@ def _config_option(text: str) -> Callable[[Callable[..., Any]], Callable[..., An
 def monitor(target: str, since: str | None, experiment: str | None, config_file: str | None) -> None:
     """Drift and live accuracy of the model NAME@ALIAS (or NAME/VERSION) points at, from its traces.
 
-    Compares the live window's traced answers with the training reference logged beside the model (Evidently's
-    drift per feature: length, tokens, unknown-token share, truncation, predicted label, confidence), measures
-    accuracy on the answers given true labels by `newscat feedback`, logs a run with the drift report, and
-    prints a summary. Exit status 0: healthy; 1: drift or live accuracy beyond the config's thresholds.
+    Compares the live window's traced answers with the training reference logged beside the model (drift per
+    feature: length, tokens, unknown-token share, truncation, predicted label, confidence), measures accuracy on
+    the answers given true labels by `newscat feedback`, reads the trace writers' coverage (requests served,
+    traced, lost), logs a run with the drift report, and prints a summary ending in the verdict.
+
+    \b
+    Exit status (docs/monitoring.md):
+      0  healthy: drift judged on enough texts (and coverage, where recorded) and nothing failed
+      1  unhealthy: drift or live accuracy beyond the config's thresholds
+      3  not judged: too little evidence (too few texts, or too many requests lost to tracing)
+      4  error, no verdict: the store failed a read, no training reference, Evidently missing, bad config
+      2  is click's: a usage error (bad option or argument)
     """
+    from newscat.monitoring.verdict import EXIT_ERROR
+
+    try:
+        report = _monitor(target, since, experiment, config_file)
+    except (Exception, KeyboardInterrupt) as exc:  # a scheduler must tell "no verdict" from "unhealthy" (exit 1)
+        click.echo(f"newscat monitor: ERROR, no verdict (exit {EXIT_ERROR}): {_error_message(exc)}", err=True)
+        logging.getLogger("newscat").debug("newscat monitor failed", exc_info=True)
+        raise click.exceptions.Exit(EXIT_ERROR) from exc
+    click.echo(report.text())
+    raise click.exceptions.Exit(report.verdict.exit_code)
+
+
+def _monitor(target: str, since: str | None, experiment: str | None, config_file: str | None) -> Any:
     from newscat.config import build_config, read_config_file
     from newscat.monitoring.monitor import monitor as run_monitor
 
     file_values = read_config_file(config_file) if config_file else {}
     cfg = build_config(file_values, {"monitor.since": since, "monitor.experiment": experiment})
-    report = run_monitor(target, cfg.monitor)
-    click.echo(report.text())
-    if not report.healthy:
-        raise click.exceptions.Exit(1)
+    return run_monitor(target, cfg.monitor)
+
+
+def _error_message(exc: BaseException) -> str:
+    """One line for a failed command, as `_Group` words it (MLflow's refusals explained), no password in it."""
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(exc, NewscatError):
+        message = str(exc)
+    elif isinstance(exc, MlflowException):
+        message = server_refusal(exc) or exc.message
+    elif isinstance(exc, KeyboardInterrupt):
+        message = "interrupted"
+    else:
+        message = f"{type(exc).__name__}: {exc}"
+    return redact_url(message)
 
 
 @main.command()

@@ -225,7 +225,8 @@ def window_seconds(value: str) -> int:
 
 @dataclass(frozen=True)
 class MonitorConfig:
-    """`newscat monitor`: which traces it reads and what it calls unhealthy (exit status 1)."""
+    """`newscat monitor`: which traces it reads, what it calls unhealthy (exit status 1) and how much evidence a
+    verdict needs (less: not judged, exit status 3)."""
 
     since: str = "7d"  # the live window: the traces of the last N minutes (m), hours (h) or days (d)
     # Where the server writes traces (its NEWSCAT_TRACE_EXPERIMENT); empty: the served model's own experiment,
@@ -239,12 +240,15 @@ class MonitorConfig:
     min_labelled: int = 30  # fewer texts with true labels than this: live accuracy is not judged
     max_accuracy_drop: float = 0.05  # unhealthy when live accuracy's 95% upper bound < test accuracy - this ...
     min_accuracy: float = 0.0  # ... or < this (0: no absolute floor)
+    # Below this share of the requests to trace traced (the trace writers' coverage records), the window is not the
+    # traffic: the verdict can be unhealthy or not judged, never healthy (0: coverage never withholds it).
+    min_coverage: float = 0.95
 
     def __post_init__(self) -> None:
         window_seconds(self.since)
         if not 0.0 < self.max_drift_share <= 1.0:
             raise ConfigError(f"monitor max_drift_share must be in (0, 1], got {self.max_drift_share}")
-        for name in ("max_accuracy_drop", "min_accuracy"):
+        for name in ("max_accuracy_drop", "min_accuracy", "min_coverage"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"monitor {name} must be in [0, 1], got {getattr(self, name)}")
         for name in ("min_texts", "min_labelled"):

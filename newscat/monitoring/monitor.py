@@ -3,7 +3,9 @@
 It reads the model's traces over the live window, compares their features with the training reference logged at
 release (Evidently's drift per feature, the predicted labels included), measures live accuracy on the answers that
 received true labels (with a 95% Wilson interval) and what the model's own confidence predicts for the rest, logs
-all of it as a run linked to the served LoggedModel, and says healthy or unhealthy (the exit status).
+all of it as a run linked to the served LoggedModel, with the trace writers' coverage (how many of the requests
+served were traced), and gives a verdict: healthy, unhealthy or not judged (`newscat.monitoring.verdict`, each with
+its own exit status; a read that fails is an error, never "nothing there").
 """
 
 from __future__ import annotations
@@ -23,16 +25,21 @@ from newscat.evaluation.metrics import classification_metrics, metric_key
 from newscat.monitoring.drift import DESCRIBED, DriftResult, drift_problems, measure_drift
 from newscat.monitoring.estimate import AccuracyEstimate, ConfidenceCalibration, estimate_accuracy, estimate_problems
 from newscat.monitoring.reference import features_of_records
+from newscat.monitoring.verdict import Part, Verdict, verdict, verdict_line
 from newscat.registry.tags import VersionTags
 from newscat.registry.versions import version_by_alias, version_by_number, version_model_id
+from newscat.serving.coverage import COVERAGE_EVERY_S, Coverage
 from newscat.tracking.live import (
     LiveWindow,
+    experiment_name,
     log_monitoring,
     other_versions_note,
+    read_coverage,
     read_live_window,
+    read_reference,
     traces_experiment_id,
 )
-from newscat.tracking.models import REFERENCE_TAG, logged_reference, logged_tags
+from newscat.tracking.models import REFERENCE_TAG, logged_tags
 
 Z95 = 1.959964  # the normal quantile of a two-sided 95% interval
 
@@ -68,12 +75,19 @@ class MonitorReport:
     test_accuracy: float | None
     problems: tuple[str, ...]
     notes: tuple[str, ...]
+    parts: tuple[Part, ...] = ()  # drift, live accuracy, coverage: judged or why not
+    coverage: Coverage | None = None  # the trace writers' counts over the window (None: none recorded)
+    experiment_name: str = ""  # of the traces, where the monitoring run is logged too
     run_id: str = ""
     config: MonitorConfig = field(default_factory=MonitorConfig)
 
     @property
+    def verdict(self) -> Verdict:
+        return verdict(self.parts)
+
+    @property
     def healthy(self) -> bool:
-        return not self.problems
+        return self.verdict is Verdict.HEALTHY
 
     def text(self) -> str:
         return summary(self)
@@ -85,7 +99,7 @@ def monitor(target: str, cfg: MonitorConfig, *, now_ms: int | None = None) -> Mo
     model_id = version_model_id(version)
     if not model_id:
         raise MonitorError(f"{target} (version {version.version}) is not linked to a LoggedModel: nothing traces it")
-    reference = logged_reference(model_id)
+    reference = read_reference(model_id)  # a store that fails raises: only "none logged" is None
     if reference is None:
         raise MonitorError(
             f"{target} (version {version.version}) has no training reference: it was released before newscat "
@@ -99,12 +113,15 @@ def monitor(target: str, cfg: MonitorConfig, *, now_ms: int | None = None) -> Mo
         )
     now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
     window = read_live_window(experiment_id, model_id, now_ms - window_seconds(cfg.since) * 1000, now_ms)
+    coverage = read_coverage(experiment_id, model_id, window.since_ms, window.until_ms)
     answers = window.answers
     live = features_of_records(answers.to_dict("records")) if len(answers) else None
     drift = measure_drift(reference, live) if live is not None and len(live) >= cfg.min_texts else None
     accuracy = live_accuracy(answers, window.label_names, ConfidenceCalibration.from_reference(reference))
     test_accuracy = VersionTags.from_tags(version.tags).test_metrics.get("accuracy")
-    problems, notes = judge(cfg, len(answers), drift, accuracy, test_accuracy)
+    parts = judge(cfg, len(answers), drift, accuracy, test_accuracy, coverage)
+    problems = tuple(problem for part in parts for problem in part.problems)
+    notes = tuple(f"{part.name} not judged: {part.why}" for part in parts if not part.judged)
     stale = other_versions_note(experiment_id, version.name, str(version.version), window.since_ms, window.until_ms)
     notes += (stale,) if stale else ()  # a server still answering with another version: said, not judged
     report = MonitorReport(
@@ -117,6 +134,9 @@ def monitor(target: str, cfg: MonitorConfig, *, now_ms: int | None = None) -> Mo
         test_accuracy=test_accuracy,
         problems=problems,
         notes=notes,
+        parts=parts,
+        coverage=coverage,
+        experiment_name=experiment_name(experiment_id),
         config=cfg,
     )
     run_id = log_monitoring(
@@ -124,7 +144,12 @@ def monitor(target: str, cfg: MonitorConfig, *, now_ms: int | None = None) -> Mo
         live if live is not None else features_of_records([]),
         monitor_metrics(report),
         run_name=f"monitor {target} {_utc(now_ms)}",
-        tags={"newscat.monitored": target, "newscat.version": report.version, "newscat.healthy": str(report.healthy)},
+        tags={
+            "newscat.monitored": target,
+            "newscat.version": report.version,
+            "newscat.healthy": str(report.healthy),
+            "newscat.verdict": report.verdict.value,
+        },
         artifacts=_artifacts(report),
     )
     return replace(report, run_id=run_id)
@@ -195,22 +220,36 @@ def judge(
     drift: DriftResult | None,
     accuracy: LiveAccuracy,
     test_accuracy: float | None,
-) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(problems, notes): what makes the model unhealthy under `cfg`, and what could not be judged."""
-    problems, notes = [], []
+    coverage: Coverage | None = None,
+) -> tuple[Part, ...]:
+    """The parts of the verdict under `cfg` (`newscat.monitoring.verdict`): drift, live accuracy and coverage, each
+    judged on enough evidence or saying why not, with what it found wrong."""
+    return (
+        _drift_part(cfg, texts, drift, accuracy, test_accuracy),
+        _accuracy_part(cfg, accuracy, test_accuracy),
+        _coverage_part(cfg, coverage),
+    )
+
+
+def _drift_part(
+    cfg: MonitorConfig, texts: int, drift: DriftResult | None, accuracy: LiveAccuracy, test_accuracy: float | None
+) -> Part:
     if drift is None:
-        notes.append(f"drift not judged: {texts} live texts < monitor.min_texts {cfg.min_texts}")
-    else:
-        problems += drift_problems(drift, cfg.max_drift_share, cfg.prediction_drift)
-        # A fall in confidence counts by the accuracy it predicts on the unlabelled answers (`estimate`).
-        if accuracy.expected is not None:
-            estimate = AccuracyEstimate(accuracy.expected, accuracy.expected_calibrated, accuracy.expected_method)
-            problems += estimate_problems(estimate, accuracy.unlabelled, test_accuracy, cfg)
+        return Part("drift", True, False, why=f"{texts} live texts < monitor.min_texts {cfg.min_texts}")
+    # A fall in confidence counts by the accuracy it predicts on the unlabelled answers (`estimate`).
+    estimate = None
+    if accuracy.expected is not None:
+        estimate = AccuracyEstimate(accuracy.expected, accuracy.expected_calibrated, accuracy.expected_method)
+    problems = drift_problems(drift, cfg.max_drift_share, cfg.prediction_drift)
+    problems += estimate_problems(estimate, accuracy.unlabelled, test_accuracy, cfg)
+    return Part("drift", True, True, tuple(problems))
+
+
+def _accuracy_part(cfg: MonitorConfig, accuracy: LiveAccuracy, test_accuracy: float | None) -> Part:
+    # Not required: true labels come late or never, and drift alone can be judged without them.
     if accuracy.labelled < cfg.min_labelled:
-        notes.append(
-            f"live accuracy not judged: {accuracy.labelled} labelled texts < monitor.min_labelled {cfg.min_labelled}"
-        )
-        return tuple(problems), tuple(notes)
+        why = f"{accuracy.labelled} labelled texts < monitor.min_labelled {cfg.min_labelled}"
+        return Part("live accuracy", False, False, why=why)
     floors = [(cfg.min_accuracy, "monitor.min_accuracy")] if cfg.min_accuracy > 0 else []
     if test_accuracy is not None:
         floors.append(
@@ -219,13 +258,32 @@ def judge(
                 f"test accuracy {test_accuracy:.4f} - monitor.max_accuracy_drop {cfg.max_accuracy_drop:g}",
             )
         )
-    for floor, what in floors:
-        if accuracy.high is not None and accuracy.high < floor:
-            problems.append(
-                f"live accuracy {accuracy.accuracy:.4f} (95% CI {accuracy.low:.4f}-{accuracy.high:.4f}, "
-                f"{accuracy.labelled} labelled) is below {floor:.4f} ({what})"
-            )
-    return tuple(problems), tuple(notes)
+    problems = tuple(
+        f"live accuracy {accuracy.accuracy:.4f} (95% CI {accuracy.low:.4f}-{accuracy.high:.4f}, "
+        f"{accuracy.labelled} labelled) is below {floor:.4f} ({what})"
+        for floor, what in floors
+        if accuracy.high is not None and accuracy.high < floor
+    )
+    return Part("live accuracy", False, True, problems)
+
+
+def _coverage_part(cfg: MonitorConfig, coverage: Coverage | None) -> Part:
+    """Whether the window is the traffic: required once the trace writers recorded coverage (older servers record
+    none: that is a note, not a reason to withhold every verdict); it never makes a model unhealthy."""
+    if coverage is None:
+        why = "the trace writers recorded no coverage in the window (a server older than coverage records?)"
+        return Part("coverage", False, False, why=why)
+    if coverage.share is None:
+        why = f"no traced or lost requests recorded yet (the writers record every {COVERAGE_EVERY_S:.0f} s)"
+        return Part("coverage", False, False, why=why)
+    if coverage.share < cfg.min_coverage:
+        why = (
+            f"{coverage.share:.1%} of the requests to trace were traced ({coverage.lost:,} lost of "
+            f"{coverage.traced + coverage.lost:,}) < monitor.min_coverage {cfg.min_coverage:.0%}: the window is not "
+            "the traffic"
+        )
+        return Part("coverage", True, False, why=why)
+    return Part("coverage", True, True)
 
 
 def monitor_metrics(report: MonitorReport) -> dict[str, float]:
@@ -235,7 +293,16 @@ def monitor_metrics(report: MonitorReport) -> dict[str, float]:
         "live_traces": float(report.window.traces),
         "live_labelled": float(report.accuracy.labelled),
         "healthy": float(report.healthy),
+        "exit_code": float(report.verdict.exit_code),  # 0 healthy, 1 unhealthy, 3 not judged
     }
+    for part in report.parts:
+        metrics[f"judged_{metric_key(part.name)}"] = float(part.judged)
+    if report.coverage is not None:
+        covered = report.coverage
+        metrics.update(served_requests=covered.served, traced_requests=covered.traced, lost_requests=covered.lost)
+        metrics.update(not_sampled_requests=covered.not_sampled)
+        if covered.share is not None:
+            metrics["coverage"] = covered.share
     if report.drift is not None:
         metrics["drift_share"] = report.drift.share
         for feature in report.drift.features:
@@ -269,6 +336,7 @@ def summary(report: MonitorReport) -> str:
         f"window: {_utc(w.since_ms)} -> {_utc(w.until_ms)} UTC (last {report.config.since}); "
         f"{len(w.answers):,} texts in {w.traces:,} traces, {acc.labelled:,} with true labels",
         f"reference: {report.reference_source}",
+        _coverage_line(report),
     ]
     if report.drift is not None:
         lines.append(f"{'feature':<15}{'test':<12}{'p-value':>9}{'alpha/k':>9}{'effect':>8}{'floor':>7}  drifted")
@@ -291,11 +359,24 @@ def summary(report: MonitorReport) -> str:
         )
     lines.extend(f"note: {n}" for n in report.notes)
     lines.extend(f"UNHEALTHY: {p}" for p in report.problems)
-    if report.healthy:
-        lines.append("HEALTHY" + (" (within what could be judged)" if report.notes else ""))
+    lines.append(verdict_line(report.parts))
     if report.run_id:
-        lines.append(f"logged: run {report.run_id} in experiment {report.config.experiment!r}")
+        lines.append(f"logged: run {report.run_id} in experiment {report.experiment_name!r}")
     return "\n".join(lines)
+
+
+def _coverage_line(report: MonitorReport) -> str:
+    """What the window holds against what was served, by the trace writers' counts."""
+    c, traces = report.coverage, report.window.traces
+    if c is None:
+        return (
+            f"coverage: unknown (no trace writer recorded its counts in the window); the window holds {traces:,} traces"
+        )
+    share = f"{c.share:.1%} of those to trace" if c.share is not None else "none decided yet"
+    return (
+        f"coverage: {c.served:,} requests served, {c.traced:,} traced, {c.lost:,} lost, {c.not_sampled:,} not sampled, "
+        f"{c.pending:,} pending ({share}); the window holds {traces:,} traces"
+    )
 
 
 def _utc(ms: int) -> str:

@@ -3,6 +3,7 @@ records what `newscat monitor` found (metrics linked to the live window and to t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -17,7 +18,7 @@ import mlflow
 import pandas as pd
 from mlflow.data.digest_utils import compute_pandas_digest
 from mlflow.entities import Dataset as DatasetEntity
-from mlflow.entities import DatasetInput, InputTag, LoggedModelInput
+from mlflow.entities import DatasetInput, InputTag, LoggedModelInput, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
@@ -241,20 +242,27 @@ def log_monitoring(
     # Made by id: under `mlflow run` (MLFLOW_RUN_ID set) start_run(experiment_id=...) resumes the project's run, in
     # the project's experiment, and the report would be logged there. The two runs name each other instead.
     project_run = os.environ.get("MLFLOW_RUN_ID", "")
-    created = MlflowClient().create_run(window.experiment_id, run_name=run_name)
-    with mlflow.start_run(run_id=created.info.run_id) as run:
+    client = MlflowClient()
+    run_id = client.create_run(window.experiment_id, run_name=run_name).info.run_id
+    # Logged by run id, never made active: start_run(run_id=...) refuses a run outside the caller's active
+    # experiment (set_experiment), and the traces' experiment is rarely that one.
+    try:
         context = [InputTag(MLFLOW_DATASET_CONTEXT, LIVE_CONTEXT)]
-        MlflowClient().log_inputs(
-            run.info.run_id, [DatasetInput(entity, context)], models=[LoggedModelInput(window.model_id)]
-        )
+        client.log_inputs(run_id, [DatasetInput(entity, context)], models=[LoggedModelInput(window.model_id)])
         linked = {"newscat.project_run_id": project_run} if project_run else {}
-        mlflow.set_tags({"newscat.role": "monitor", "newscat.model_id": window.model_id, **linked, **tags})
-        mlflow.log_metrics(dict(metrics), model_id=window.model_id, dataset=entity)
+        all_tags = {"newscat.role": "monitor", "newscat.model_id": window.model_id, **linked, **tags}
+        client.log_batch(run_id, tags=[RunTag(key, str(value)) for key, value in all_tags.items()])
+        mlflow.log_metrics(dict(metrics), model_id=window.model_id, dataset=entity, run_id=run_id)
         for name, text in artifacts.items():
-            mlflow.log_text(text, name)
+            client.log_text(run_id, text, name)
+    except BaseException:
+        with contextlib.suppress(Exception):  # the error that stopped it is the one to see
+            client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
     if project_run:
-        MlflowClient().set_tag(project_run, "newscat.monitor_run_id", run.info.run_id)
-    return run.info.run_id
+        client.set_tag(project_run, "newscat.monitor_run_id", run_id)
+    return run_id
 
 
 def log_live_datasets(run_id: str, window: LiveWindow, train: pd.DataFrame, holdout: pd.DataFrame) -> None:

@@ -17,6 +17,8 @@ from newscat.config import ConfigError, MonitorConfig, window_seconds
 from newscat.monitoring.feedback import attach_feedback
 from newscat.monitoring.monitor import MonitorError, live_accuracy, monitor, wilson
 from newscat.monitoring.reference import FEATURES
+from newscat.monitoring.verdict import Verdict
+from newscat.serving.coverage import Coverage
 from newscat.serving.tracing import Tracer, TraceSettings
 from newscat.tracking.models import REFERENCE_TAG
 from tests.unit.monitoring.traffic import EXPERIMENT, LABELS, NAME, serve, start_tracer, traffic
@@ -34,9 +36,12 @@ def test_traffic_like_the_reference_is_healthy_and_logged_on_the_served_model(tr
     ids = serve(tracer, texts, probabilities)
     predicted = [LABELS[i] for i in probabilities.argmax(axis=1)]
     assert not attach_feedback([{"id": i, "label": p} for i, p in zip(ids[:40], predicted, strict=False)]).refused
+    assert tracer.close(60)  # the writer's final coverage record, as when the server stops
 
     report = monitor(f"{NAME}@champion", CFG)
     assert report.healthy and not report.problems and not report.notes, report.text()
+    assert report.verdict is Verdict.HEALTHY and report.coverage == Coverage(served=20, traced=20)
+    assert "coverage: 20 requests served, 20 traced, 0 lost" in report.text()
     assert (len(report.window.answers), report.window.traces, report.version) == (200, 20, "1")
     assert [f.feature for f in report.drift.features] == list(FEATURES) and report.drift.share < 0.5
     assert (
@@ -51,6 +56,8 @@ def test_traffic_like_the_reference_is_healthy_and_logged_on_the_served_model(tr
 
     run = mlflow.get_run(report.run_id)
     assert run.data.metrics["live_texts"] == 200 and run.data.metrics["healthy"] == 1.0
+    assert run.data.metrics["coverage"] == 1.0 and run.data.metrics["exit_code"] == 0.0
+    assert run.data.tags["newscat.verdict"] == "healthy"
     assert run.data.tags["newscat.monitored"] == "news@champion"
     (live,) = run.inputs.dataset_inputs
     assert live.dataset.source.startswith("mlflow-traces:") and f"model_id={champion}" in live.dataset.source
@@ -80,16 +87,20 @@ def test_one_class_of_longer_texts_is_drift_and_wrong_answers_fail_the_accuracy_
     assert "UNHEALTHY: prediction drift" in result.output and "live accuracy 0.5000" in result.output
 
 
-def test_too_few_texts_are_not_judged_and_say_so(tracer: Tracer) -> None:
+def test_too_few_texts_are_not_judged_never_healthy_and_say_so(tracer: Tracer) -> None:
     texts, probabilities = traffic(np.random.default_rng(3), 20, [0.85, 0.05, 0.05, 0.05], 60)
     serve(tracer, texts, probabilities)
     report = monitor(f"{NAME}@champion", CFG)
-    assert report.healthy and report.drift is None
-    assert report.notes == (
+    assert not report.healthy and report.verdict is Verdict.NOT_JUDGED and report.drift is None
+    assert report.notes[:2] == (
         "drift not judged: 20 live texts < monitor.min_texts 100",
         "live accuracy not judged: 0 labelled texts < monitor.min_labelled 30",
     )
-    assert report.text().splitlines()[-2] == "HEALTHY (within what could be judged)"
+    assert report.text().splitlines()[-2] == (
+        "NOT JUDGED: too little evidence for a verdict (drift: 20 live texts < monitor.min_texts 100); exit 3"
+    )
+    result = CliRunner().invoke(main, ["monitor", f"{NAME}@champion", "--since", "1h", "--experiment", EXPERIMENT])
+    assert result.exit_code == 3, result.output
 
 
 def test_what_cannot_be_monitored_is_refused_with_what_to_do(champion: str) -> None:
