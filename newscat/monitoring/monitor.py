@@ -113,7 +113,7 @@ def monitor(target: str, cfg: MonitorConfig, *, now_ms: int | None = None) -> Mo
         )
     now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
     window = read_live_window(experiment_id, model_id, now_ms - window_seconds(cfg.since) * 1000, now_ms)
-    coverage = read_coverage(experiment_id, model_id, window.since_ms, window.until_ms)
+    coverage = with_window_traces(read_coverage(experiment_id, model_id, window.since_ms, window.until_ms), window)
     answers = window.answers
     live = features_of_records(answers.to_dict("records")) if len(answers) else None
     drift = measure_drift(reference, live) if live is not None and len(live) >= cfg.min_texts else None
@@ -153,6 +153,16 @@ def monitor(target: str, cfg: MonitorConfig, *, now_ms: int | None = None) -> Mo
         artifacts=_artifacts(report),
     )
     return replace(report, run_id=run_id)
+
+
+def with_window_traces(coverage: Coverage | None, window: LiveWindow) -> Coverage | None:
+    """The writers' counts, at most COVERAGE_EVERY_S behind: traces the window holds beyond the traced count were
+    served and traced since the last record, and count as such (a lagging record never reads as lost traffic)."""
+    if coverage is None or window.traces <= coverage.traced:
+        return coverage
+    # Pending at the last record (counted served, not yet traced) first; beyond that, served since.
+    served = max(coverage.served, coverage.not_sampled + window.traces + coverage.lost)
+    return replace(coverage, served=served, traced=window.traces)
 
 
 def resolve_version(target: str) -> ModelVersion:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import mlflow
 from mlflow.entities import Metric, RunStatus
 
-COVERAGE_EVERY_S = 60.0  # the totals go to the store at most this often (and at the writer's end)
+COVERAGE_EVERY_S = 15.0  # the totals go to the store at most this often (and at the writer's end)
 ROLE_TAG = "newscat.role"
 COVERAGE_ROLE = "trace-coverage"
 MODEL_ID_TAG = "newscat.model_id"

@@ -21,7 +21,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 from mlflow.tracking import MlflowClient
 
-from newscat.monitoring.reference import REFERENCE_ARTIFACT, REFERENCE_DIR, REFERENCE_FILE
+from newscat.monitoring.reference import REFERENCE_DIR, REFERENCE_FILE
 from newscat.redaction import redact_values
 from newscat.serving.artifacts import (
     export_classifier,
@@ -32,6 +32,7 @@ from newscat.serving.artifacts import (
 )
 from newscat.serving.inputs import TEXT_COLUMN
 from newscat.serving.model import LOGGED_MODEL_KEY, SIGNATURE, recorded_path_loads
+from newscat.tracking.live import read_reference
 
 log = logging.getLogger("newscat")
 MODEL_TYPE = "news-topic-classifier"
@@ -280,14 +281,9 @@ def log_reference(model_id: str, frame: pd.DataFrame, source: str) -> None:
 
 
 def logged_reference(model_id: str) -> pd.DataFrame | None:
-    """The training reference logged beside a model (None: logged before newscat recorded one)."""
-    location = mlflow.get_logged_model(model_id).artifact_location.rstrip("/")
-    with tempfile.TemporaryDirectory(prefix="newscat-reference-") as tmp:
-        try:
-            path = mlflow.artifacts.download_artifacts(f"{location}/{REFERENCE_ARTIFACT}", dst_path=tmp)
-        except (MlflowException, OSError):
-            return None
-        return pd.read_parquet(path)
+    """The training reference logged beside a model (None: logged before newscat recorded one). A store that fails
+    raises (`tracking.live.read_reference`): an outage must never read as "no reference"."""
+    return read_reference(model_id)
 
 
 def logged_tags(model_id: str) -> dict[str, str]:
