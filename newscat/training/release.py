@@ -11,11 +11,9 @@ started by the job (`training/job.py`), not here.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,7 +32,6 @@ from newscat.export.package import ServingBuild, add_lexical, gate_serving_paths
 from newscat.monitoring.reference import features_of_answers
 from newscat.registry.tags import VersionTags
 from newscat.registry.versions import find_version, finish_registration, register_version, version_model_id
-from newscat.serving.choice import BACKEND_ENV, DEVICE_ENV, PRECISION_ENV
 from newscat.serving.inputs import CHARS_PER_TOKEN_CAP
 from newscat.serving.lexical import prepare_texts
 from newscat.tracking.evaluations import log_evaluation
@@ -42,7 +39,7 @@ from newscat.tracking.models import (
     SOURCE_MODEL_TAG,
     STUDY_RUN_TAG,
     download_model,
-    load_model,
+    load_recorded,
     log_classifier_model,
     log_model_card,
     log_model_metrics,
@@ -356,8 +353,7 @@ def check_logged_model(model_id: str, reference: Predictions) -> None:
     answered, so a model cut short by a kill, or assembled wrongly, is never registered."""
     rows = min(CHECK_ROWS, len(reference.texts))
     log.info("checking the logged model on %d of the %d test rows", rows, len(reference.texts))
-    with _no_overrides():
-        model = load_model(f"models:/{model_id}")
+    model = load_recorded(f"models:/{model_id}")  # the recorded default, whatever NEWSCAT_* overrides say
     frame = pd.DataFrame({"text": reference.texts[:rows], "label": reference.labels[:rows]})
     served = predict_split(model, frame, reference.label_names, reference.data)
     gap = float(np.abs(served.probabilities - reference.probabilities[:rows]).max()) if rows else 0.0
@@ -366,17 +362,6 @@ def check_logged_model(model_id: str, reference: Predictions) -> None:
             f"the logged model {model_id} answers differently from its release build (class probabilities differ "
             f"by up to {gap:.2g} on {rows} test rows): it is not registered"
         )
-
-
-@contextmanager
-def _no_overrides() -> Iterator[None]:
-    """Load-time switches cleared: a model loaded inside this block serves its recorded default, as users get it
-    (a user's NEWSCAT_BACKEND for their own serving must not change what the release check sees)."""
-    saved = {name: os.environ.pop(name) for name in (BACKEND_ENV, PRECISION_ENV, DEVICE_ENV) if name in os.environ}
-    try:
-        yield
-    finally:
-        os.environ.update(saved)
 
 
 def _companion_section(
