@@ -414,9 +414,30 @@ def served_model(client: mlflow.MlflowClient, model_uri: str | None, own_model_i
             )
             served = {REGISTERED_MODEL_TAG: name, REGISTERED_VERSION_TAG: str(found.version)}
     if own_model_id and own_model_id != uri_model_id:
-        served = registered_versions_of(client, own_model_id, prefer=name)
+        if not _in_store(client, own_model_id):
+            # The files were copied and served against another store: trace them, linked to no model, rather than
+            # lose every request waiting for a model this store will never hold.
+            print(
+                f"newscat tracing: this store holds no LoggedModel {own_model_id}: traces are not linked to a model",
+                file=sys.stderr,
+                flush=True,
+            )
+            own_model_id = None
+        else:
+            served = registered_versions_of(client, own_model_id, prefer=name)
     model_id = own_model_id or uri_model_id
     return {**served, MODEL_ID_METADATA: model_id} if model_id else served
+
+
+def _in_store(client: mlflow.MlflowClient, model_id: str) -> bool:
+    """Whether the store holds the LoggedModel `model_id` (any other failure is the store's, raised)."""
+    try:
+        client.get_logged_model(model_id)
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return False
+        raise
+    return True
 
 
 def registered_versions_of(client: mlflow.MlflowClient, model_id: str, prefer: str = "") -> dict[str, str]:
