@@ -171,7 +171,8 @@ def test_serve_trace_feedback_monitor_retrain_promote_and_serve_the_new_champion
     out = monitored.stdout
     print(out)  # shown when the test fails, and with -s
     assert monitored.returncode == 1 and "UNHEALTHY" in out, out + monitored.stderr[-3000:]
-    assert re.search(r"^label\s.*\sYES$", out, re.MULTILINE), out  # prediction drift
+    # Against a reference of a few validation rows drift cannot be significant at alpha/k: the labels decide.
+    assert "UNHEALTHY: live accuracy" in out and re.search(r"^label\s+chi-square", out, re.MULTILINE), out
     accuracy = float(re.search(r"live accuracy ([01]\.\d{4})", out).group(1))
     assert accuracy < 0.5, out
 

@@ -243,6 +243,8 @@ def _traced_answers(tracked_study: TrackedStudy, monkeypatch: pytest.MonkeyPatch
     for name, value in {
         "NEWSCAT_TRACING": "on",
         "NEWSCAT_TRACE_MODEL_URI": f"models:/{MODEL_NAME}@champion",
+        # As `mlflow models serve` loads it: only the scoring server traces, never an in-process load.
+        "__pyfunc_model_path__": "model",
     }.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("NEWSCAT_TRACE_EXPERIMENT", raising=False)
