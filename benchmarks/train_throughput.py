@@ -27,8 +27,8 @@ from newscat.data.load import load_news
 from newscat.data.tokenize import load_tokenizer, tokenize_news
 from newscat.serving.precision import use_bf16
 from newscat.training.model import load_base_classifier, resolve_model_path
-from newscat.training.prefix_cache import PrefixCache
-from newscat.training.trainer import TrialParams, encoder_layers, resolve_frozen_layers, train_classifier
+from newscat.training.prefix_cache import PrefixCache, encoder_layers
+from newscat.training.trainer import TrialParams, resolve_frozen_layers, train_classifier
 
 SEED_PARAMS = TrialParams(learning_rate=2e-5, batch_size=16, epochs=1, warmup_ratio=0.0, weight_decay=0.0)
 NEWSCAT_PARAMS = TrialParams(learning_rate=1e-4, batch_size=32, epochs=1, warmup_ratio=0.1, weight_decay=0.01)

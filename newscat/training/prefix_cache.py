@@ -18,6 +18,8 @@ import contextlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from newscat.config import ConfigError
+
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel
@@ -43,8 +45,6 @@ class PrefixCache:
     @contextlib.contextmanager
     def attached(self, model: PreTrainedModel) -> Iterator[None]:
         """While inside, `model` starts its forward pass at layer `layers` with states from this cache."""
-        from newscat.training.trainer import encoder_layers
-
         layers = list(encoder_layers(model))
         if self.layers >= len(layers):
             raise ValueError(f"frozen_layers={self.layers}: the encoder has {len(layers)} layers")
@@ -155,3 +155,15 @@ def _key(ids: torch.Tensor, types: torch.Tensor | None) -> bytes:
     if types is not None and bool(types.any()):
         key += b"|" + types.cpu().numpy().tobytes()
     return key
+
+
+def encoder_layers(model: PreTrainedModel) -> Any:
+    """The encoder's layer list of a BERT-family model (BERT, RoBERTa, ELECTRA, MiniLM: `encoder.layer`)."""
+    encoder = getattr(model.base_model, "encoder", None)
+    layers = getattr(encoder, "layer", None)
+    if layers is None:
+        raise ConfigError(
+            f"frozen_layers needs a BERT-family encoder (encoder.layer); {type(model).__name__} has none: "
+            "set train.frozen_layers to 0 in the config file"
+        )
+    return layers

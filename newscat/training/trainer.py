@@ -18,12 +18,12 @@ from newscat.config import ConfigError, TrainConfig
 from newscat.evaluation.metrics import accuracy_and_macro_f1
 from newscat.serving.precision import use_bf16
 from newscat.training.layer_lr import layer_lr_optimizer
+from newscat.training.prefix_cache import PrefixCache, encoder_layers
 
 if TYPE_CHECKING:
     import datasets
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-    from newscat.training.prefix_cache import PrefixCache
 
 log = logging.getLogger("newscat")
 
@@ -336,18 +336,6 @@ def check_frozen_layers(model: PreTrainedModel, count: int) -> Any:
         raise ConfigError(
             f"frozen_layers={count}: the encoder has {len(layers)} layers; keep at least one training "
             f"(train.frozen_layers in the config file, at most {len(layers) - 1})"
-        )
-    return layers
-
-
-def encoder_layers(model: PreTrainedModel) -> Any:
-    """The encoder's layer list of a BERT-family model (BERT, RoBERTa, ELECTRA, MiniLM: `encoder.layer`)."""
-    encoder = getattr(model.base_model, "encoder", None)
-    layers = getattr(encoder, "layer", None)
-    if layers is None:
-        raise ConfigError(
-            f"frozen_layers needs a BERT-family encoder (encoder.layer); {type(model).__name__} has none: "
-            "set train.frozen_layers to 0 in the config file"
         )
     return layers
 
