@@ -6,8 +6,9 @@ predict, a notebook, Spark's local workers) never traces, so test rows and batch
 A traced request costs its handler a
 random trace id and a put on a queue: the id goes into the answer at once, and everything else (token counts,
 per-text records, the write to the tracking store) happens in the trace writer (`newscat.serving.trace_writer`), a
-child process in Linux's idle scheduling class with its own interpreter. So the writer's Python never holds the
-server's GIL, the scheduler gives it only the CPU the forward passes leave, and a slow or unreachable tracking store
+child process at nice 10 with its own interpreter. So the writer's Python never holds the
+server's GIL, the scheduler gives the forward passes most of a busy CPU without starving the writer, and a slow or
+unreachable tracking store
 never slows or fails an answer. What the writer cannot keep up with waits in a bounded backlog; requests beyond it,
 or answered before the store was reached, go untraced and are counted in the log.
 

@@ -19,6 +19,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.pyfunc.context import Context, set_prediction_context
 
 from newscat.serving import tracing
+from newscat.serving.trace_writer import WRITER_NICE
 from newscat.serving.tracing import (
     CLASSES_TAG,
     REGISTERED_MODEL_TAG,
@@ -345,13 +346,14 @@ def test_the_logged_model_answers_ids_only_with_tracing_on_and_its_traces_are_li
     assert [r["label"] for r in records] == list(on["label"])
 
 
-def test_the_writer_runs_at_the_lowest_cpu_priority_and_ends_with_the_tracer(store: str, tokenizer: Path) -> None:
+def test_the_writer_runs_at_a_lower_cpu_priority_and_ends_with_the_tracer(store: str, tokenizer: Path) -> None:
     if not hasattr(os, "setpriority"):
         pytest.skip("process priorities are Linux's")
     tracer = _tracer(TraceSettings(), tokenizer)
     pid = tracer.writer_pid
-    assert os.getpriority(os.PRIO_PROCESS, pid) == 19
-    assert os.sched_getscheduler(pid) == os.SCHED_IDLE  # CPU time no other process wants
+    assert os.getpriority(os.PRIO_PROCESS, pid) == WRITER_NICE > 0
+    # Not the idle class: beside a job that keeps every core busy it starved (still importing after 98 s).
+    assert os.sched_getscheduler(pid) == os.SCHED_OTHER
     assert os.getpriority(os.PRIO_PROCESS, 0) < 19  # the server keeps its own
     process = tracer._process
     del tracer  # the feeder closes the pipe: the writer writes what it holds and exits
