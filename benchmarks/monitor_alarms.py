@@ -131,6 +131,44 @@ def judge_windows(
     }
 
 
+def previous_decision(reference: pd.DataFrame, live: pd.DataFrame) -> bool:
+    """The baseline: the monitor's decision before 2026-12-05 (commit 6567194), rebuilt here since its code is gone.
+    Evidently's DataDriftPreset at its defaults tests all six features (its method chosen by sample size) at its own
+    thresholds, uncorrected; unhealthy when the predicted label drifted or half the features did (max_drift_share
+    0.5)."""
+    import warnings
+
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.presets import DataDriftPreset
+
+    from newscat.monitoring.reference import CATEGORICAL, FEATURES, NUMERIC
+
+    definition = DataDefinition(numerical_columns=list(NUMERIC), categorical_columns=list(CATEGORICAL))
+    prefix = "Value Drift for column "
+    with warnings.catch_warnings():  # constant features divide by zero inside Evidently
+        warnings.simplefilter("ignore")
+        tests = (
+            Report([DataDriftPreset(columns=list(FEATURES))], include_tests=True)
+            .run(
+                Dataset.from_pandas(live[list(FEATURES)], data_definition=definition),
+                Dataset.from_pandas(reference[list(FEATURES)], data_definition=definition),
+            )
+            .dict()["tests"]
+        )
+    drifted = {
+        t["name"][len(prefix) :] for t in tests if t["name"].startswith(prefix) and str(t["status"]).endswith("FAIL")
+    }
+    return "label" in drifted or len(drifted) / len(FEATURES) >= 0.5
+
+
+def previous_alarms(
+    reference: pd.DataFrame, pool: pd.DataFrame, size: int, windows: int, rng: np.random.Generator
+) -> dict[str, float | int]:
+    """How often the previous decision called `windows` windows of `size` texts from `pool` unhealthy."""
+    hits = sum(previous_decision(reference, pool.iloc[rng.integers(0, len(pool), size)]) for _ in range(windows))
+    return rate(hits, windows)
+
+
 def error_summary(signed: Sequence[float]) -> dict[str, float]:
     """Median and 90th percentile of the absolute error (accuracy points as fractions), and the mean signed one."""
     values = np.asarray(signed, dtype=np.float64)
@@ -160,6 +198,9 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000,10000", help="healthy window sizes")
     parser.add_argument("--shift-size", type=int, default=1000, help="shifted window size")
     parser.add_argument("--windows", type=int, default=500, help="windows per pool and size")
+    parser.add_argument(
+        "--baseline-windows", type=int, default=50, help="windows per pool and size for the previous decision"
+    )
     parser.add_argument("--cache", default="/tmp/newscat-monitor-alarms", help="where answers are cached per model")
     parser.add_argument("--out", default="", help="also write the JSON here")
     args = parser.parse_args()
@@ -245,6 +286,20 @@ def main() -> None:
         },
         "seconds": {"scoring_or_cache": round(scored_s, 1), "windows": round(time.perf_counter() - began, 1)},
     }
+    # The baseline in the same run, on the same pools, with its own random windows (the figures above stay put).
+    began, baseline_rng = time.perf_counter(), np.random.default_rng(args.seed + 1)
+    result["previous_decision"] = {
+        "rule": previous_decision.__doc__.split("\n\n")[0].replace("\n", " "),
+        "healthy": {
+            str(size): previous_alarms(reference, healthy, size, args.baseline_windows, baseline_rng) for size in sizes
+        },
+        "shifted": {
+            name: previous_alarms(reference, frame, args.shift_size, args.baseline_windows, baseline_rng)
+            for name, frame in pools.items()
+            if name != "healthy"
+        },
+    }
+    result["seconds"]["previous_decision"] = round(time.perf_counter() - began, 1)
     text = json.dumps(result, indent=1, default=lambda v: v.item() if isinstance(v, np.generic) else str(v))
     print(text)
     if args.out:
