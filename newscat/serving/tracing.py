@@ -50,7 +50,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc.context import get_prediction_context
 
-from newscat.serving.coverage import COVERAGE_EVERY_S, SERVED
+from newscat.serving.coverage import COVERAGE_EVERY_S, NOT_SAMPLED, SERVED
 
 TRACING_ENV = "NEWSCAT_TRACING"  # on | off (default)
 SAMPLING_ENV = "NEWSCAT_TRACE_SAMPLING"  # share of requests traced, 0 < x <= 1 (default 1)
@@ -325,7 +325,7 @@ class Tracer:
         self, texts: list[str], probabilities: np.ndarray, truncated: np.ndarray, start_ns: int
     ) -> list[str] | None:
         if self.settings.sampling < 1.0 and self._random.random() >= self.settings.sampling:
-            self._count("not sampled")
+            self._count(NOT_SAMPLED)
             return None
         if self._stopped:
             self._count("lost: the trace writer stopped (see the log)")

@@ -23,6 +23,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
+from newscat.config import MLFLOW_RUN_ENV
 from newscat.monitoring.feedback import EXPECTATION_PREFIX
 from newscat.monitoring.reference import REFERENCE_DIR, REFERENCE_FILE
 from newscat.serving.coverage import COVERAGE_ROLE, METRICS, MODEL_ID_TAG, ROLE_TAG, Coverage
@@ -174,7 +175,10 @@ def other_versions_traced(experiment_id: str, name: str, version: str, since_ms:
         f"tags.`{REGISTERED_MODEL_TAG}` = '{name}' AND tags.`{REGISTERED_VERSION_TAG}` != '{version}' AND "
         f"trace.timestamp_ms >= {since_ms} AND trace.timestamp_ms <= {until_ms}"
     )
-    found = MlflowClient().search_traces(locations=[experiment_id], filter_string=query, max_results=PAGE)
+    # Only tags are read: no spans downloaded.
+    found = MlflowClient().search_traces(
+        locations=[experiment_id], filter_string=query, max_results=PAGE, include_spans=False
+    )
     counts: dict[str, int] = {}
     for trace in found:
         other = trace.info.tags.get(REGISTERED_VERSION_TAG, "?")
@@ -241,7 +245,7 @@ def log_monitoring(
     )
     # Made by id: under `mlflow run` (MLFLOW_RUN_ID set) start_run(experiment_id=...) resumes the project's run, in
     # the project's experiment, and the report would be logged there. The two runs name each other instead.
-    project_run = os.environ.get("MLFLOW_RUN_ID", "")
+    project_run = os.environ.get(MLFLOW_RUN_ENV, "")
     client = MlflowClient()
     run_id = client.create_run(window.experiment_id, run_name=run_name).info.run_id
     # Logged by run id, never made active: start_run(run_id=...) refuses a run outside the caller's active
@@ -250,7 +254,7 @@ def log_monitoring(
         context = [InputTag(MLFLOW_DATASET_CONTEXT, LIVE_CONTEXT)]
         client.log_inputs(run_id, [DatasetInput(entity, context)], models=[LoggedModelInput(window.model_id)])
         linked = {"newscat.project_run_id": project_run} if project_run else {}
-        all_tags = {"newscat.role": "monitor", "newscat.model_id": window.model_id, **linked, **tags}
+        all_tags = {ROLE_TAG: "monitor", MODEL_ID_TAG: window.model_id, **linked, **tags}
         client.log_batch(run_id, tags=[RunTag(key, str(value)) for key, value in all_tags.items()])
         mlflow.log_metrics(dict(metrics), model_id=window.model_id, dataset=entity, run_id=run_id)
         for name, text in artifacts.items():
@@ -278,9 +282,3 @@ def log_live_datasets(run_id: str, window: LiveWindow, train: pd.DataFrame, hold
         )
         inputs.append(DatasetInput(entity, [InputTag(MLFLOW_DATASET_CONTEXT, context)]))
     MlflowClient().log_inputs(run_id, inputs)
-
-
-def delete_traces_before(experiment_id: str, before_ms: int) -> int:
-    """Delete the experiment's traces (with their spans and true labels) that started before `before_ms`; returns
-    how many were deleted."""
-    return int(MlflowClient().delete_traces(experiment_id, max_timestamp_millis=before_ms) or 0)

@@ -32,7 +32,6 @@ from newscat.serving.artifacts import (
 )
 from newscat.serving.inputs import TEXT_COLUMN
 from newscat.serving.model import LOGGED_MODEL_KEY, SIGNATURE, recorded_path_loads
-from newscat.tracking.live import read_reference
 
 log = logging.getLogger("newscat")
 MODEL_TYPE = "news-topic-classifier"
@@ -278,12 +277,6 @@ def log_reference(model_id: str, frame: pd.DataFrame, source: str) -> None:
         frame.to_parquet(folder / REFERENCE_FILE, index=False)
         MlflowClient().log_model_artifacts(model_id, tmp)
     mlflow.set_logged_model_tags(model_id, {REFERENCE_TAG: f"{len(frame)} texts: {source}"})
-
-
-def logged_reference(model_id: str) -> pd.DataFrame | None:
-    """The training reference logged beside a model (None: logged before newscat recorded one). A store that fails
-    raises (`tracking.live.read_reference`): an outage must never read as "no reference"."""
-    return read_reference(model_id)
 
 
 def logged_tags(model_id: str) -> dict[str, str]:

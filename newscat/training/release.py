@@ -447,7 +447,7 @@ def version_tags(
         label_column=cfg.data.label_column,
         train_digest=inputs.digests["train"],
         # Everything that cuts the test split, and its digests: later commands recompute it and compare.
-        test_fraction=cfg.data.test_fraction,
+        test_fraction=inputs.data.test_fraction,  # None where the data has a test split of its own: nothing to cut
         test_digest=inputs.digests["test"],
         test_sha256=inputs.records["test"]["sha256"],
         test_rows=inputs.records["test"]["rows"],
