@@ -28,6 +28,7 @@ cached per model under --cache. Prints JSON; --out writes it too.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from collections.abc import Sequence
@@ -214,7 +215,8 @@ def main() -> None:
     from newscat.monitoring.monitor import resolve_version
     from newscat.registry.tags import VersionTags
     from newscat.registry.versions import version_model_id
-    from newscat.tracking.models import logged_reference
+    from newscat.tracking.live import read_reference
+    from newscat.tracking.models import load_recorded
 
     if args.tracking_uri:
         mlflow.set_tracking_uri(args.tracking_uri)
@@ -228,8 +230,12 @@ def main() -> None:
     test["text"] = [join_fields(t, d) for t, d in zip(test["title"], test["description"], strict=True)]
     assert test["text"].tolist() == data.test["text"].tolist(), "the test split is not the one newscat reads"
 
-    scorer = mlflow.pyfunc.load_model(f"models:/{model_id}").unwrap_python_model().scorer
-    cache = Path(args.cache) / model_id
+    scorer = load_recorded(f"models:/{model_id}").unwrap_python_model().scorer  # its recorded path, whatever NEWSCAT_*
+    # The answers depend on the model, the data and the seed (which rows are validation, the shifted draws).
+    cache = (
+        Path(args.cache)
+        / f"{model_id}-{hashlib.sha256(str(Path(args.data).resolve()).encode()).hexdigest()[:8]}-{args.seed}"
+    )
     rng = np.random.default_rng(args.seed)
     pools = {
         "reference": answered(scorer, data.validation[["text", "label"]], cache / "reference.parquet"),
@@ -239,7 +245,7 @@ def main() -> None:
         pools[name] = answered(scorer, rows, cache / f"{name}.parquet")
     scored_s = time.perf_counter() - began
     reference = pools.pop("reference")
-    logged = logged_reference(model_id)
+    logged = read_reference(model_id)
     gap = None
     if logged is not None and len(logged) == len(reference):
         gap = float(np.abs(np.sort(logged["confidence"]) - np.sort(reference["confidence"])).max())
