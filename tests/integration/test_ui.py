@@ -23,6 +23,7 @@ import requests
 from mlflow.tracking import MlflowClient
 
 from newscat.registry.versions import move_alias
+from newscat.serving.tracing import SCORING_SERVER_ENV
 from newscat.tracking.models import download_model, load_model, log_checkpoint_model
 from tests.helpers import MODEL_NAME, SERVER_WORKERS, running, serve_model, tool_env
 from tests.integration.conftest import TrackedStudy
@@ -244,7 +245,7 @@ def _traced_answers(tracked_study: TrackedStudy, monkeypatch: pytest.MonkeyPatch
         "NEWSCAT_TRACING": "on",
         "NEWSCAT_TRACE_MODEL_URI": f"models:/{MODEL_NAME}@champion",
         # As `mlflow models serve` loads it: only the scoring server traces, never an in-process load.
-        "__pyfunc_model_path__": "model",
+        SCORING_SERVER_ENV: "model",
     }.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("NEWSCAT_TRACE_EXPERIMENT", raising=False)

@@ -146,6 +146,9 @@ def test_near_duplicates_of_training_texts_never_sit_in_the_held_out_split() -> 
     assert list(kept.holdout["text"]) == held[3:] and kept.leaked == 3
     assert near_duplicate_keys(held[0]) == near_duplicate_keys(story)
     assert near_duplicate_keys("Rally") != near_duplicate_keys("rally today")
+    # Short texts (no head key) match on the whole text without case, punctuation and digits alone.
+    assert near_duplicate_keys("Stocks up 3% on day 2") == near_duplicate_keys("stocks UP 5% on day 3!")
+    assert near_duplicate_keys("Stocks up on day 2") != near_duplicate_keys("Stocks down on day 2")
 
 
 def test_the_challenger_copies_the_champions_whole_recipe(tracking_uri: str, tmp_path: object) -> None:
