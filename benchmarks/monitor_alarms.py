@@ -67,7 +67,7 @@ def shifted_texts(test: pd.DataFrame, train: pd.DataFrame, rng: np.random.Genera
 
 def answered(scorer: object, rows: pd.DataFrame, cache: Path) -> pd.DataFrame:
     """The feature table (with `correct`) of `rows` as the served model answers them; read from `cache` if there."""
-    from newscat.monitoring.reference import features_of_answers
+    from newscat.export.reference import features_of_answers
     from newscat.serving.inputs import CHARS_PER_TOKEN_CAP
 
     if cache.exists():
@@ -102,8 +102,9 @@ def judge_windows(
     """`windows` windows of `size` unlabelled texts drawn with replacement from `pool`: how many the monitor calls
     unhealthy (and why: which features drifted, how often the estimate fell below the floor), and the accuracy
     estimates' errors against each window's true accuracy."""
+    from newscat.export.reference import CORRECT
     from newscat.monitoring.drift import TESTS, drift_problems, judge_drift
-    from newscat.monitoring.estimate import CORRECT, ConfidenceCalibration, estimate_accuracy, estimate_problems
+    from newscat.monitoring.estimate import ConfidenceCalibration, estimate_accuracy, estimate_problems
 
     cfg = MonitorConfig()
     calibration = ConfidenceCalibration.from_reference(reference)
@@ -142,7 +143,7 @@ def previous_decision(reference: pd.DataFrame, live: pd.DataFrame) -> bool:
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataDriftPreset
 
-    from newscat.monitoring.reference import CATEGORICAL, FEATURES, NUMERIC
+    from newscat.export.reference import CATEGORICAL, FEATURES, NUMERIC
 
     definition = DataDefinition(numerical_columns=list(NUMERIC), categorical_columns=list(CATEGORICAL))
     prefix = "Value Drift for column "
@@ -181,7 +182,7 @@ def error_summary(signed: Sequence[float]) -> dict[str, float]:
 
 
 def pool_summary(frame: pd.DataFrame) -> dict[str, float | int]:
-    from newscat.monitoring.estimate import CORRECT
+    from newscat.export.reference import CORRECT
 
     return {
         "rows": len(frame),

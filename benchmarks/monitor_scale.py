@@ -40,7 +40,7 @@ def champion(rng: np.random.Generator) -> str:
     """A LoggedModel with a 7,600-row training reference, registered as NAME version 1 with alias champion."""
     import mlflow
 
-    from newscat.monitoring.reference import feature_frame
+    from newscat.export.reference import feature_frame
     from newscat.tracking.models import log_reference
 
     texts, probabilities = answers(rng, 7600)

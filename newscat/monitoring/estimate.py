@@ -29,10 +29,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from newscat.export.reference import CORRECT
+
 if TYPE_CHECKING:
     from newscat.config import MonitorConfig
 
-CORRECT = "correct"  # the reference's column: 1.0 the model's answer was right, 0.0 wrong, NaN no label known
 MIN_CALIBRATION_ROWS = 100  # fewer labelled reference rows: too few to fit, fall back
 METHODS = ("platt", "isotonic")
 _EPS = 1e-6  # confidence is clipped into (0, 1) before its logit
@@ -113,13 +114,6 @@ def estimate_problems(
         f"estimated accuracy {estimate.value:.4f} on {answers:,} unlabelled answers ({estimate.method}) is below "
         f"{floor:.4f} (test accuracy {test_accuracy:.4f} - monitor.max_accuracy_drop {cfg.max_accuracy_drop:g})"
     ]
-
-
-def correctness(probabilities: np.ndarray, labels: Sequence[int]) -> np.ndarray:
-    """Per row, 1.0 where the top class is the label, 0.0 where not, NaN where the label is unknown (negative)."""
-    truth = np.asarray(labels, dtype=np.int64)
-    right = (probabilities.argmax(axis=1) == truth).astype(np.float64)
-    return np.where(truth >= 0, right, np.nan)
 
 
 def _logit(confidence: np.ndarray) -> np.ndarray:

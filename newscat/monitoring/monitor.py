@@ -22,9 +22,9 @@ from mlflow.entities.model_registry import ModelVersion
 from newscat.config import MonitorConfig, window_seconds
 from newscat.errors import NewscatError
 from newscat.evaluation.metrics import classification_metrics, metric_key
+from newscat.export.reference import features_of_records
 from newscat.monitoring.drift import DESCRIBED, DriftResult, drift_problems, measure_drift
 from newscat.monitoring.estimate import AccuracyEstimate, ConfidenceCalibration, estimate_accuracy, estimate_problems
-from newscat.monitoring.reference import features_of_records
 from newscat.monitoring.verdict import Part, Verdict, verdict, verdict_line
 from newscat.registry.tags import VersionTags
 from newscat.registry.versions import version_by_alias, version_by_number, version_model_id

@@ -27,14 +27,13 @@ from newscat.config import ConfigError, window_seconds
 from newscat.errors import NewscatError
 from newscat.monitoring.feedback import EXPECTATION_PREFIX, TEXT_METADATA
 from newscat.monitoring.monitor import resolve_version
+from newscat.names import ROLE_TAG, Role
 from newscat.registry.versions import version_model_id
 from newscat.serving.tracing import MODEL_ID_METADATA, REGISTERED_VERSION_TAG, SPAN_NAME
 from newscat.tracking.live import experiment_id_of, experiment_name, traces_experiment_id
 
 log = logging.getLogger("newscat")
 CHUNK = 100  # traces read, kept and deleted per step
-ROLE_TAG = "newscat.role"
-KEPT_ROLE = "kept-labels"
 KEPT_BEFORE_TAG = "newscat.kept_before_ms"
 KEPT_DIR = "kept_labels"
 # The columns of a kept row; `text` is None where neither the trace nor the feedback kept it.
@@ -175,7 +174,7 @@ def kept_labels(experiment_id: str, model_id: str, since_ms: int, until_ms: int)
     """The true labels that `prune_traces` kept for the model's answers between `since_ms` and `until_ms` (columns
     `KEPT_COLUMNS`), one row per (trace, row): the latest label where a prune was rerun after a crash."""
     client = MlflowClient()
-    query = f"tags.`{ROLE_TAG}` = '{KEPT_ROLE}'"
+    query = f"tags.`{ROLE_TAG}` = '{Role.KEPT_LABELS}'"
     runs, token = [], None
     while True:
         page = client.search_runs([experiment_id], filter_string=query, max_results=500, page_token=token)
@@ -204,7 +203,7 @@ def _kept_run(client: MlflowClient, experiment_id: str, cutoff_ms: int, older_th
     run = client.create_run(
         experiment_id,
         run_name=f"kept-labels-{cutoff_ms}",
-        tags={ROLE_TAG: KEPT_ROLE, KEPT_BEFORE_TAG: str(cutoff_ms), "newscat.older_than": older_than},
+        tags={ROLE_TAG: Role.KEPT_LABELS, KEPT_BEFORE_TAG: str(cutoff_ms), "newscat.older_than": older_than},
     )
     return run.info.run_id
 

@@ -11,6 +11,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.tracking import MlflowClient
 
 from newscat.evaluation.report import Predictions
+from newscat.names import ROLE_TAG, Role
 from newscat.registry.evaluations import load_test_split, log_scored_path, score
 from newscat.registry.gate import GateDecision, decide
 from newscat.registry.tags import VersionTags
@@ -195,7 +196,7 @@ def log_gate_decision(decision: GateDecision, *, forced: bool) -> None:
     mlflow.log_text(decision.table() + "\n", "gate/comparison.txt")
     mlflow.set_tags(
         {
-            "newscat.role": "promotion",
+            ROLE_TAG: Role.PROMOTION,
             "gate.challenger": decision.challenger,
             "gate.champion": decision.champion or "",
             "gate.passed": str(decision.passed).lower(),

@@ -18,6 +18,8 @@ from typing import Any
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
+from newscat.names import ServingPath
+
 BACKEND_ENV = "NEWSCAT_BACKEND"
 PRECISION_ENV = "NEWSCAT_PRECISION"
 DEVICE_ENV = "NEWSCAT_DEVICE"
@@ -27,7 +29,7 @@ CHOICES = {
     DEVICE_ENV: ("auto", "cpu", "cuda"),
 }
 ONNX_PRECISIONS = ("fp32", "int8")
-REFERENCE = "torch/fp32"  # what every model can be served with where torch is installed
+REFERENCE = ServingPath.TORCH_FP32  # what every model can be served with where torch is installed
 
 
 @dataclass(frozen=True)
@@ -187,8 +189,8 @@ def _auto_precision(backend: str, passed: set[str], platform: Platform, recorded
     if backend == recorded_backend and (recorded_precision != "bf16" or platform.native_bf16):
         return recorded_precision
     if backend == "onnx":
-        return "int8" if "onnx/int8" in passed else "fp32"
-    return "bf16" if "torch/bf16" in passed and platform.native_bf16 else "fp32"
+        return "int8" if ServingPath.ONNX_INT8 in passed else "fp32"
+    return "bf16" if ServingPath.TORCH_BF16 in passed and platform.native_bf16 else "fp32"
 
 
 def _invalid(message: str) -> MlflowException:

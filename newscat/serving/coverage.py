@@ -21,9 +21,9 @@ from dataclasses import dataclass
 import mlflow
 from mlflow.entities import Metric, RunStatus
 
+from newscat.names import ROLE_TAG, Role
+
 COVERAGE_EVERY_S = 15.0  # the totals go to the store at most this often (and at the writer's end)
-ROLE_TAG = "newscat.role"
-COVERAGE_ROLE = "trace-coverage"
 MODEL_ID_TAG = "newscat.model_id"
 NOT_SAMPLED = "not sampled"  # the tracer's count of requests that sampling left untraced
 SERVED = "served"  # the tracer's count of every request answered while tracing was on
@@ -90,7 +90,7 @@ class CoverageLog:
         timestamp_ms = timestamp_ms if timestamp_ms is not None else int(time.time() * 1000)
         try:
             if self.run_id is None:
-                tags = {**self._tags, ROLE_TAG: COVERAGE_ROLE, MODEL_ID_TAG: self.model_id}
+                tags = {**self._tags, ROLE_TAG: Role.TRACE_COVERAGE, MODEL_ID_TAG: self.model_id}
                 name = f"trace coverage {self.model_id} {socket.gethostname()}:{os.getppid()}"
                 run = self._client.create_run(self.experiment_id, tags=tags, run_name=name)
                 self.run_id = run.info.run_id

@@ -12,7 +12,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-POOLINGS = ("cls", "mean")
+from newscat.names import Pooling
+
 CONFIG_KEY = "newscat_pooling"
 _HOOKED = "_newscat_mean_pooling"  # set on the base model once its hooks are in place
 # The masks of the forwards under way, per thread (innermost last): a mask kept on the module instead could reach
@@ -43,8 +44,8 @@ def apply_pooling(model: Any, pooling: str) -> None:
 
 def pooling_problem(model: Any, pooling: str) -> str | None:
     """Why `model` cannot pool by `pooling` (None: it can)."""
-    if pooling not in POOLINGS:
-        return f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}"
+    if pooling not in tuple(Pooling):
+        return f"pooling must be one of {', '.join(Pooling)}, got {pooling!r}"
     made_mean = getattr(model.base_model, _HOOKED, False) or getattr(model.config, CONFIG_KEY, "cls") != "cls"
     if pooling == "cls" and made_mean:
         return "this model was made to pool by mean; it cannot pool by cls"

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import mlflow
 
 from newscat.config import Config
+from newscat.names import ROLE_TAG, STUDY_TAG, Role
 from newscat.redaction import redact_url
 from newscat.tracking.limits import PARAM_VALUE_LIMIT
 from newscat.tracking.runs import log_params_once
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 def log_study_setup(cfg: Config, data: NewsData) -> None:
     """Config as flat params (passwords masked), and the splits as the run's dataset inputs (with digests)."""
     log_params_once(cfg.to_flat_dict())
-    mlflow.set_tags({"newscat.study": cfg.tune.study_name, "newscat.role": "study"})
+    mlflow.set_tags({STUDY_TAG: cfg.tune.study_name, ROLE_TAG: Role.STUDY})
     digests = {}
     with warnings.catch_warnings():  # MLflow's hints about source kinds and int columns are noise here
         warnings.simplefilter("ignore", UserWarning)

@@ -10,6 +10,7 @@ import mlflow
 from newscat.evaluation import report
 from newscat.evaluation.checks import CASES_RECORD
 from newscat.evaluation.metrics import confusion
+from newscat.names import ROLE_TAG, Role
 from newscat.tracking.limits import TAG_VALUE_LIMIT
 from newscat.tracking.models import log_model_metrics
 from newscat.tracking.runs import log_metrics
@@ -53,4 +54,4 @@ def log_checks(report_: CheckReport, *, model_id: str | None = None) -> None:
     mlflow.log_dict(
         {"results": report_.results, "failures": report_.failures, "notes": list(report_.notes)}, "checks/report.json"
     )
-    mlflow.set_tags({"newscat.role": "checks", "checks.failed": str(report_.failed)})
+    mlflow.set_tags({ROLE_TAG: Role.CHECKS, "checks.failed": str(report_.failed)})

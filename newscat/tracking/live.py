@@ -24,9 +24,10 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from newscat.config import MLFLOW_RUN_ENV
+from newscat.export.reference import REFERENCE_DIR, REFERENCE_FILE
 from newscat.monitoring.feedback import EXPECTATION_PREFIX
-from newscat.monitoring.reference import REFERENCE_DIR, REFERENCE_FILE
-from newscat.serving.coverage import COVERAGE_ROLE, METRICS, MODEL_ID_TAG, ROLE_TAG, Coverage
+from newscat.names import ROLE_TAG, Role
+from newscat.serving.coverage import METRICS, MODEL_ID_TAG, Coverage
 from newscat.serving.tracing import (
     CLASSES_TAG,
     MODEL_ID_METADATA,
@@ -136,7 +137,7 @@ def read_coverage(experiment_id: str, model_id: str, since_ms: int, until_ms: in
     one whose writer never reached the store). A failing store raises MonitoringReadError."""
     client = MlflowClient()
     query = (
-        f"tags.`{ROLE_TAG}` = '{COVERAGE_ROLE}' AND tags.`{MODEL_ID_TAG}` = '{model_id}' AND "
+        f"tags.`{ROLE_TAG}` = '{Role.TRACE_COVERAGE}' AND tags.`{MODEL_ID_TAG}` = '{model_id}' AND "
         f"attributes.start_time <= {until_ms}"
     )
     runs, token = [], None
@@ -254,7 +255,7 @@ def log_monitoring(
         context = [InputTag(MLFLOW_DATASET_CONTEXT, LIVE_CONTEXT)]
         client.log_inputs(run_id, [DatasetInput(entity, context)], models=[LoggedModelInput(window.model_id)])
         linked = {"newscat.project_run_id": project_run} if project_run else {}
-        all_tags = {ROLE_TAG: "monitor", MODEL_ID_TAG: window.model_id, **linked, **tags}
+        all_tags = {ROLE_TAG: Role.MONITOR, MODEL_ID_TAG: window.model_id, **linked, **tags}
         client.log_batch(run_id, tags=[RunTag(key, str(value)) for key, value in all_tags.items()])
         mlflow.log_metrics(dict(metrics), model_id=window.model_id, dataset=entity, run_id=run_id)
         for name, text in artifacts.items():

@@ -21,7 +21,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 from mlflow.tracking import MlflowClient
 
-from newscat.monitoring.reference import REFERENCE_DIR, REFERENCE_FILE
+from newscat.export.reference import REFERENCE_DIR, REFERENCE_FILE
+from newscat.names import ROLE_TAG, Role
 from newscat.redaction import redact_values
 from newscat.serving.artifacts import (
     export_classifier,
@@ -176,7 +177,7 @@ def release_models(study_run_id: str, source_model_id: str) -> list[Any]:
     `source_model_id`, oldest first, whatever their status (a resumed release reuses or fails them)."""
     found = mlflow.search_logged_models(
         experiment_ids=[MlflowClient().get_run(study_run_id).info.experiment_id],
-        filter_string=f"tags.`{STUDY_RUN_TAG}` = '{study_run_id}' AND tags.`newscat.role` = 'release' "
+        filter_string=f"tags.`{STUDY_RUN_TAG}` = '{study_run_id}' AND tags.`{ROLE_TAG}` = '{Role.RELEASE}' "
         f"AND tags.`{SOURCE_MODEL_TAG}` = '{source_model_id}'",
         order_by=[{"field_name": "creation_timestamp", "ascending": True}],
         output_format="list",
@@ -189,7 +190,7 @@ def best_model(experiment_id: str, study_run_id: str, metric: str) -> Any | None
     (the earliest on ties)."""
     found = mlflow.search_logged_models(
         experiment_ids=[experiment_id],
-        filter_string=f"tags.`{STUDY_RUN_TAG}` = '{study_run_id}' AND tags.`newscat.role` = 'trial'",
+        filter_string=f"tags.`{STUDY_RUN_TAG}` = '{study_run_id}' AND tags.`{ROLE_TAG}` = '{Role.TRIAL}'",
         order_by=[
             {"field_name": f"metrics.{metric}", "ascending": False, "dataset_name": "validation"},
             {"field_name": "creation_timestamp", "ascending": True},

@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from newscat.config import Config
 from newscat.locks import beside_sqlite
+from newscat.names import ROLE_TAG, STUDY_TAG, TRIAL_TAG, Role
 from newscat.processes import Worker
 from newscat.redaction import redact_url
 from newscat.serving.precision import use_bf16
@@ -101,7 +102,7 @@ def link_worker_run(study_run_id: str) -> None:
     """Under `mlflow run`, a worker whose own run is not the study's run says where its trials went."""
     own = os.environ.get("MLFLOW_RUN_ID")
     if own and own != study_run_id:
-        MlflowClient().set_tag(own, "newscat.role", "worker")
+        MlflowClient().set_tag(own, ROLE_TAG, Role.WORKER)
         MlflowClient().set_tag(own, "newscat.study_run_id", study_run_id)
 
 
@@ -163,7 +164,7 @@ def log_params_once(params: Mapping[str, Any]) -> None:
 
 def start_trial_run(number: int, study_name: str, *, retry_of: int | None = None) -> mlflow.ActiveRun:
     """A nested run for one trial, named after its number, tagged with the process that runs it."""
-    tags = {"newscat.study": study_name, "newscat.trial": str(number), "newscat.role": "trial", **_worker_tag()}
+    tags = {STUDY_TAG: study_name, TRIAL_TAG: str(number), ROLE_TAG: Role.TRIAL, **_worker_tag()}
     if retry_of is not None:
         tags["newscat.retry_of_trial"] = str(retry_of)
     return mlflow.start_run(run_name=f"trial-{number}", nested=True, tags=tags)
@@ -184,9 +185,9 @@ def start_refit_run(trial_number: int, study_name: str) -> mlflow.ActiveRun:
         run_name=f"refit-trial-{trial_number}",
         nested=True,
         tags={
-            "newscat.study": study_name,
-            "newscat.trial": str(trial_number),
-            "newscat.role": "refit",
+            STUDY_TAG: study_name,
+            TRIAL_TAG: str(trial_number),
+            ROLE_TAG: Role.REFIT,
             **_worker_tag(),
         },
     )
@@ -243,11 +244,11 @@ def start_evaluation_run(model_uri: str, experiment: str = "newscat-evaluations"
     found = client.get_experiment_by_name(experiment)
     experiment_id = found.experiment_id if found else client.create_experiment(experiment)
     mark_model_training(experiment_id)
-    run = client.create_run(experiment_id, run_name=f"evaluate {model_uri}"[:250], tags={"newscat.role": "evaluation"})
+    run = client.create_run(experiment_id, run_name=f"evaluate {model_uri}"[:250], tags={ROLE_TAG: Role.EVALUATION})
     mlflow.set_experiment(experiment_id=experiment_id)  # fluent start_run checks the run against it
     return mlflow.start_run(run_id=run.info.run_id)
 
 
 def start_nested_evaluation_run(model_uri: str) -> mlflow.ActiveRun:
     """A nested run, under the active evaluation run, for the evaluation of another model (the defending champion)."""
-    return mlflow.start_run(run_name=f"evaluate {model_uri}"[:250], nested=True, tags={"newscat.role": "evaluation"})
+    return mlflow.start_run(run_name=f"evaluate {model_uri}"[:250], nested=True, tags={ROLE_TAG: Role.EVALUATION})

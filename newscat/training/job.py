@@ -11,6 +11,7 @@ import optuna
 
 from newscat.config import Config
 from newscat.errors import NewscatError
+from newscat.names import TRIAL_TAG
 from newscat.registry.promotion import AlreadyHeld, earlier_gate, promote_with_gate
 from newscat.tracking.datasets import log_study_setup
 from newscat.tracking.interrupted import end_dead_workers_runs, end_interrupted_run
@@ -157,7 +158,7 @@ def _best_trial(study: optuna.Study, study_run_id: str, metric: str) -> optuna.t
         raise StudyError(
             f"study {study.study_name!r} has no complete trial; see the FAILED trial runs' newscat.fail_reason"
         )
-    return study.trials[int(model.tags["newscat.trial"])]
+    return study.trials[int(model.tags[TRIAL_TAG])]
 
 
 def _auto_promote(cfg: Config, release: Release) -> None:

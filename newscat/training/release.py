@@ -29,7 +29,8 @@ from newscat.evaluation.card import CardFacts, model_card
 from newscat.evaluation.report import Predictions, per_class_table, predict_split, report_metrics
 from newscat.export.gate import AGREEMENT_TEXTS, GateDecision, GateTexts
 from newscat.export.package import ServingBuild, add_lexical, gate_serving_paths, serving_table
-from newscat.monitoring.reference import features_of_answers
+from newscat.export.reference import features_of_answers
+from newscat.names import ROLE_TAG, STUDY_TAG, TRIAL_TAG, Role
 from newscat.registry.tags import VersionTags
 from newscat.registry.versions import find_version, finish_registration, register_version, version_model_id
 from newscat.serving.inputs import CHARS_PER_TOKEN_CAP
@@ -335,9 +336,9 @@ def log_release_model(
         step=0,
         params=logged_params(final.model_id),
         tags={
-            "newscat.study": inputs.cfg.tune.study_name,
-            "newscat.trial": str(best.number),
-            "newscat.role": "release",
+            STUDY_TAG: inputs.cfg.tune.study_name,
+            TRIAL_TAG: str(best.number),
+            ROLE_TAG: Role.RELEASE,
             SOURCE_MODEL_TAG: final.model_id,  # the trial's or refit's LoggedModel with these weights
             STUDY_RUN_TAG: parent_run_id,
             **build.decision.tags(),

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from newscat.config import eval_index
+from newscat.names import ROLE_TAG, STUDY_TAG, TRIAL_TAG
 from newscat.tracking.callback import EpochMetricsCallback
 from newscat.tracking.models import log_checkpoint_model, log_model_metrics
 from newscat.tracking.runs import log_metrics, set_tags
@@ -73,7 +74,7 @@ def log_step(
         name=name,
         step=step,
         params=model_params(inputs, params, number=number, rows=rows),
-        tags={"newscat.study": cfg.tune.study_name, "newscat.trial": str(number), "newscat.role": role},
+        tags={STUDY_TAG: cfg.tune.study_name, TRIAL_TAG: str(number), ROLE_TAG: role},
         max_length=cfg.model.max_length,
         base_model=cfg.model.name,
     )

@@ -155,8 +155,7 @@ def test_monitor_alarms_counts_false_alarms_detections_and_estimate_errors_with_
         import monitor_alarms
     finally:
         sys.path.remove(str(BENCHMARKS))
-    from newscat.monitoring.estimate import CORRECT
-    from newscat.monitoring.reference import feature_frame
+    from newscat.export.reference import CORRECT, feature_frame
 
     rng = np.random.default_rng(0)
 

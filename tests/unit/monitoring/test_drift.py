@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from newscat.export.reference import FEATURES, feature_frame
 from newscat.monitoring.drift import ALPHA, EFFECT_FLOOR, TESTS, drift_problems, judge_drift
-from newscat.monitoring.reference import FEATURES, feature_frame
 
 LABELS = ["World", "Sports", "Business", "Sci/Tech"]
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from newscat.monitoring.estimate import CORRECT, ConfidenceCalibration, correctness, estimate_accuracy
-from newscat.monitoring.reference import features_of_answers
+from newscat.export.reference import CORRECT, correctness, features_of_answers
+from newscat.monitoring.estimate import ConfidenceCalibration, estimate_accuracy
 
 
 def overconfident(rng: np.random.Generator, n: int, low: float, high: float) -> tuple[np.ndarray, np.ndarray]:

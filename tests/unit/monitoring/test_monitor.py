@@ -14,9 +14,9 @@ from click.testing import CliRunner
 
 from newscat.cli import main
 from newscat.config import ConfigError, MonitorConfig, window_seconds
+from newscat.export.reference import FEATURES
 from newscat.monitoring.feedback import attach_feedback
 from newscat.monitoring.monitor import MonitorError, live_accuracy, monitor, wilson
-from newscat.monitoring.reference import FEATURES
 from newscat.monitoring.verdict import Verdict
 from newscat.serving.coverage import Coverage
 from newscat.serving.tracing import Tracer, TraceSettings

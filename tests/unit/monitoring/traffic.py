@@ -8,7 +8,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from newscat.monitoring.reference import feature_frame
+from newscat.export.reference import feature_frame
 from newscat.serving.tracing import Tracer, TraceSettings
 
 LABELS = ["World", "Sports", "Business", "Sci/Tech"]

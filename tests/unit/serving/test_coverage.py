@@ -11,7 +11,8 @@ import mlflow
 import numpy as np
 import pytest
 
-from newscat.serving.coverage import COVERAGE_ROLE, MODEL_ID_TAG, ROLE_TAG, Coverage, CoverageLog, coverage_of
+from newscat.names import ROLE_TAG, Role
+from newscat.serving.coverage import MODEL_ID_TAG, Coverage, CoverageLog, coverage_of
 from newscat.serving.tracing import REGISTERED_VERSION_TAG, Tracer, TraceSettings
 from newscat.tracking.live import read_coverage
 
@@ -56,7 +57,7 @@ def test_a_window_is_the_total_at_its_end_minus_the_total_at_its_start_summed_ov
     assert window(35, 100) == Coverage()  # nothing new: zero, not unknown
     assert read_coverage(experiment, "m-3", t0, t0 + 100_000) is None  # no writer recorded this model
     run = mlflow.get_run(second.run_id)
-    assert run.data.tags[ROLE_TAG] == COVERAGE_ROLE and run.data.tags[MODEL_ID_TAG] == "m-1"
+    assert run.data.tags[ROLE_TAG] == Role.TRACE_COVERAGE and run.data.tags[MODEL_ID_TAG] == "m-1"
     assert run.data.tags[REGISTERED_VERSION_TAG] == "3"
 
 
@@ -96,7 +97,7 @@ def test_the_writer_records_traced_and_lost_requests_where_the_monitor_reads_the
     coverage = read_coverage(experiment, model.model_id, began, int(time.time() * 1000))
     assert coverage == Coverage(served=5, not_sampled=0, traced=3, lost=2)
     (run,) = mlflow.search_runs(
-        [experiment], filter_string=f"tags.`{ROLE_TAG}` = '{COVERAGE_ROLE}'", output_format="list"
+        [experiment], filter_string=f"tags.`{ROLE_TAG}` = '{Role.TRACE_COVERAGE}'", output_format="list"
     )
     assert run.info.status == "FINISHED" and run.data.tags[MODEL_ID_TAG] == model.model_id
     assert tracer.record(["d"], PROBABILITIES, np.array([False]), start_ns=time.time_ns()) is None  # closed

@@ -1,11 +1,13 @@
-"""What monitoring compares: per text, the features of what the model read and what it answered.
+"""The monitoring reference packaged beside a served model: per text, the features of what the model read and what
+it answered (what monitoring compares).
 
 The same table is built twice. At release, from texts of the training distribution that the final encoder did not
 train on (the validation rows, and the gate's training texts where it did not see them), answered by the built model
 on its served path: the **training reference**, logged beside the model. Later, from the served model's traces: the
 **live window**. Texts are never kept in the reference, only the features below; the reference also records,
 per text whose label is known at release, whether the model's answer was right (`correct`: what the label-free
-accuracy estimate is calibrated on, `newscat.monitoring.estimate`).
+accuracy estimate is calibrated on, `newscat.monitoring.estimate`). The artifact is written by
+`newscat.tracking.models.log_reference` at `REFERENCE_ARTIFACT` and read by the monitor.
 """
 
 from __future__ import annotations
@@ -16,8 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from newscat.monitoring.estimate import CORRECT, correctness
-
+CORRECT = "correct"  # the reference's column: 1.0 the model's answer was right, 0.0 wrong, NaN no label known
 NUMERIC = ("chars", "tokens", "unknown_share", "confidence")
 CATEGORICAL = ("label", "truncated")
 FEATURES = NUMERIC + CATEGORICAL
@@ -48,6 +49,13 @@ def feature_frame(
         },
         columns=list(FEATURES),
     )
+
+
+def correctness(probabilities: np.ndarray, labels: Sequence[int]) -> np.ndarray:
+    """Per row, 1.0 where the top class is the label, 0.0 where not, NaN where the label is unknown (negative)."""
+    truth = np.asarray(labels, dtype=np.int64)
+    right = (probabilities.argmax(axis=1) == truth).astype(np.float64)
+    return np.where(truth >= 0, right, np.nan)
 
 
 def features_of_answers(
