@@ -41,6 +41,7 @@ from newscat.tracking.datasets import dataset_record
 from newscat.tracking.live import LiveWindow, log_live_datasets, read_live_window, traces_experiment_id
 from newscat.tracking.models import logged_params
 from newscat.training.job import TuneOutcome, tune_and_register
+from newscat.training.recipe import champion_recipe, logged_value
 from newscat.training.search_space import DEFAULT_SPACE
 
 log = logging.getLogger("newscat")
@@ -48,27 +49,6 @@ LIVE_WINDOW_TAG = "newscat.live_window"  # on the challenger's version: the trac
 LIVE_ROWS_TAG = "newscat.live_rows"
 RESTORE_DATA = "retrain from a version trained on the data as it is now (retrain reads only the version's own data)"
 HEAD_WORDS = 8  # texts that agree on their first this many normalized words are near-duplicates
-# The recipe a challenger copies from the champion beside its search-space params: the LoggedModel's params (what
-# produced its weights: `training.step.model_params`), then its study run's flat config for what the model's params
-# do not record. Section and key of the config, the name on the LoggedModel ("": only in the study's config).
-RECIPE = (
-    ("model", "max_length", "max_length"),
-    ("model", "lexical", ""),
-    ("model", "serving_paths", ""),
-    ("train", "precision", "precision"),
-    ("train", "freeze_embeddings", "freeze_embeddings"),
-    ("train", "frozen_layers", "frozen_layers"),
-    ("train", "dropout", "dropout"),
-    ("train", "pooling", "pooling"),
-    ("train", "layer_lr_decay", "layer_lr_decay"),
-    ("train", "max_epochs", ""),
-    ("train", "eval_batch_size", ""),
-    ("train", "evals_per_epoch", ""),
-    ("train", "metric", ""),
-    ("train", "refit", ""),
-    ("train", "refit_samples", ""),
-    ("train", "average_weights", ""),
-)
 
 
 class RetrainError(NewscatError):
@@ -322,18 +302,6 @@ def study_params(run_id: str) -> dict[str, str]:
         return {}
 
 
-def champion_recipe(model_params: Mapping[str, str], run_params: Mapping[str, str]) -> dict[str, dict[str, Any]]:
-    """`RECIPE`'s settings as the champion recorded them, by config section: the LoggedModel's param first (what
-    made the weights), else the study run's `section.key`; a setting recorded nowhere is left to the config."""
-    recipe: dict[str, dict[str, Any]] = {"model": {}, "train": {}}
-    for section, key, on_model in RECIPE:
-        value = model_params.get(on_model) if on_model else None
-        value = value if value is not None else run_params.get(f"{section}.{key}")
-        if value is not None:
-            recipe[section][key] = value if key == "serving_paths" else _value(value)
-    return recipe
-
-
 def retrain_config(
     cfg: Config,
     source: Path,
@@ -345,7 +313,7 @@ def retrain_config(
     """The tune config of the retrain: the data folder, the served model's base model and recipe (`champion_recipe`),
     a study of its own whose first trial is the served model's params, registered under the same name, never
     promoted by the job itself."""
-    first = {k: _number(v) for k, v in params.items() if k in DEFAULT_SPACE}
+    first = {k: logged_value(v) for k, v in params.items() if k in DEFAULT_SPACE}
     space = dict(cfg.tune.search_space or {})
     space["enqueue"] = [first, *space.get("enqueue", ())]
     recipe = recipe or {}
@@ -366,21 +334,6 @@ def retrain_config(
         promote=replace(cfg.promote, mode="none"),  # gated below, on the recent traffic and the test split
         registered_model=name,
     )
-
-
-def _number(value: str) -> int | float | str:
-    for kind in (int, float):
-        try:
-            return kind(value)
-        except ValueError:
-            continue
-    return value
-
-
-def _value(value: str) -> int | float | bool | str | None:
-    """A param as logged (the str of a bool, of None, of a number, or a word) back to the config's value."""
-    words: dict[str, bool | None] = {"True": True, "False": False, "None": None}
-    return words[value] if value in words else _number(value)
 
 
 def live_card_section(live: LiveRows, target: str, served_version: str) -> str:

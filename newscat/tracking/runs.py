@@ -16,8 +16,7 @@ from newscat.config import Config
 from newscat.locks import beside_sqlite
 from newscat.names import ROLE_TAG, STUDY_TAG, TRIAL_TAG, Role
 from newscat.processes import Worker
-from newscat.redaction import redact_url
-from newscat.serving.precision import use_bf16
+from newscat.redaction import redact_url, redact_values
 from newscat.tracking.limits import PARAM_VALUE_LIMIT, TAG_VALUE_LIMIT
 from newscat.tracking.store import RESUME, is_missing, raise_failure
 
@@ -212,27 +211,9 @@ def log_metrics(metrics: Mapping[str, float], *, step: int | None = None, prefix
     mlflow.log_metrics({f"{prefix}{k}": float(v) for k, v in metrics.items()}, step=step)
 
 
-def log_trial_params(number: int, params: Mapping[str, Any], cfg: Config, **extra: Any) -> None:
-    """Sampled and fixed parameters of one trial (or refit), flat and short."""
-    mlflow.log_params(
-        {
-            **params,
-            **extra,
-            "trial_number": number,
-            "model": redact_url(cfg.model.name),  # a URL's password is never stored
-            "max_length": cfg.model.max_length,
-            "precision": cfg.train.precision,
-            "bf16": use_bf16(cfg.train.precision),
-            "freeze_embeddings": cfg.train.freeze_embeddings,
-            "frozen_layers": cfg.train.frozen_layers,
-            "dropout": cfg.train.dropout,
-            "pooling": cfg.train.pooling,
-            "layer_lr_decay": cfg.train.layer_lr_decay,
-            "evals_per_epoch": cfg.train.evals_per_epoch,
-            "metric": cfg.train.metric,
-            "seed": cfg.seed + number,
-        }
-    )
+def log_trial_params(params: Mapping[str, Any]) -> None:
+    """A trial's or refit's params (its recipe, `newscat.training.recipe`), each value without a URL's password."""
+    mlflow.log_params(redact_values({key: str(value) for key, value in params.items()}))
 
 
 def start_evaluation_run(model_uri: str, experiment: str = "newscat-evaluations") -> mlflow.ActiveRun:

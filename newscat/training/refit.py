@@ -12,8 +12,10 @@ from typing import TYPE_CHECKING
 import optuna
 
 from newscat.data.tokenize import tokenize_rows
+from newscat.names import Role
 from newscat.tracking.runs import log_trial_params, run_finished, start_refit_run
 from newscat.training.budget import Budget
+from newscat.training.recipe import Recipe
 from newscat.training.search_space import trial_params
 from newscat.training.step import log_step, train_step
 from newscat.training.trainer import TrialParams
@@ -106,8 +108,9 @@ def _train_refit(
     cfg = inputs.cfg
     log.info("refit: trial %d's params on %d rows for %s epochs", number, len(rows), params.epochs)
     refit_dir = Path(cfg.train.work_dir) / cfg.tune.study_name / "refit"
+    recipe = Recipe.of(cfg, params, number=number, rows=len(rows))
     with start_refit_run(number, cfg.tune.study_name) as run:
-        log_trial_params(number, dataclasses.asdict(params), cfg, train_rows=len(rows))
+        log_trial_params(recipe.run_params(cfg, number))
         try:
             result = train_step(
                 inputs,
@@ -119,7 +122,7 @@ def _train_refit(
                 deadline=budget.training_deadline(len(inputs.data.test)),
                 average=cfg.train.average_weights,
             )
-            model_id = log_step(inputs, result, role="refit", number=number, params=params, rows=len(rows))
+            model_id = log_step(inputs, result, role=Role.REFIT, number=number, recipe=recipe)
         finally:
             shutil.rmtree(refit_dir, ignore_errors=True)
     value = result.best_metrics.get(cfg.train.metric)

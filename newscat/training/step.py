@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from newscat.config import eval_index
-from newscat.names import ROLE_TAG, STUDY_TAG, TRIAL_TAG
+from newscat.names import ROLE_TAG, STUDY_TAG, TRIAL_TAG, Role
 from newscat.tracking.callback import EpochMetricsCallback
 from newscat.tracking.models import log_checkpoint_model, log_model_metrics
 from newscat.tracking.runs import log_metrics, set_tags
+from newscat.training.recipe import Recipe
 from newscat.training.trainer import TrainResult, TrialParams, train_classifier
 
 if TYPE_CHECKING:
@@ -53,9 +53,7 @@ def train_step(
     )
 
 
-def log_step(
-    inputs: StudyInputs, result: TrainResult, *, role: str, number: int, params: TrialParams, rows: int
-) -> str:
+def log_step(inputs: StudyInputs, result: TrainResult, *, role: Role, number: int, recipe: Recipe) -> str:
     """Log a finished step in the active run: its best evaluation's metrics, and its best checkpoint as a
     LoggedModel (`trial-N` / `refit-trial-N`) with the params that produced it and its validation metrics linked
     to the validation set. Returns the model id."""
@@ -68,12 +66,12 @@ def log_step(
         log_metrics(result.averaged_metrics, prefix="averaged_")
         set_tags({"newscat.weights_averaged": "kept" if result.averaged_kept else "not kept: the best evaluation won"})
     step = eval_index(result.best_epoch or 0, cfg.train.evals_per_epoch)
-    name = f"trial-{number}" if role == "trial" else f"refit-trial-{number}"
+    name = f"trial-{number}" if role == Role.TRIAL else f"refit-trial-{number}"
     model_id = log_checkpoint_model(
         result.best_checkpoint,
         name=name,
         step=step,
-        params=model_params(inputs, params, number=number, rows=rows),
+        params=recipe.model_params(),
         tags={STUDY_TAG: cfg.tune.study_name, TRIAL_TAG: str(number), ROLE_TAG: role},
         max_length=cfg.model.max_length,
         base_model=cfg.model.name,
@@ -82,21 +80,3 @@ def log_step(
     log_model_metrics(model_id, evals, inputs.records["validation"], step=step)
     set_tags({"newscat.model_id": model_id})
     return model_id
-
-
-def model_params(inputs: StudyInputs, params: TrialParams, *, number: int, rows: int) -> dict[str, Any]:
-    """Exactly what produced a model's weights: the sampled params, base model, text length, rows, seed."""
-    cfg = inputs.cfg
-    return {
-        **dataclasses.asdict(params),
-        "base_model": cfg.model.name,
-        "max_length": cfg.model.max_length,
-        "train_rows": rows,
-        "seed": cfg.seed + number,
-        "precision": cfg.train.precision,
-        "freeze_embeddings": cfg.train.freeze_embeddings,
-        "frozen_layers": cfg.train.frozen_layers,
-        "dropout": cfg.train.dropout,
-        "pooling": cfg.train.pooling,
-        "layer_lr_decay": cfg.train.layer_lr_decay,
-    }

