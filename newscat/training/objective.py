@@ -17,7 +17,7 @@ from newscat.processes import Worker
 from newscat.redaction import redact_url
 from newscat.tracking.runs import end_trial_run, log_trial_params, start_trial_run
 from newscat.training.budget import Budget
-from newscat.training.recovery import WORKER_ATTR
+from newscat.training.recovery import WORKER_ATTR, retried_trial
 from newscat.training.search_space import suggest_params
 from newscat.training.step import log_step, train_step
 from newscat.training.study import PruningCallback
@@ -50,7 +50,7 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float:
         cfg = self.inputs.cfg
         trial.set_user_attr(WORKER_ATTR, Worker.current().tag())  # lets a resume tell a dead process's trial
-        retry_of = trial.study._storage.get_trial(trial._trial_id).system_attrs.get("failed_trial")
+        retry_of = retried_trial(trial)
         trial_dir = Path(cfg.train.work_dir) / cfg.tune.study_name / f"trial-{trial.number}"
         run = start_trial_run(trial.number, cfg.tune.study_name, retry_of=retry_of)
         trial.set_user_attr("mlflow_run_id", run.info.run_id)

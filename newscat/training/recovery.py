@@ -9,6 +9,7 @@ Either way the trial becomes FAIL with a reason, its MLflow run FAILED, and its 
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable
 
 import optuna
@@ -65,21 +66,37 @@ def interrupted_reason(trial: FrozenTrial) -> str:
     return f"interrupted: {describe(trial.user_attrs.get(WORKER_ATTR, ''))} stopped while the trial was running"
 
 
-def fail_dead_workers_trials(study: optuna.Study, on_interrupted: OnInterrupted) -> list[int]:
-    """Fail the RUNNING trials whose process on this host is gone; returns their numbers.
+def fail_dead_workers_trials(
+    study: optuna.Study, storage: optuna.storages.BaseStorage, on_interrupted: OnInterrupted
+) -> list[int]:
+    """Fail the RUNNING trials whose process on this host is gone; returns their numbers. `storage`: the study's
+    (`make_storage`), whose public API sets a trial's state, which a study offers only for the trial it runs.
 
     Trials of live processes, or of other hosts, are left alone (the heartbeat covers other hosts).
     """
     failed = []
+    study_id = None
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = Worker.parse(trial.user_attrs.get(WORKER_ATTR, ""))
         if worker is None or not worker.is_gone():
             continue
+        if study_id is None:
+            study_id = storage.get_study_id_from_name(study.study_name)
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
         try:
-            study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", interrupted_reason(trial))
-            study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+            storage.set_trial_user_attr(trial_id, "fail_reason", interrupted_reason(trial))
+            storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # another process got there first
-        on_interrupted(study, study._storage.get_trial(trial._trial_id))
+        on_interrupted(study, storage.get_trial(trial_id))
         failed.append(trial.number)
     return failed
+
+
+def retried_trial(trial: optuna.Trial) -> int | None:
+    """The number of the interrupted trial that `trial` runs again (`retry`), None for a first run; read with
+    Optuna's public RetryFailedTrialCallback.retried_trial_number, from the trial as the study stores it."""
+    frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
+    with warnings.catch_warnings():  # marked experimental since Optuna 2.8, like the heartbeat it serves
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RetryFailedTrialCallback.retried_trial_number(frozen)

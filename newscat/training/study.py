@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import logging
 import warnings
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -21,13 +22,15 @@ from newscat.training.recovery import OnInterrupted, fail_dead_workers_trials
 log = logging.getLogger("newscat")
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+# The storage each study was opened with (`storage_of`), for as long as the study lives.
+_STORAGES: weakref.WeakKeyDictionary[optuna.Study, optuna.storages.RDBStorage] = weakref.WeakKeyDictionary()
 
 
-def make_storage(cfg: TuneConfig, on_interrupted: OnInterrupted | None = None) -> optuna.storages.BaseStorage | str:
-    """An RDB storage with heartbeats (and a patient sqlite connection for concurrent processes); other URLs as is."""
-    if not cfg.storage.startswith(("sqlite:", "postgresql", "mysql")):
-        return cfg.storage
-    heartbeat = cfg.heartbeat_interval or None
+def make_storage(cfg: TuneConfig, on_interrupted: OnInterrupted | None = None) -> optuna.storages.RDBStorage:
+    """The study's RDB storage; for sqlite, PostgreSQL and MySQL with heartbeats (and a patient sqlite connection for
+    concurrent processes). Keep it and pass it on: Optuna keeps the storage of a study private."""
+    known = cfg.storage.startswith(("sqlite:", "postgresql", "mysql"))
+    heartbeat = (cfg.heartbeat_interval or None) if known else None
     try:
         with warnings.catch_warnings():  # heartbeats are marked experimental since Optuna 2.8; newscat relies on them
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -74,10 +77,19 @@ def open_study(
         pruner=make_pruner(cfg, max_evals, n_validation),
         load_if_exists=True,
     )
+    _STORAGES[study] = storage
     if resumed and on_interrupted is not None:
-        fail_dead_workers_trials(study, on_interrupted)
+        fail_dead_workers_trials(study, storage, on_interrupted)
         optuna.storages.fail_stale_trials(study)  # other hosts' silent workers (heartbeat); no-op without one
     return study
+
+
+def storage_of(study: optuna.Study) -> optuna.storages.RDBStorage:
+    """The storage `open_study` opened `study` with (Optuna has no public way to ask a study for its storage)."""
+    try:
+        return _STORAGES[study]
+    except KeyError:
+        raise ValueError(f"study {study.study_name!r} was not opened by open_study: its storage is unknown") from None
 
 
 @contextlib.contextmanager
@@ -85,8 +97,8 @@ def study_lock(study: optuna.Study) -> Iterator[None]:
     """Serializes the few study-wide decisions workers must agree on (which MLflow run is the study's parent, who
     registers the model), through the study's own database: a PostgreSQL advisory lock, MySQL's GET_LOCK, or a
     file lock beside a sqlite file."""
-    storage = study._storage
-    url = getattr(storage, "url", "")
+    storage = storage_of(study)
+    url = storage.url
     key = int.from_bytes(hashlib.sha256(f"newscat:{study.study_name}".encode()).digest()[:8], "big", signed=True)
     if url.startswith("postgresql"):
         with database_lock(storage.engine, "SELECT pg_advisory_lock(:key)", "SELECT pg_advisory_unlock(:key)", key):
@@ -94,7 +106,7 @@ def study_lock(study: optuna.Study) -> Iterator[None]:
     elif url.startswith("mysql"):
         with database_lock(storage.engine, "SELECT GET_LOCK(:key, -1)", "SELECT RELEASE_LOCK(:key)", f"newscat:{key}"):
             yield
-    else:  # sqlite: a file lock; in-memory and journal storages serve one process
+    else:  # sqlite: a file lock (none for an in-memory database, which serves one process)
         with beside_sqlite(url):
             yield
 

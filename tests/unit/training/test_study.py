@@ -12,6 +12,8 @@ from newscat.training.study import (
     finished_count,
     make_pruner,
     open_study,
+    storage_of,
+    study_lock,
     study_summary,
 )
 
@@ -67,6 +69,16 @@ def test_study_resumes_from_storage(tmp_path) -> None:
     again = open_study(cfg, seed=0, max_evals=2)
     assert len(again.trials) == 1 and finished_count(again) == 1
     assert study_summary(again)["trials_complete"] == 1
+
+
+def test_the_lock_uses_the_storage_the_study_was_opened_with(tmp_path) -> None:
+    cfg = TuneConfig(n_trials=1, study_name="s", storage=f"sqlite:///{tmp_path}/o.db")
+    study = open_study(cfg, seed=0, max_evals=2)
+    assert storage_of(study).url == cfg.storage
+    with study_lock(study):
+        assert (tmp_path / "o.db.newscat-lock").exists()
+    with pytest.raises(ValueError, match="not opened by open_study"):
+        storage_of(optuna.create_study(study_name="elsewhere"))
 
 
 def test_bad_storage_url_is_a_config_error() -> None:
