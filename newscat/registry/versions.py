@@ -6,6 +6,7 @@ import getpass
 import json
 import logging
 import os
+import urllib.parse
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import NoReturn
@@ -13,7 +14,6 @@ from typing import NoReturn
 import mlflow
 from mlflow.entities.model_registry import ModelVersion, RegisteredModel
 from mlflow.exceptions import MlflowException
-from mlflow.store.artifact.utils.models import _parse_model_uri
 from mlflow.tracking import MlflowClient
 
 from newscat.errors import NewscatError
@@ -305,13 +305,18 @@ def version_model_id(version: ModelVersion) -> str | None:
 
 
 def _model_id_in(uri: str) -> str | None:
-    """The id in a `models:/<model_id>` URI, parsed without asking the store; None for any other URI."""
+    """The id in a `models:/<model_id>` URI (MLflow's documented URI of a LoggedModel), parsed without asking the
+    store; None for any other URI: another scheme, a registered model's `models:/name/<version, stage or latest>` or
+    `models:/name@alias`, or one that is not well formed. The same reading as MLflow's own parser of models:/ URIs."""
     if not uri.startswith("models:/"):
         return None
-    try:
-        return _parse_model_uri(uri).model_id
-    except MlflowException:  # a parse, no request: the URI is not a well-formed models:/ URI, so names no model
+    parsed = urllib.parse.urlparse(uri, allow_fragments=False)
+    if not parsed.path.startswith("/"):
         return None
+    model_id = parsed.path.lstrip("/")
+    if not model_id.strip() or "/" in model_id or "@" in model_id:
+        return None
+    return model_id
 
 
 def link_evaluation(model_uri: str, run_id: str, digest: str) -> None:

@@ -51,6 +51,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc.context import get_prediction_context
 
 from newscat.serving.coverage import COVERAGE_EVERY_S, NOT_SAMPLED, SERVED
+from newscat.serving.mlflow_internals import SCORING_SERVER_MODEL_PATH_ENV
 
 TRACING_ENV = "NEWSCAT_TRACING"  # on | off (default)
 SAMPLING_ENV = "NEWSCAT_TRACE_SAMPLING"  # share of requests traced, 0 < x <= 1 (default 1)
@@ -60,9 +61,8 @@ TEXTS_ENV = "NEWSCAT_TRACE_TEXTS"  # on: the texts themselves go into the traces
 EXPERIMENT_ENV = "NEWSCAT_TRACE_EXPERIMENT"
 # Optional: models:/name/version, models:/name@alias or models:/m-<id>; a model logged by newscat knows its own id.
 MODEL_URI_ENV = "NEWSCAT_TRACE_MODEL_URI"
-# Set by MLflow's scoring server (`mlflow models serve`, and its container) in the processes that load the model
-# (mlflow.pyfunc.scoring_server._SERVER_MODEL_PATH, read here without importing the server's web stack).
-SCORING_SERVER_ENV = "__pyfunc_model_path__"
+# Set by MLflow's scoring server (`mlflow models serve`, and its container) in the processes that load the model.
+SCORING_SERVER_ENV = SCORING_SERVER_MODEL_PATH_ENV
 BACKLOG_ENV = "NEWSCAT_TRACE_BACKLOG"  # requests waiting to be written, at most (default 10000)
 DEFAULT_EXPERIMENT = "newscat-serving"  # where no served model is named (no NEWSCAT_TRACE_MODEL_URI)
 DEFAULT_BACKLOG = 10_000  # about 1 KB each with digests only: 10 MB of memory while the store lags

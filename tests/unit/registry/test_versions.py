@@ -84,3 +84,27 @@ def test_audit_finds_alias_moves_newscat_did_not_make(client: MlflowClient) -> N
         ("staging", "1", None),
     ]
     assert "champion -> version 3: moved outside newscat (newscat last pointed it at version 2)" in report.text()
+
+
+@pytest.mark.parametrize(
+    ("source", "model_id"),
+    [
+        ("models:/m-0123abc", "m-0123abc"),  # a LoggedModel's URI
+        ("models:///m-0123abc", "m-0123abc"),
+        ("models:/m-0123abc?x=1", "m-0123abc"),
+        ("models:/m/1", None),  # a registered version's
+        ("models:/m@champion", None),  # an alias's
+        ("models:/m/Production", None),  # a stage's
+        ("models:/m/latest", None),
+        ("models:/m-0123abc/", None),  # not well formed
+        ("models:/", None),
+        ("models:/a/b/c", None),
+        ("Models:/m-0123abc", None),
+        ("runs:/0123abc/model", None),  # other schemes
+        ("/tmp/model", None),
+        ("", None),
+    ],
+)
+def test_a_version_names_its_logged_model_only_by_a_models_id_uri(source: str, model_id: str | None) -> None:
+    version = mlflow.entities.model_registry.ModelVersion("m", "1", 0, source=source)
+    assert registry.version_model_id(version) == model_id
