@@ -56,8 +56,8 @@ def serving_copy(pyfunc_dir: Path, data_dir: Path, target: Path) -> tuple[Path, 
     from newscat.data.load import load_news
     from newscat.export.gate import AGREEMENT_TEXTS, GateTexts
     from newscat.export.package import gate_serving_paths
+    from newscat.export.pyfunc import save_pyfunc
     from newscat.serving.backends import ONNX_DIR
-    from newscat.tracking.models import save_pyfunc
 
     classifier = pyfunc_dir / "artifacts" / "classifier"
     if (classifier / ONNX_DIR).is_dir():
@@ -337,7 +337,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="newscat-serving-"))
     downloaded = Path(mlflow.artifacts.download_artifacts(args.model_uri, dst_path=str(work / "pyfunc")))
     if args.current_code:
-        from newscat.serving.artifacts import shipped_code
+        from newscat.export.pyfunc import shipped_code
 
         shutil.rmtree(downloaded / "code" / "newscat")
         shipped_code(downloaded / "code")

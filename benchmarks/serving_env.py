@@ -22,7 +22,7 @@ from pathlib import Path
 
 from provenance import provenance
 
-# What `newscat.serving.artifacts.pip_requirements()` wrote into every model before the ONNX backend.
+# What `pip_requirements()` (now `newscat.export.pyfunc`) wrote into every model before the ONNX backend.
 BEFORE = [f"mlflow=={version('mlflow')}", "torch==2.13.0"] + [
     f"{name}=={version(name).split('+')[0]}"
     for name in ("transformers", "tokenizers", "safetensors", "pandas", "numpy")
@@ -72,14 +72,14 @@ def main() -> None:
         found = mlflow.artifacts.download_artifacts(f"{args.model_uri}/requirements.txt", dst_path=str(work))
         model = [line for line in Path(found).read_text().splitlines() if line.strip()]
     else:
-        from newscat.serving.artifacts import pip_requirements
+        from newscat.export.pyfunc import pip_requirements
 
         model = pip_requirements("onnx")
     results = {"before": build(BEFORE, work / "before"), "model": build(model, work / "model")}
     report = {
         "benchmark": "serving_env",
         **provenance(),
-        "model_uri": args.model_uri or "newscat.serving.artifacts.pip_requirements('onnx')",
+        "model_uri": args.model_uri or "newscat.export.pyfunc.pip_requirements('onnx')",
         "environments": results,
         "size_ratio_model_over_before": round(results["model"]["size_mb"] / results["before"]["size_mb"], 3),
     }

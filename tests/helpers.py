@@ -265,7 +265,7 @@ def fresh_classifier(target: Path, *, num_labels: int = 4, max_length: int = 64,
 
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from newscat.serving.artifacts import export_classifier
+    from newscat.export.pyfunc import export_classifier
     from newscat.serving.pooling import apply_pooling
     from newscat.training.model import resolve_model_path
 

@@ -1,4 +1,5 @@
-"""The files a served model is made of: weights, tokenizer and settings, their SHA-256, its requirements and code.
+"""The files a served model is made of: weights, tokenizer and settings, their SHA-256 checked at load, and which of
+newscat's code ships inside it (`SHIPPED_CODE`). The export that writes them is `newscat.export.pyfunc`.
 
 No pickles: safetensors weights, a tokenizer.json and a JSON settings file; the digests recorded at export (weights,
 config.json with its labels and pooling, every tokenizer file, and later the graphs and the companion) are checked at
@@ -13,13 +14,10 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
 from mlflow.exceptions import MlflowException
-
-from newscat.serving.inputs import MAX_BATCH
 
 log = logging.getLogger("newscat")
 
@@ -28,10 +26,10 @@ SETTINGS_DIGEST_FILE = "newscat.sha256"  # the SHA-256 of newscat.json, which ca
 # The explicit switch that loads a model whose digests are missing (never one whose digests differ).
 ALLOW_UNVERIFIED_ENV = "NEWSCAT_ALLOW_UNVERIFIED"
 WEIGHTS_FILE = "model.safetensors"
-# Files of a Trainer checkpoint that make up the served model; pickles (training_args.bin) are left out.
 # The code a logged model ships (`code_paths`), relative to the package: the served model and the text functions it
 # shares with training. Nothing else of newscat (CLI, Optuna, Spark, training, tracking) goes inside a model.
 SHIPPED_CODE = ("__init__.py", "names.py", "data/__init__.py", "data/text.py", "serving")
+# Files of a Trainer checkpoint that make up the served model; pickles (training_args.bin) are left out.
 MODEL_FILES = (
     "model.safetensors",
     "config.json",
@@ -40,28 +38,6 @@ MODEL_FILES = (
     "special_tokens_map.json",
     "vocab.txt",
 )
-
-
-def export_classifier(checkpoint: Path, target: Path, *, max_length: int, base_model: str) -> Path:
-    """Copy a checkpoint's weights and tokenizer into a clean model directory (no pickles)."""
-    target.mkdir(parents=True, exist_ok=True)
-    for name in MODEL_FILES:
-        if (checkpoint / name).is_file():
-            shutil.copy2(checkpoint / name, target / name)
-    if not (target / "model.safetensors").is_file():
-        raise FileNotFoundError(f"{checkpoint}: no model.safetensors to serve")
-    # Every shipped file, not only the weights: config.json holds the label names and the pooling, and the
-    # tokenizer files decide which ids a text becomes; an edit of any of them changes the answers.
-    shipped = [name for name in MODEL_FILES if (target / name).is_file()]
-    settings = {
-        "max_length": max_length,
-        "base_model": base_model,
-        "max_batch": MAX_BATCH,
-        "weights_sha256": file_sha256(target / WEIGHTS_FILE),
-        "files_sha256": {name: file_sha256(target / name) for name in shipped},  # checked at every load
-    }
-    write_settings(target, settings)
-    return target
 
 
 def write_settings(model_dir: Path, settings: dict) -> None:
@@ -83,7 +59,8 @@ def update_settings(model_dir: Path, **entries: object) -> None:
 
 
 def logged_weights_sha256(model_dir: Path) -> str:
-    """The SHA-256 of `model.safetensors` that `export_classifier` recorded in the model's settings."""
+    """The SHA-256 of `model.safetensors` recorded in the model's settings at export
+    (`newscat.export.pyfunc.export_classifier`)."""
     return json.loads((model_dir / SETTINGS_FILE).read_text(encoding="utf-8"))["weights_sha256"]
 
 
@@ -155,42 +132,3 @@ def record_files(model_dir: Path, relatives: list[str]) -> None:
     known = settings.get("files_sha256") or {WEIGHTS_FILE: settings["weights_sha256"]}  # older models: weights only
     settings["files_sha256"] = {**known, **{r: file_sha256(model_dir / r) for r in relatives}}
     write_settings(model_dir, settings)
-
-
-# The CPU build of torch: PyPI's torch for Linux is the CUDA build (several GB of CUDA libraries).
-TORCH_CPU_INDEX = "--extra-index-url https://download.pytorch.org/whl/cpu"
-# uvloop and httptools: uvicorn uses them when installed (a faster event loop and HTTP parser).
-SERVER_PACKAGES = ("uvloop", "httptools")
-
-
-def pip_requirements(backend: str = "torch") -> list[str]:
-    """Pinned requirements of the serving environment.
-
-    onnx: no torch and no transformers (tokenizers reads tokenizer.json; ONNX Runtime runs the graph), and
-    mlflow-skinny (the scoring server without the tracking server's UI and database packages). torch: the CPU build
-    of torch from PyTorch's index, and transformers to build the model.
-    """
-    from importlib.metadata import version
-
-    def pin(name: str) -> str:
-        return f"{name}=={version(name).split('+')[0]}"  # "2.13.0+cpu" -> "2.13.0"
-
-    common = [f"mlflow-skinny=={version('mlflow')}", *map(pin, ("tokenizers", "numpy", "pandas", *SERVER_PACKAGES))]
-    if backend == "onnx":
-        return [*common, pin("onnxruntime")]
-    torch = version("torch").split("+")[0]
-    return [*common, TORCH_CPU_INDEX, f"torch=={torch}+cpu", pin("transformers"), pin("safetensors")]
-
-
-def shipped_code(target: Path) -> Path:
-    """Copy the code a logged model needs into `target/newscat` (a package tree of just those files)."""
-    package = Path(__file__).resolve().parents[1]
-    root = target / "newscat"
-    for relative in SHIPPED_CODE:
-        source, destination = package / relative, root / relative
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        if source.is_dir():
-            shutil.copytree(source, destination, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        else:
-            shutil.copy2(source, destination)
-    return root

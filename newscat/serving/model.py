@@ -20,7 +20,6 @@ from typing import Any
 import mlflow
 import numpy as np
 import pandas as pd
-from mlflow.types.schema import ColSpec, DataType, Map, Schema
 
 from newscat.serving.artifacts import SETTINGS_FILE, verify_files
 from newscat.serving.backends import Engine, load_engine
@@ -50,21 +49,6 @@ _RECORDED_PATH: contextvars.ContextVar[bool] = contextvars.ContextVar("newscat_r
 # concurrent requests): 352 texts/s at 512 tokens, 312 at 2,048, 193 with fixed batches of 64 texts; titles alone
 # run 64 to a batch.
 TOKENS_PER_BATCH = 512
-
-# No input schema on purpose: MLflow casts inputs to the schema's types before the model sees them (1, true and
-# null would become "1", "True" and "None" and get a 200). The model validates raw input itself (`texts_from`) and
-# answers every malformed request with a 400 that says what to send.
-SIGNATURE = mlflow.models.ModelSignature(
-    inputs=None,
-    outputs=Schema(
-        [
-            ColSpec(DataType.string, "label"),
-            ColSpec(DataType.double, "score"),
-            ColSpec(Map(DataType.double), "probabilities"),
-            ColSpec(DataType.boolean, "truncated"),
-        ]
-    ),
-)
 
 
 @dataclass(frozen=True)

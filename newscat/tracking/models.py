@@ -2,7 +2,8 @@
 metrics linked to the dataset they were computed on, and the model card as its description.
 
 Models are built with MLflow 3's LoggedModel calls (initialize, upload, finalize) rather than `pyfunc.log_model`,
-which would copy the run's params and step metrics onto the model unlinked to any dataset.
+which would copy the run's params and step metrics onto the model unlinked to any dataset. The model's files are
+packaged by `newscat.export.pyfunc` (a clean classifier folder, saved as a pyfunc); this module logs them.
 """
 
 from __future__ import annotations
@@ -18,21 +19,14 @@ import pandas as pd
 from mlflow.entities import Dataset as DatasetEntity
 from mlflow.entities import LoggedModelOutput, LoggedModelStatus
 from mlflow.exceptions import MlflowException
-from mlflow.models import Model
 from mlflow.tracking import MlflowClient
 
+from newscat.export.pyfunc import export_classifier, save_pyfunc
 from newscat.export.reference import REFERENCE_DIR, REFERENCE_FILE
 from newscat.names import ROLE_TAG, Role
 from newscat.redaction import redact_values
-from newscat.serving.artifacts import (
-    export_classifier,
-    logged_weights_sha256,
-    pip_requirements,
-    shipped_code,
-    update_settings,
-)
-from newscat.serving.inputs import TEXT_COLUMN
-from newscat.serving.model import LOGGED_MODEL_KEY, SIGNATURE, recorded_path_loads
+from newscat.serving.artifacts import logged_weights_sha256
+from newscat.serving.model import recorded_path_loads
 
 log = logging.getLogger("newscat")
 MODEL_TYPE = "news-topic-classifier"
@@ -41,33 +35,6 @@ STUDY_RUN_TAG = "newscat.study_run_id"  # the study's parent run
 SOURCE_MODEL_TAG = "newscat.source_model_id"  # on a release: the trial's or refit's LoggedModel with its weights
 REFERENCE_TAG = "newscat.monitoring_reference"  # how many texts the training reference holds, and which
 DESCRIPTION_TAG = "mlflow.note.content"  # what the MLflow UI shows as a model's description
-EXAMPLE = pd.DataFrame({TEXT_COLUMN: ["Stocks rally as oil prices fall", "Striker scores twice in cup final win"]})
-
-
-def save_pyfunc(model_dir: Path, target: Path, backend: str = "torch", model_id: str | None = None) -> Path:
-    """Save a classifier folder as a pyfunc model at `target`: models-from-code, only the serving code inside, and
-    the requirements of the backend it serves with by default; with `model_id`, the LoggedModel it is logged as is
-    written into the copy's settings (checked at load like the rest), so that a served model knows which it is."""
-    with tempfile.TemporaryDirectory(prefix="newscat-code-") as tmp:
-        code = shipped_code(Path(tmp))
-        mlflow.pyfunc.save_model(
-            path=str(target),
-            python_model=str(code / "serving" / "entry.py"),  # nothing pickled
-            artifacts={"classifier": str(model_dir)},
-            code_paths=[str(code)],
-            signature=SIGNATURE,
-            input_example=EXAMPLE,
-            pip_requirements=pip_requirements(backend),
-        )
-    if model_id:
-        update_settings(classifier_copy(target), **{LOGGED_MODEL_KEY: model_id})
-    return target
-
-
-def classifier_copy(pyfunc_dir: Path) -> Path:
-    """The classifier folder inside a saved pyfunc model (where MLflow copied the `classifier` artifact)."""
-    conf = Model.load(str(pyfunc_dir / "MLmodel")).flavors["python_function"]
-    return pyfunc_dir / conf["artifacts"]["classifier"]["path"]
 
 
 def log_checkpoint_model(

@@ -85,8 +85,8 @@ def test_the_served_model_mixes_the_lexical_companion_into_every_path(
     import pandas as pd
 
     from newscat.export.package import add_lexical, path_probabilities
+    from newscat.export.pyfunc import save_pyfunc
     from newscat.serving.lexical import prepare_texts
-    from newscat.tracking.models import save_pyfunc
     from newscat.training.lexical import fit_lexical
 
     news = make_news(12, seed=5)
@@ -144,7 +144,7 @@ def test_the_build_answers_as_the_served_model_on_its_recorded_default(
     import mlflow
     import pandas as pd
 
-    from newscat.tracking.models import save_pyfunc
+    from newscat.export.pyfunc import save_pyfunc
 
     news = make_news(8, seed=7)
     texts, labels = [f"{title} {text}" for _, title, text in news], np.array([label - 1 for label, _, _ in news])

@@ -13,13 +13,12 @@ import pandas as pd
 import pytest
 from transformers import PreTrainedTokenizerBase
 
+from newscat.export.pyfunc import export_classifier, save_pyfunc
 from newscat.serving.artifacts import (
     ALLOW_UNVERIFIED_ENV,
-    MODEL_FILES,
     SETTINGS_DIGEST_FILE,
     SETTINGS_FILE,
     CorruptModelError,
-    export_classifier,
     file_sha256,
     read_settings,
     record_files,
@@ -33,7 +32,6 @@ LABELS = ("World", "Sports", "Business", "Sci/Tech")
 @pytest.fixture(scope="module")
 def pyfunc_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: PreTrainedTokenizerBase) -> Path:
     """A saved pyfunc model of the embedded encoder with a fresh head, as `log_classifier_model` builds it."""
-    from newscat.tracking.models import save_pyfunc
     from newscat.training.model import load_base_classifier, resolve_model_path
 
     checkpoint = tmp_path_factory.mktemp("checkpoint")
@@ -71,10 +69,10 @@ def test_every_write_of_the_settings_records_their_digest_last(tmp_path: Path) -
         verify_files(model_dir, settings)
 
 
-def test_the_logged_model_loads_and_answers(pyfunc_dir: Path) -> None:
-    answer = mlflow.pyfunc.load_model(str(pyfunc_dir)).predict(pd.DataFrame({"text": ["Lakers win the final"]}))
-    assert answer["label"][0] in LABELS
-    assert (_classifier(pyfunc_dir) / SETTINGS_DIGEST_FILE).is_file()  # the digest travels with the model
+def test_the_settings_digest_travels_with_the_model(pyfunc_dir: Path) -> None:
+    classifier = _classifier(pyfunc_dir)
+    assert (classifier / SETTINGS_DIGEST_FILE).is_file()
+    verify_files(classifier, read_settings(classifier), environ={})  # intact, after a later change of the settings
 
 
 def test_settings_edited_after_logging_fail_at_load(pyfunc_dir: Path, tmp_path: Path) -> None:
@@ -88,13 +86,6 @@ def test_settings_edited_after_logging_fail_at_load(pyfunc_dir: Path, tmp_path: 
     )
     with pytest.raises(CorruptModelError, match=r"settings were edited after it was logged.*re-log the model"):
         mlflow.pyfunc.load_model(str(copy))
-
-
-def test_config_and_tokenizer_files_are_in_the_checked_digests(pyfunc_dir: Path) -> None:
-    classifier = _classifier(pyfunc_dir)
-    shipped = {name for name in MODEL_FILES if (classifier / name).is_file()}
-    assert {"config.json", "tokenizer.json", "tokenizer_config.json"} <= shipped  # what this tokenizer saves
-    assert set(read_settings(classifier)["files_sha256"]) == shipped
 
 
 def test_swapped_labels_in_config_json_fail_at_load(pyfunc_dir: Path, tmp_path: Path) -> None:

@@ -13,12 +13,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from newscat.export.pyfunc import classifier_copy
 from newscat.serving import tracing
 from newscat.serving.artifacts import SETTINGS_FILE, CorruptModelError, verify_files
 from newscat.serving.model import LOGGED_MODEL_KEY
 from newscat.serving.trace_writer import served_model
 from newscat.serving.tracing import MODEL_ID_METADATA, REGISTERED_MODEL_TAG, REGISTERED_VERSION_TAG
-from newscat.tracking.models import classifier_copy, download_model, load_model, load_recorded, scored_path
+from newscat.tracking.models import download_model, load_model, load_recorded, scored_path
 
 TEXTS = ["Striker scores twice as Arsenal win the cup", "Oil prices fall as stocks rally"]
 OVERRIDES = ("NEWSCAT_BACKEND", "NEWSCAT_PRECISION", "NEWSCAT_DEVICE")

@@ -13,7 +13,8 @@ from scipy.sparse import hstack
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
-from newscat.serving.artifacts import CorruptModelError, export_classifier, record_files, verify_files
+from newscat.export.pyfunc import export_classifier
+from newscat.serving.artifacts import CorruptModelError, record_files, verify_files
 from newscat.serving.lexical import VOCABULARY_FILE, WEIGHTS_FILE, LexicalModel, prepare_texts
 from newscat.training.lexical import CHAR_NGRAMS, WORD_NGRAMS, C, choose_weight, fit_lexical
 

