@@ -84,7 +84,7 @@ class LexicalModel:
     """Feature blocks and a multinomial linear classifier over their concatenation.
 
     Any number of classes from 2: one coefficient row and one intercept per class, softmax over them (a binary
-    logistic regression is stored as the equivalent two rows, see `newscat.training.lexical.softmax_form`).
+    logistic regression is stored as the equivalent two rows, see `newscat.release.companion.softmax_form`).
     """
 
     blocks: tuple[Block, ...]

@@ -13,6 +13,7 @@ from newscat.config import Config
 from newscat.errors import NewscatError
 from newscat.names import TRIAL_TAG
 from newscat.registry.promotion import AlreadyHeld, earlier_gate, promote_with_gate
+from newscat.release import Release, ReleaseContext, Weights, release_best, resume_release
 from newscat.tracking.datasets import log_study_setup
 from newscat.tracking.interrupted import end_dead_workers_runs, end_interrupted_run
 from newscat.tracking.models import best_model
@@ -34,9 +35,9 @@ from newscat.training import study as studies
 from newscat.training.budget import Budget, scoring_speed
 from newscat.training.inputs import StudyInputs, prepare
 from newscat.training.objective import make_objective
+from newscat.training.recipe import logged_recipe
 from newscat.training.recovery import OnInterrupted
-from newscat.training.refit import refit_best
-from newscat.training.release import Release, release_best, resume_release
+from newscat.training.refit import FinalWeights, refit_best
 
 if TYPE_CHECKING:
     pass
@@ -91,12 +92,33 @@ def tune_and_register(cfg: Config) -> TuneOutcome:
             best = _best_trial(study, parent_run_id, inputs.cfg.train.metric)
             log_study_summary(studies.study_summary(study), best)
             log_study_report(study)
-            release = resume_release(inputs, best)  # registered by an earlier process: finish it, do not refit
+            # Registered by an earlier process: finish it, do not refit.
+            release = resume_release(
+                registered_model=inputs.cfg.registered_model, trial_run_id=best.user_attrs["mlflow_run_id"]
+            )
             if release is None:
                 final = refit_best(inputs, study, best, budget)
-                release = release_best(inputs, study, best, final, parent_run_id)
+                release = release_best(_release_context(inputs, study, best, final, parent_run_id))
     _auto_promote(cfg, release)  # after the study's run has ended: the decision gets a run of its own
     return _outcome(parent_run_id, best, release)
+
+
+def _release_context(
+    inputs: StudyInputs, study: optuna.Study, best: optuna.trial.FrozenTrial, final: FinalWeights, parent_run_id: str
+) -> ReleaseContext:
+    """What the release reads, as plain values: no Optuna object and nothing of training's crosses into it."""
+    return ReleaseContext(
+        cfg=inputs.cfg,
+        data=inputs.data,
+        records=inputs.records,
+        digests=inputs.digests,
+        study_name=study.study_name,
+        trial=best.number,
+        trial_run_id=best.user_attrs["mlflow_run_id"],
+        final=Weights(final.model_id, final.run_id, final.rows),
+        parent_run_id=parent_run_id,
+        recipe=logged_recipe(final.model_id),  # the final model's own params: a cut refit ran fewer epochs
+    )
 
 
 def _measure_scoring(inputs: StudyInputs, budget: Budget) -> None:

@@ -86,8 +86,8 @@ def test_the_served_model_mixes_the_lexical_companion_into_every_path(
 
     from newscat.export.package import add_lexical, path_probabilities
     from newscat.export.pyfunc import save_pyfunc
+    from newscat.release.companion import fit_lexical
     from newscat.serving.lexical import prepare_texts
-    from newscat.training.lexical import fit_lexical
 
     news = make_news(12, seed=5)
     texts, labels = [f"{title} {text}" for _, title, text in news], np.array([label - 1 for label, _, _ in news])

@@ -1,5 +1,5 @@
 """Registration is resumable: a process killed (SIGKILL) right after each step of `register_version` leaves a
-version that the main job's resume (`release.resume_release`) completes, and never a second one."""
+version that the main job's resume (`newscat.release.resume_release`) completes, and never a second one."""
 
 from __future__ import annotations
 
@@ -10,16 +10,13 @@ import sys
 from pathlib import Path
 
 import mlflow
-import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from newscat.config import Config
 from newscat.registry import versions
 from newscat.registry.tags import VersionTags
+from newscat.release import resume_release
 from newscat.tracking.models import log_model_card
-from newscat.training.inputs import StudyInputs
-from newscat.training.release import resume_release
 from tests.helpers import tool_env
 
 CARD = "# newscat m\nAccuracy 0.9 on the test split"
@@ -75,11 +72,7 @@ def test_a_kill_after_any_registration_step_is_completed_by_the_resume(
         assert (left.description or "") == ("" if step == "registered" else CARD)
         assert ("challenger" in left.aliases) == (step == "pointed")
 
-    best = optuna.trial.create_trial(
-        state=optuna.trial.TrialState.COMPLETE, value=0.9, user_attrs={"mlflow_run_id": trial_run_id}
-    )
-    inputs = StudyInputs(Config(registered_model="m"), None, None, None, None, None, {})  # only cfg is read
-    release = resume_release(inputs, best)
+    release = resume_release(registered_model="m", trial_run_id=trial_run_id)
 
     (found,) = client.search_model_versions("name='m'")  # exactly one version
     version = client.get_model_version("m", found.version)  # with its aliases (a search leaves them out)
@@ -90,7 +83,8 @@ def test_a_kill_after_any_registration_step_is_completed_by_the_resume(
     assert versions.recorded_aliases(model) == {"challenger": "1"}  # `newscat audit` sees newscat's own move
     linked = json.loads(mlflow.get_logged_model(model_id).tags[versions.MODEL_VERSIONS_TAG])
     assert linked == [{"name": "m", "version": 1}]
-    again = resume_release(inputs, best)  # a second resume finds it complete and changes nothing
+    # A second resume finds it complete and changes nothing.
+    again = resume_release(registered_model="m", trial_run_id=trial_run_id)
     assert again.version.last_updated_timestamp == version.last_updated_timestamp
 
 

@@ -12,8 +12,7 @@ from scipy.sparse import hstack
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
-from newscat.serving.lexical import LexicalShapeError, mix, prepare_texts
-from newscat.training.lexical import (
+from newscat.release.companion import (
     CHAR_NGRAMS,
     WORD_NGRAMS,
     C,
@@ -22,6 +21,7 @@ from newscat.training.lexical import (
     fit_lexical,
     softmax_form,
 )
+from newscat.serving.lexical import LexicalShapeError, mix, prepare_texts
 
 WORDS = ["alpha", "bravo", "delta", "gamma", "kappa", "sigma", "omega", "theta", "zeta", "lambda"]
 

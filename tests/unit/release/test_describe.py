@@ -1,15 +1,25 @@
 """The release's metric names and its card say what they measure: the gate's agreement counts training texts too, so
-it is neither named nor linked as a validation metric; the test scores are the served mix's, and the card says so."""
+it is neither named nor linked as a validation metric; the test scores are the served mix's, and the card says so.
+The card and the tags are pure functions of the release context, and the stage's face imports lazily."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from types import SimpleNamespace
+
 import mlflow
+import numpy as np
 import pandas as pd
 
+from newscat.config import Config
+from newscat.data.load import NewsData
 from newscat.evaluation.card import CardFacts, model_card
+from newscat.evaluation.report import Predictions, report_metrics
 from newscat.export.gate import GateDecision, PathScore
+from newscat.release.context import ReleaseContext, Weights
+from newscat.release.describe import gate_metrics, version_tags, write_card
 from newscat.tracking.models import log_model_metrics
-from newscat.training.release import gate_metrics
 
 DECISION = GateDecision(
     scores=(
@@ -72,3 +82,54 @@ def test_the_card_says_the_test_scores_are_the_served_mixs() -> None:
     assert f"Scores of the served model ({served}) on the test split" in card
     assert f"The test scores above are the served\nmodel's: {served}." in card
     assert "default path's" not in card  # the old claim: the encoder's path alone
+
+
+def _context() -> ReleaseContext:
+    frame = pd.DataFrame({"text": ["Stocks rally", "Striker scores", "New chip", "Talks stall"], "label": [2, 1, 3, 0]})
+    data = NewsData(frame, frame, frame, ("World", "Sports", "Business", "Sci/Tech"), "d", "ag_news")
+    records = {"test": {"split": "test", "digest": "d3", "sha256": "abc", "rows": 4}}
+    digests = {"train": "d1", "validation": "d2", "test": "d3"}
+    final = Weights("m-final-weights", "r-refit", 4)
+    recipe = {"learning_rate": "3e-05", "epochs": "2"}
+    return ReleaseContext(Config(), data, records, digests, "s", 3, "r-trial", final, "r-study", recipe)
+
+
+def _scored(ctx: ReleaseContext) -> Predictions:
+    probabilities = np.eye(4)[[2, 1, 3, 1]] * 0.7 + 0.075
+    test = ctx.data.test
+    return Predictions(
+        texts=test["text"].tolist(),
+        labels=test["label"].to_numpy(),
+        predicted=probabilities.argmax(axis=1),
+        probabilities=probabilities,
+        label_names=ctx.data.label_names,
+        data=dict(ctx.records["test"]),
+    )
+
+
+def test_the_card_and_the_tags_are_pure_functions_of_the_context(broken: str) -> None:
+    """With the tracking store answering 500 to everything, the card and the tags are still written, the same
+    each time: they read the context, never MLflow (the recipe and the weights digest are handed in)."""
+    ctx = _context()
+    build = SimpleNamespace(
+        decision=DECISION, gated=SimpleNamespace(onnx_error=None), scorer=SimpleNamespace(lexical=None)
+    )
+    predictions = _scored(ctx)
+    metrics = report_metrics(predictions)
+    card = write_card(ctx, predictions, metrics, build)  # type: ignore[arg-type]
+    assert card == write_card(_context(), _scored(ctx), report_metrics(predictions), build)  # type: ignore[arg-type]
+    assert "3e-05" in card and "trial 3" in card.lower()
+    tags = version_tags(ctx, predictions, metrics, "sha-of-weights")
+    assert tags == version_tags(_context(), predictions, metrics, "sha-of-weights")
+    assert tags.weights_sha256 == "sha-of-weights" and tags.weights_run_id == "r-refit"
+    assert tags.trial_run_id == "r-trial" and tags.evaluations == {"d3": "r-study"}
+
+
+def test_importing_one_part_of_the_stage_imports_only_what_it_needs() -> None:
+    code = (
+        "import sys, newscat.release as r, newscat.release.describe\n"
+        "assert 'newscat.release.publish' not in sys.modules, 'describe pulled in publish'\n"
+        "assert r.resume_release.__module__ == 'newscat.release.publish'\n"
+        "assert not [m for m in sys.modules if m.startswith(('newscat.training', 'newscat.monitoring'))]\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

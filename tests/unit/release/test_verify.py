@@ -14,6 +14,7 @@ import pytest
 from mlflow.entities import LoggedModelStatus
 
 from newscat.evaluation.report import Predictions, predict_split
+from newscat.release.verify import ReleaseError, checked_release, reuse_release
 from newscat.tracking.models import (
     SOURCE_MODEL_TAG,
     STUDY_RUN_TAG,
@@ -21,7 +22,6 @@ from newscat.tracking.models import (
     log_classifier_model,
     release_models,
 )
-from newscat.training.release import ReleaseError, checked_release, reuse_release
 from tests.helpers import fresh_classifier
 
 TEXTS = ["Stocks rally as oil prices fall", "Striker scores twice in cup final win", "New chip doubles battery life"]

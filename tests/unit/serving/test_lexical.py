@@ -14,9 +14,9 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
 from newscat.export.pyfunc import export_classifier
+from newscat.release.companion import CHAR_NGRAMS, WORD_NGRAMS, C, choose_weight, fit_lexical
 from newscat.serving.artifacts import CorruptModelError, record_files, verify_files
 from newscat.serving.lexical import VOCABULARY_FILE, WEIGHTS_FILE, LexicalModel, prepare_texts
-from newscat.training.lexical import CHAR_NGRAMS, WORD_NGRAMS, C, choose_weight, fit_lexical
 
 TRAIN = [
     ("Stocks rally as oil prices fall on Wall Street", 2),
@@ -107,7 +107,7 @@ def test_the_share_is_chosen_on_validation_and_zero_when_the_companion_does_not_
 
 
 def test_companion_metrics_score_each_model_alone_per_class() -> None:
-    from newscat.training.lexical import companion_metrics
+    from newscat.release.companion import companion_metrics
 
     labels = np.array([0, 1, 1, 0])
     right = np.array([[0.9, 0.1], [0.2, 0.8], [0.4, 0.6], [0.7, 0.3]])
