@@ -213,10 +213,10 @@ def main() -> None:
     from newscat.data.load import load_news
     from newscat.data.text import join_fields
     from newscat.monitoring.drift import ALPHA, EFFECT_FLOOR, TESTS
+    from newscat.monitoring.live import read_reference
     from newscat.monitoring.monitor import resolve_version
     from newscat.registry.tags import VersionTags
     from newscat.registry.versions import version_model_id
-    from newscat.tracking.live import read_reference
     from newscat.tracking.models import load_recorded
 
     if args.tracking_uri:

@@ -25,11 +25,7 @@ from newscat.evaluation.metrics import classification_metrics, metric_key
 from newscat.export.reference import features_of_records
 from newscat.monitoring.drift import DESCRIBED, DriftResult, drift_problems, measure_drift
 from newscat.monitoring.estimate import AccuracyEstimate, ConfidenceCalibration, estimate_accuracy, estimate_problems
-from newscat.monitoring.verdict import Part, Verdict, verdict, verdict_line
-from newscat.registry.tags import VersionTags
-from newscat.registry.versions import version_by_alias, version_by_number, version_model_id
-from newscat.serving.coverage import COVERAGE_EVERY_S, Coverage
-from newscat.tracking.live import (
+from newscat.monitoring.live import (
     LiveWindow,
     experiment_name,
     log_monitoring,
@@ -39,6 +35,10 @@ from newscat.tracking.live import (
     read_reference,
     traces_experiment_id,
 )
+from newscat.monitoring.verdict import Part, Verdict, verdict, verdict_line
+from newscat.registry.tags import VersionTags
+from newscat.registry.versions import version_by_alias, version_by_number, version_model_id
+from newscat.serving.coverage import COVERAGE_EVERY_S, Coverage
 from newscat.tracking.models import REFERENCE_TAG, logged_tags
 
 Z95 = 1.959964  # the normal quantile of a two-sided 95% interval

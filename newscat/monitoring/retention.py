@@ -26,11 +26,11 @@ from mlflow.tracking import MlflowClient
 from newscat.config import ConfigError, window_seconds
 from newscat.errors import NewscatError
 from newscat.monitoring.feedback import EXPECTATION_PREFIX, TEXT_METADATA
+from newscat.monitoring.live import experiment_id_of, experiment_name, traces_experiment_id
 from newscat.monitoring.monitor import resolve_version
 from newscat.names import ROLE_TAG, Role
 from newscat.registry.versions import version_model_id
 from newscat.serving.tracing import MODEL_ID_METADATA, REGISTERED_VERSION_TAG, SPAN_NAME
-from newscat.tracking.live import experiment_id_of, experiment_name, traces_experiment_id
 
 log = logging.getLogger("newscat")
 CHUNK = 100  # traces read, kept and deleted per step

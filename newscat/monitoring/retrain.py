@@ -30,6 +30,7 @@ from newscat.config import Config, window_seconds
 from newscat.data.load import load_news, text_key
 from newscat.errors import NewscatError
 from newscat.monitoring.feedback import feedback_texts
+from newscat.monitoring.live import LiveWindow, log_live_datasets, read_live_window, traces_experiment_id
 from newscat.monitoring.monitor import MonitorError, resolve_version
 from newscat.monitoring.retention import kept_labels
 from newscat.registry.evaluations import verify_test_split
@@ -38,7 +39,6 @@ from newscat.registry.promotion import promote_with_gate
 from newscat.registry.tags import VersionTags
 from newscat.registry.versions import append_description, set_version_tags, version_model_id
 from newscat.tracking.datasets import dataset_record
-from newscat.tracking.live import LiveWindow, log_live_datasets, read_live_window, traces_experiment_id
 from newscat.tracking.models import logged_params
 from newscat.training.job import TuneOutcome, tune_and_register
 from newscat.training.recipe import champion_recipe, logged_value

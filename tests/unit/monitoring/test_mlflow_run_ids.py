@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from newscat.tracking.live import LiveWindow, log_monitoring
+from newscat.monitoring.live import LiveWindow, log_monitoring
 from tests.unit.monitoring.traffic import LABELS
 
 

@@ -15,11 +15,11 @@ from click.testing import CliRunner
 
 from newscat.cli import main
 from newscat.config import MonitorConfig
+from newscat.monitoring.live import LiveWindow, MonitoringReadError, read_reference
 from newscat.monitoring.monitor import LiveAccuracy, MonitorError, judge, monitor, with_window_traces
 from newscat.monitoring.verdict import EXIT_ERROR, EXIT_NOT_JUDGED, Part, Verdict, verdict
 from newscat.serving.coverage import Coverage
 from newscat.serving.tracing import TraceSettings
-from newscat.tracking.live import LiveWindow, MonitoringReadError, read_reference
 from newscat.tracking.models import log_reference
 from tests.outage_servers import NO_RETRIES, MlflowServer, answering, faulty_proxy
 from tests.unit.monitoring.traffic import EXPERIMENT, NAME, reference, traffic

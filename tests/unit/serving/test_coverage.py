@@ -11,10 +11,10 @@ import mlflow
 import numpy as np
 import pytest
 
+from newscat.monitoring.live import read_coverage
 from newscat.names import ROLE_TAG, Role
 from newscat.serving.coverage import MODEL_ID_TAG, Coverage, CoverageLog, coverage_of
 from newscat.serving.tracing import REGISTERED_VERSION_TAG, Tracer, TraceSettings
-from newscat.tracking.live import read_coverage
 
 LABELS = ["World", "Sports", "Business", "Sci/Tech"]
 PROBABILITIES = np.array([[0.1, 0.7, 0.1, 0.1]])
