@@ -12,9 +12,10 @@ from typing import Any
 import click
 
 from newscat import __version__
-from newscat.config import TUNE_OPTIONS, Option
+from newscat.config import GATE_METRICS, TUNE_OPTIONS, Option, values
 from newscat.errors import NewscatError
 from newscat.logs import configure_logging
+from newscat.names import PromoteMode
 from newscat.redaction import mask_passwords_in_output, redact_url
 
 
@@ -144,9 +145,7 @@ def tune(config_file: str | None, **values: Any) -> None:
 @click.option("--version", help="Version number to move instead of --from.")
 @click.option("--to", "to_alias", default="champion", show_default=True, help="Alias to move.")
 @click.option("--data", help="Data to judge both versions on (default: the data the challenger was trained on).")
-@click.option(
-    "--metric", type=click.Choice(["accuracy", "macro_f1"]), default="accuracy", show_default=True, help="Gate metric."
-)
+@click.option("--metric", type=click.Choice(GATE_METRICS), default="accuracy", show_default=True, help="Gate metric.")
 @click.option("--margin", type=float, default=0.0, show_default=True, help="Required gain over the current holder.")
 @click.option("--alpha", type=float, default=0.05, show_default=True, help="Significance level of McNemar's test.")
 @click.option(
@@ -432,7 +431,7 @@ def _error_message(exc: BaseException) -> str:
 @click.option("--since", callback=_empty_is_unset, help="Learn from the labelled traffic of the last 30m, 12h, 7d ...")
 @click.option(
     "--promote",
-    type=OrUnset(click.Choice(["none", "auto"])),
+    type=OrUnset(click.Choice(values(PromoteMode))),
     callback=_empty_is_unset,
     help="auto: the challenger becomes champion if it passes the gate on both the recent traffic and the test split.",
 )

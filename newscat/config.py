@@ -27,6 +27,11 @@ GATE_METRICS = ("accuracy", "macro_f1")
 E = TypeVar("E", bound=StrEnum)
 
 
+def values(names: type[StrEnum]) -> tuple[str, ...]:
+    """The plain strings of an enum's members (click matches enum members by name, users type values)."""
+    return tuple(member.value for member in names)
+
+
 class ConfigError(NewscatError):
     """A configuration value or file is invalid."""
 
@@ -149,8 +154,10 @@ class TrainConfig:
             isinstance(self.layer_lr_decay, (int, float)) and 0 < self.layer_lr_decay <= 1
         ):
             raise ConfigError(f"layer_lr_decay must be in (0, 1], got {self.layer_lr_decay!r}")
+        if self.pooling not in ("auto", *Pooling):
+            raise ConfigError(f"pooling must be auto, {' or '.join(Pooling)}, got {self.pooling!r}")
         if self.pooling != "auto":
-            object.__setattr__(self, "pooling", choice(Pooling, self.pooling, "pooling (or auto)"))
+            object.__setattr__(self, "pooling", Pooling(self.pooling))
         if self.metric not in STUDY_METRICS:
             raise ConfigError(f"metric must be eval_accuracy or eval_macro_f1, got {self.metric}")
 
@@ -525,7 +532,7 @@ TUNE_OPTIONS: tuple[Option, ...] = (
         "auto: fit a TF-IDF word and character n-gram companion on the final rows and serve it mixed with the "
         "encoder if it wins on the validation split; off: the encoder alone.",
         "choice",
-        tuple(LexicalMode),
+        values(LexicalMode),
     ),
     Option(
         "refit_samples",
@@ -566,21 +573,21 @@ TUNE_OPTIONS: tuple[Option, ...] = (
         "file",
     ),
     Option(
-        "pruner", "tune.pruner", "Optuna pruner fed with each evaluation's validation score.", "choice", tuple(Pruner)
+        "pruner", "tune.pruner", "Optuna pruner fed with each evaluation's validation score.", "choice", values(Pruner)
     ),
     Option(
         "precision",
         "train.precision",
         "Training precision; auto uses bf16 autocast where the hardware runs bf16 natively.",
         "choice",
-        tuple(Precision),
+        values(Precision),
     ),
     Option(
         "promote",
         "promote.mode",
         "auto: run the champion/challenger gate (see `newscat promote`) on the new version.",
         "choice",
-        tuple(PromoteMode),
+        values(PromoteMode),
     ),
     Option(
         "min_accuracy",

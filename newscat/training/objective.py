@@ -13,10 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
+from newscat.names import Role
 from newscat.processes import Worker
 from newscat.redaction import redact_url
 from newscat.tracking.runs import end_trial_run, log_trial_params, start_trial_run
 from newscat.training.budget import Budget
+from newscat.training.recipe import Recipe
 from newscat.training.recovery import WORKER_ATTR, retried_trial
 from newscat.training.search_space import suggest_params
 from newscat.training.step import log_step, train_step
@@ -74,8 +76,8 @@ class Objective:
     def _train(self, trial: optuna.Trial, params: TrialParams, trial_dir: Path) -> float:
         """Train with the pruner listening, log the trial's model; the trial's value is its best evaluation."""
         inputs, cfg = self.inputs, self.inputs.cfg
-        rows = len(inputs.data.train)
-        log_trial_params(trial.number, dataclasses.asdict(params), cfg, train_rows=rows)
+        recipe = Recipe.of(cfg, params, number=trial.number, rows=len(inputs.data.train))
+        log_trial_params(recipe.run_params(cfg, trial.number))
         pruning = PruningCallback(trial, cfg.train.metric, cfg.train.evals_per_epoch)
         result = train_step(
             inputs,
@@ -88,7 +90,7 @@ class Objective:
         )
         self.budget.observe(result.samples_per_second, result.samples_trained)
         _raise_if_pruned(result, pruning)
-        model_id = log_step(inputs, result, role="trial", number=trial.number, params=params, rows=rows)
+        model_id = log_step(inputs, result, role=Role.TRIAL, number=trial.number, recipe=recipe)
         trial.set_user_attr("mlflow_model_id", model_id)
         end_trial_run("COMPLETE")
         return result.best_metrics[cfg.train.metric]

@@ -84,8 +84,9 @@ class Recipe:
 
 
 def shown() -> tuple[str, ...]:
-    """The recipe's names a model card shows, in order (base model, rows and seed have lines of their own)."""
-    return SAMPLED + tuple(name for _, name in FIXED)
+    """The recipe's names a model card shows in its params, in order (base model, text length, rows and seed have
+    lines of their own)."""
+    return SAMPLED + tuple(name for _, name in FIXED if name != "max_length")
 
 
 def logged_recipe(model_id: str) -> dict[str, str]:

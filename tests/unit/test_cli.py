@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -117,3 +118,18 @@ def test_every_command_answers_bad_input_with_a_message_not_a_traceback(
     assert "Error: " in result.output and expected in result.output
     assert "Traceback" not in result.output
     assert isinstance(result.exception, SystemExit)  # click's clean exit, not an escaped exception
+
+
+@pytest.mark.parametrize("command", ["tune", "retrain", "promote"])
+def test_every_choice_takes_the_words_users_type(command: str) -> None:
+    """Click matches enum members by their names (`AUTO`), users type values (`auto`, as in `-P promote=auto`):
+    every choice must accept its own value and give back that plain word."""
+    cli = main.commands[command]
+    ctx = click.Context(cli)
+    checked = 0
+    for param in cli.params:
+        kind = getattr(param.type, "inner", param.type)  # OrUnset wraps the choice
+        for word in getattr(kind, "choices", ()):
+            assert type(word) is str and param.type.convert(word, param, ctx) == word, (param.name, word)
+            checked += 1
+    assert checked
