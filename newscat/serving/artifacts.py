@@ -28,7 +28,7 @@ ALLOW_UNVERIFIED_ENV = "NEWSCAT_ALLOW_UNVERIFIED"
 WEIGHTS_FILE = "model.safetensors"
 # The code a logged model ships (`code_paths`), relative to the package: the served model and the text functions it
 # shares with training. Nothing else of newscat (CLI, Optuna, Spark, training, tracking) goes inside a model.
-SHIPPED_CODE = ("__init__.py", "names.py", "data/__init__.py", "data/text.py", "serving")
+SHIPPED_CODE = ("__init__.py", "faces.py", "names.py", "data/__init__.py", "data/text.py", "serving")
 # Files of a Trainer checkpoint that make up the served model; pickles (training_args.bin) are left out.
 MODEL_FILES = (
     "model.safetensors",
