@@ -71,14 +71,19 @@ def tune_and_register(cfg: Config) -> TuneOutcome:
     inputs = prepare(cfg)
     if budget.seconds is not None:
         _measure_scoring(inputs, budget)
+    on_interrupted = OnInterrupted(end_interrupted_run)
+    storage = studies.make_storage(cfg.tune, on_interrupted)  # kept: the study lock runs through its database
     study = studies.open_study(
         cfg.tune,
         seed=cfg.seed,
         max_evals=cfg.train.max_epochs * cfg.train.evals_per_epoch,
         n_validation=len(inputs.data.validation),
-        on_interrupted=OnInterrupted(end_interrupted_run),
+        on_interrupted=on_interrupted,
+        storage=storage,
     )
-    with studies.study_lock(study):  # workers starting together agree on one parent run and one warm-start queue
+    with studies.study_lock(
+        study.study_name, storage
+    ):  # workers starting together agree on one parent run and one warm-start queue
         search_space.enqueue_first_trials(study, inputs.space)
         parent_run_id = _study_run_id(cfg, study)
     with start_study_run(parent_run_id):
@@ -88,7 +93,9 @@ def tune_and_register(cfg: Config) -> TuneOutcome:
         if running:  # the last worker out registers the model, with every trial's result in
             log.info("trials %s still run in other workers; the last of them registers the best model", running)
             return TuneOutcome(parent_run_id, None, None, {}, {}, "", cfg.registered_model, None)
-        with studies.study_lock(study):  # two workers finishing together: one registers, the other finds it done
+        with studies.study_lock(
+            study.study_name, storage
+        ):  # two workers finishing together: one registers, the other finds it done
             best = _best_trial(study, parent_run_id, inputs.cfg.train.metric)
             log_study_summary(studies.study_summary(study), best)
             log_study_report(study)

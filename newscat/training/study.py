@@ -6,7 +6,6 @@ import contextlib
 import hashlib
 import logging
 import warnings
-import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -22,8 +21,6 @@ from newscat.training.recovery import OnInterrupted, fail_dead_workers_trials
 log = logging.getLogger("newscat")
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-# The storage each study was opened with (`storage_of`), for as long as the study lives.
-_STORAGES: weakref.WeakKeyDictionary[optuna.Study, optuna.storages.RDBStorage] = weakref.WeakKeyDictionary()
 
 
 def make_storage(cfg: TuneConfig, on_interrupted: OnInterrupted | None = None) -> optuna.storages.RDBStorage:
@@ -58,9 +55,11 @@ def open_study(
     max_evals: int,
     n_validation: int | None = None,
     on_interrupted: OnInterrupted | None = None,
+    storage: optuna.storages.RDBStorage | None = None,
 ) -> optuna.Study:
-    """Create the study, or load it when it exists (resume); trials of dead local workers are failed first."""
-    storage = make_storage(cfg, on_interrupted)
+    """Create the study in `storage` (default: `make_storage`'s), or load it when it exists (resume); trials of dead
+    local workers are failed first."""
+    storage = storage or make_storage(cfg, on_interrupted)
     try:
         existing = optuna.study.get_all_study_names(storage)
     except Exception as exc:  # bad URL, missing driver, unreachable server
@@ -77,29 +76,19 @@ def open_study(
         pruner=make_pruner(cfg, max_evals, n_validation),
         load_if_exists=True,
     )
-    _STORAGES[study] = storage
     if resumed and on_interrupted is not None:
         fail_dead_workers_trials(study, storage, on_interrupted)
         optuna.storages.fail_stale_trials(study)  # other hosts' silent workers (heartbeat); no-op without one
     return study
 
 
-def storage_of(study: optuna.Study) -> optuna.storages.RDBStorage:
-    """The storage `open_study` opened `study` with (Optuna has no public way to ask a study for its storage)."""
-    try:
-        return _STORAGES[study]
-    except KeyError:
-        raise ValueError(f"study {study.study_name!r} was not opened by open_study: its storage is unknown") from None
-
-
 @contextlib.contextmanager
-def study_lock(study: optuna.Study) -> Iterator[None]:
+def study_lock(study_name: str, storage: optuna.storages.RDBStorage) -> Iterator[None]:
     """Serializes the few study-wide decisions workers must agree on (which MLflow run is the study's parent, who
     registers the model), through the study's own database: a PostgreSQL advisory lock, MySQL's GET_LOCK, or a
     file lock beside a sqlite file."""
-    storage = storage_of(study)
     url = storage.url
-    key = int.from_bytes(hashlib.sha256(f"newscat:{study.study_name}".encode()).digest()[:8], "big", signed=True)
+    key = int.from_bytes(hashlib.sha256(f"newscat:{study_name}".encode()).digest()[:8], "big", signed=True)
     if url.startswith("postgresql"):
         with database_lock(storage.engine, "SELECT pg_advisory_lock(:key)", "SELECT pg_advisory_unlock(:key)", key):
             yield

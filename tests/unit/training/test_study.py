@@ -11,8 +11,8 @@ from newscat.training.study import (
     StopWhen,
     finished_count,
     make_pruner,
+    make_storage,
     open_study,
-    storage_of,
     study_lock,
     study_summary,
 )
@@ -71,14 +71,14 @@ def test_study_resumes_from_storage(tmp_path) -> None:
     assert study_summary(again)["trials_complete"] == 1
 
 
-def test_the_lock_uses_the_storage_the_study_was_opened_with(tmp_path) -> None:
+def test_the_study_lives_in_the_storage_it_is_given_and_the_lock_runs_through_it(tmp_path) -> None:
     cfg = TuneConfig(n_trials=1, study_name="s", storage=f"sqlite:///{tmp_path}/o.db")
-    study = open_study(cfg, seed=0, max_evals=2)
-    assert storage_of(study).url == cfg.storage
-    with study_lock(study):
+    storage = make_storage(cfg)
+    study = open_study(cfg, seed=0, max_evals=2, storage=storage)
+    study.tell(study.ask(), 0.5)
+    assert optuna.load_study(study_name="s", storage=storage).trials[0].value == 0.5
+    with study_lock(study.study_name, storage):
         assert (tmp_path / "o.db.newscat-lock").exists()
-    with pytest.raises(ValueError, match="not opened by open_study"):
-        storage_of(optuna.create_study(study_name="elsewhere"))
 
 
 def test_bad_storage_url_is_a_config_error() -> None:
