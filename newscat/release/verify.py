@@ -6,11 +6,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from mlflow.entities import LoggedModelStatus
+from mlflow.entities import LoggedModel, LoggedModelStatus
 
 from newscat.errors import NewscatError
 from newscat.evaluation.report import Predictions, predict_split
@@ -66,7 +66,7 @@ def score_test(ctx: ReleaseContext, built: Built) -> TestScores:
     return TestScores(predictions, scores.encoder, lexical)
 
 
-def reuse_release(orphans: list[Any], decision: Mapping[str, str], reference: Predictions) -> str | None:
+def reuse_release(orphans: list[LoggedModel], decision: Mapping[str, str], reference: Predictions) -> str | None:
     """The id of the first READY orphan release whose serving decision is `decision` and that passes the release
     check against `reference` (None: none does); every other orphan is marked FAILED."""
     kept = None

@@ -17,8 +17,9 @@ from typing import Any
 import mlflow
 import pandas as pd
 from mlflow.entities import Dataset as DatasetEntity
-from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+from mlflow.entities import LoggedModel, LoggedModelOutput, LoggedModelStatus
 from mlflow.exceptions import MlflowException
+from mlflow.pyfunc import PyFuncModel, PythonModel
 from mlflow.tracking import MlflowClient
 
 from newscat.export.pyfunc import export_classifier, save_pyfunc
@@ -139,7 +140,7 @@ def fail_pending_models(run_id: str) -> list[str]:
     return [model.model_id for model in pending]
 
 
-def release_models(study_run_id: str, source_model_id: str) -> list[Any]:
+def release_models(study_run_id: str, source_model_id: str) -> list[LoggedModel]:
     """The release LoggedModels already logged in the study run `study_run_id` for the weights of
     `source_model_id`, oldest first, whatever their status (a resumed release reuses or fails them)."""
     found = mlflow.search_logged_models(
@@ -152,7 +153,7 @@ def release_models(study_run_id: str, source_model_id: str) -> list[Any]:
     return list(found)
 
 
-def best_model(experiment_id: str, study_run_id: str, metric: str) -> Any | None:
+def best_model(experiment_id: str, study_run_id: str, metric: str) -> LoggedModel | None:
     """The READY trial model of the study run `study_run_id` with the highest `metric` on the validation set
     (the earliest on ties)."""
     found = mlflow.search_logged_models(
@@ -177,7 +178,7 @@ def weights_sha256(model_id: str) -> str:
     return mlflow.get_logged_model(model_id).tags.get(WEIGHTS_TAG, "")
 
 
-def load_model(model_uri: str) -> Any:
+def load_model(model_uri: str) -> PyFuncModel:
     """Load a logged or registered model as a pyfunc (any URI MLflow understands) to answer with (`newscat
     predict`): a newscat model honours the NEWSCAT_BACKEND / NEWSCAT_PRECISION / NEWSCAT_DEVICE overrides, and
     never traces (only `mlflow models serve` does).
@@ -190,7 +191,7 @@ def load_model(model_uri: str) -> Any:
     return model
 
 
-def load_recorded(model_uri: str) -> Any:
+def load_recorded(model_uri: str) -> PyFuncModel:
     """Load a model to decide or record metrics with (evaluate, check, promote, the retrain gates, the release
     check): a newscat model scores on its recorded serving path whatever NEWSCAT_BACKEND / NEWSCAT_PRECISION /
     NEWSCAT_DEVICE say, so that two versions compare, and metrics land on a model, on the path it serves by.
@@ -207,7 +208,7 @@ def load_recorded(model_uri: str) -> Any:
     return model
 
 
-def scored_path(model: Any) -> dict[str, str]:
+def scored_path(model: PyFuncModel) -> dict[str, str]:
     """Which engine a loaded model answers with, to record beside metrics made with it: `scored_path`
     (backend/precision), `scored_engine` (with the device and why); {} for a model that is not newscat's."""
     engine = _newscat_model(model)
@@ -217,7 +218,7 @@ def scored_path(model: Any) -> dict[str, str]:
     return {"scored_path": choice.path, "scored_engine": f"{choice}: {choice.reason}"}
 
 
-def _newscat_model(model: Any) -> Any | None:
+def _newscat_model(model: PyFuncModel) -> PythonModel | None:
     """The newscat classifier inside a loaded pyfunc; None for any other model."""
     try:
         python_model = model.unwrap_python_model()
