@@ -113,8 +113,9 @@ class GateDecision:
 
 def candidates(wanted: tuple[str, ...], onnx: bool, native_bf16: bool) -> list[str]:
     """The paths to score, torch fp32 (the reference) first: the wanted ones that can run here (ONNX only when the
-    export worked, bf16 only where this machine runs it natively)."""
-    runnable = [p for p in wanted if (onnx or not p.startswith("onnx/")) and (native_bf16 or p != "torch/bf16")]
+    export worked, bf16 only where this machine runs it natively), as plain words: they are logged, recorded and
+    compared as text."""
+    runnable = [str(p) for p in wanted if (onnx or not p.startswith("onnx/")) and (native_bf16 or p != "torch/bf16")]
     return [REFERENCE, *runnable]
 
 

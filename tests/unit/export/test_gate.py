@@ -3,6 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from newscat.config import build_config
 from newscat.export.gate import Timing, candidates, decide
 
 
@@ -68,6 +69,8 @@ def test_candidates_leave_out_what_cannot_run() -> None:
     assert candidates(every, onnx=False, native_bf16=True) == ["torch/fp32", "torch/bf16"]  # the export failed
     assert candidates(("onnx/fp32",), onnx=True, native_bf16=True) == ["torch/fp32", "onnx/fp32"]
     assert candidates((), onnx=False, native_bf16=True) == ["torch/fp32"]
+    from_config = candidates(build_config({}).model.serving_paths, onnx=True, native_bf16=False)
+    assert [type(p) for p in from_config] == [str, str, str], from_config  # logged and recorded as words
 
 
 def test_the_card_table_has_a_header_cell_for_every_row_cell() -> None:
