@@ -8,6 +8,10 @@ does not know are listed, and with `skip_unknown` the other rows are written any
 
 A row may carry the `text` it labels (its SHA-256 must match the one the trace recorded): it is kept on the
 expectation, so that `newscat retrain` can learn from answers served without NEWSCAT_TRACE_TEXTS.
+
+Each labelled trace is also tagged `LABELLED_TAG` (before its label is written), so that `newscat retrain` searches
+the labelled traces alone; the traces' experiment records, once, since when newscat tags them (`LABELLED_SINCE_TAG`):
+traces served before then may carry labels without the tag, and retrain reads those as before (all of them).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import csv
 import getpass
 import hashlib
 import json
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +30,7 @@ import mlflow
 from mlflow.entities import AssessmentSource, AssessmentSourceType, Expectation
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+from mlflow.tracking import MlflowClient
 
 from newscat.errors import NewscatError
 from newscat.serving.tracing import CLASSES_TAG, ROWS_TAG, parse_prediction_id
@@ -32,6 +38,9 @@ from newscat.serving.tracing import CLASSES_TAG, ROWS_TAG, parse_prediction_id
 EXPECTATION_PREFIX = "true_label"  # one expectation per answered text: true_label[<row>]
 TEXT_METADATA = "text"  # the labelled text, where the feedback gave it (the trace kept only its SHA-256)
 UNKNOWN = "unknown id"  # how a refusal for an id the store does not know starts (`--skip-unknown` skips those)
+LABELLED_TAG = "newscat.labelled"  # "true" on a trace a true label was written on: what retrain searches for
+# On the traces' experiment: the time (ms) from which every label newscat writes there tags its trace (set once).
+LABELLED_SINCE_TAG = "newscat.labelled_tag_since_ms"
 
 
 class FeedbackFileError(NewscatError):
@@ -62,6 +71,8 @@ class Outcome:
     skipped: str = ""  # an unknown id, skipped on request
     existing: Any = None  # the expectation already on (trace, row), to replace
     adds_text: bool = False  # the existing label again, with the text it lacked
+    tagged: bool = False  # the trace carries LABELLED_TAG already
+    experiment_id: str = ""  # the trace's experiment
 
     def line(self) -> str:
         status = (
@@ -190,10 +201,21 @@ def attach_feedback(
     if report.refused or not report.outcomes:
         return report
     who = AssessmentSource(source_type=AssessmentSourceType.HUMAN, source_id=source or _os_user())
+    client = MlflowClient()
+    marked: set[str] = set()  # experiments whose LABELLED_SINCE_TAG is known to be there
+    tagged: set[str] = set()  # traces tagged LABELLED_TAG in this call
     for outcome in report.outcomes:
         if outcome.unchanged or outcome.skipped:
             continue
         try:
+            # The marker before the tag, the tag before the label: a label is never written untagged after the
+            # time the experiment says labels are tagged from (a failure leaves at most a tag without a label).
+            if outcome.experiment_id and outcome.experiment_id not in marked:
+                _mark_experiment(client, outcome.experiment_id)
+                marked.add(outcome.experiment_id)
+            if not outcome.tagged and outcome.trace_id not in tagged:
+                client.set_trace_tag(outcome.trace_id, LABELLED_TAG, "true")
+                tagged.add(outcome.trace_id)
             _write(outcome, who)
         except MlflowException as exc:  # the store failed midway: the report says which rows made it
             outcome.refused = f"not written: {exc.message}"
@@ -235,6 +257,8 @@ def _check(outcome: Outcome, traces: dict[str, Any], seen: dict[tuple[str, int],
         outcome.refused = f"{UNKNOWN}: no trace {outcome.trace_id} in the tracking store"
         return
     tags = trace.info.tags
+    outcome.tagged = tags.get(LABELLED_TAG) == "true"
+    outcome.experiment_id = trace.info.experiment_id or ""
     if CLASSES_TAG not in tags or ROWS_TAG not in tags:
         outcome.refused = f"trace {outcome.trace_id} is not a newscat prediction"
         return
@@ -313,19 +337,17 @@ def _existing(trace: Any, row: int) -> Any | None:
     return None
 
 
-def feedback_texts(trace_ids: Iterable[str]) -> dict[tuple[str, int], str]:
-    """(trace id, row) -> the text a valid true label on it was given with (`newscat feedback` with a `text`
-    column), for the traces named; traces gone from the store give none."""
-    texts: dict[tuple[str, int], str] = {}
-    for trace_id in trace_ids:
-        trace = _trace(trace_id)
-        for assessment in (trace.info.assessments or []) if trace is not None else []:
-            text = (assessment.metadata or {}).get(TEXT_METADATA)
-            if text is not None and assessment.expectation is not None and assessment.valid is not False:
-                row = assessment.name.removeprefix(f"{EXPECTATION_PREFIX}[").removesuffix("]")
-                if row.isdigit():
-                    texts[(trace_id, int(row))] = text
-    return texts
+def _mark_experiment(client: MlflowClient, experiment_id: str) -> None:
+    """Record on the experiment, once, since when the labels written there tag their traces (`LABELLED_SINCE_TAG`)."""
+    if LABELLED_SINCE_TAG not in client.get_experiment(experiment_id).tags:
+        client.set_experiment_tag(experiment_id, LABELLED_SINCE_TAG, str(int(time.time() * 1000)))
+
+
+def labels_tagged_since(experiment_id: str) -> int | None:
+    """The time (ms) from which `newscat feedback` tags every trace it labels in the experiment (`LABELLED_TAG`);
+    None where it never did (labels there, if any, were written before it tagged them)."""
+    value = MlflowClient().get_experiment(experiment_id).tags.get(LABELLED_SINCE_TAG)
+    return int(value) if value is not None else None
 
 
 def _write(outcome: Outcome, who: AssessmentSource) -> None:

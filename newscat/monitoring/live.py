@@ -10,7 +10,7 @@ import os
 import posixpath
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +25,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from newscat.config import MLFLOW_RUN_ENV
 from newscat.export.reference import REFERENCE_DIR, REFERENCE_FILE
-from newscat.monitoring.feedback import EXPECTATION_PREFIX
+from newscat.monitoring.feedback import EXPECTATION_PREFIX, LABELLED_TAG, TEXT_METADATA, labels_tagged_since
 from newscat.names import ROLE_TAG, Role
 from newscat.serving.coverage import METRICS, MODEL_ID_TAG, Coverage
 from newscat.serving.tracing import (
@@ -107,27 +107,76 @@ def traces_experiment_id(name: str, model_id: str) -> str | None:
 def read_live_window(experiment_id: str, model_id: str, since_ms: int, until_ms: int | None = None) -> LiveWindow:
     """Every text the model's traces answered in the window, with its valid true label where one was fed back."""
     until_ms = until_ms if until_ms is not None else int(time.time() * 1000)
-    client = MlflowClient()
     rows: list[dict[str, Any]] = []
-    traces, labels, token = 0, (), None
+    traces, labels = 0, ()
+    for trace in _traces(experiment_id, _window_query(model_id, since_ms, until_ms)):
+        answered = _answers(trace)
+        if answered:
+            traces += 1
+            rows.extend(answered)
+            labels = labels or tuple(json.loads(trace.info.tags.get(CLASSES_TAG, "[]")))
+    log.info("read %d traces (%d texts) of model %s", traces, len(rows), model_id)
+    return LiveWindow(experiment_id, model_id, since_ms, until_ms, traces, pd.DataFrame(rows), labels)
+
+
+def read_labelled_window(experiment_id: str, model_id: str, since_ms: int, until_ms: int) -> LiveWindow:
+    """The texts the model's traces answered in the window that carry a valid true label, and only those: the
+    traces `newscat feedback` tagged `LABELLED_TAG`, found by the search itself, spans and labels read page by page;
+    no unlabelled trace is read. Each answer's `text` is the trace's, else the one given with its label (None: neither
+    kept it). Labels written before feedback tagged traces carry no tag: the window's part before the experiment's
+    `LABELLED_SINCE_TAG` (all of it, where the experiment has none) is read whole, as `read_live_window` reads it,
+    and its labelled answers kept."""
+    rows: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    labels: tuple[str, ...] = ()
+
+    def add(trace: Any) -> None:
+        nonlocal labels
+        answered = _answers(trace, labelled_only=True)
+        if answered and trace.info.trace_id not in seen:
+            seen.add(trace.info.trace_id)
+            rows.extend(answered)
+            labels = labels or tuple(json.loads(trace.info.tags.get(CLASSES_TAG, "[]")))
+
+    window = _window_query(model_id, since_ms, until_ms)
+    for trace in _traces(experiment_id, f"{window} AND tags.`{LABELLED_TAG}` = 'true'"):
+        add(trace)
+    log.info("read %d labelled traces (%d labelled texts) of model %s", len(seen), len(rows), model_id)
+    tagged_from = labels_tagged_since(experiment_id)
+    untagged_until = until_ms if tagged_from is None else min(until_ms, tagged_from - 1)
+    if untagged_until >= since_ms:  # traces labelled, if at all, before feedback tagged them: read whole
+        before = len(seen)
+        for trace in _traces(experiment_id, _window_query(model_id, since_ms, untagged_until)):
+            add(trace)
+        log.info(
+            "read the traces before %s whole (labels given before `newscat feedback` tagged labelled traces): "
+            "%d more labelled traces",
+            "the window's end" if tagged_from is None else pd.Timestamp(tagged_from, unit="ms"),
+            len(seen) - before,
+        )
+    columns = ["trace_id", "row", "timestamp_ms", "text", "true_label"]
+    answers = pd.DataFrame(rows) if rows else pd.DataFrame(columns=columns)
+    return LiveWindow(experiment_id, model_id, since_ms, until_ms, len(seen), answers, labels)
+
+
+def _window_query(model_id: str, since_ms: int, until_ms: int) -> str:
     # What search_traces(model_id=...) filters on, spelled out: it takes no filter_string beside a model_id.
-    query = (
+    return (
         f"request_metadata.`{MODEL_ID_METADATA}` = '{model_id}' AND trace.timestamp_ms >= {since_ms} AND "
         f"trace.timestamp_ms <= {until_ms}"
     )
+
+
+def _traces(experiment_id: str, query: str) -> Iterator[Any]:
+    """The traces (with their spans) of the experiment that `query` selects, read `PAGE` at a time."""
+    client = MlflowClient()
+    token = None
     while True:
         page = client.search_traces(locations=[experiment_id], filter_string=query, max_results=PAGE, page_token=token)
-        for trace in page:
-            answered = _answers(trace)
-            if answered:
-                traces += 1
-                rows.extend(answered)
-                labels = labels or tuple(json.loads(trace.info.tags.get(CLASSES_TAG, "[]")))
-        log.info("read %d traces (%d texts) of model %s", traces, len(rows), model_id)
+        yield from page
         token = page.token
         if not token:
             break
-    return LiveWindow(experiment_id, model_id, since_ms, until_ms, traces, pd.DataFrame(rows), labels)
 
 
 def read_coverage(experiment_id: str, model_id: str, since_ms: int, until_ms: int) -> Coverage | None:
@@ -202,26 +251,33 @@ def other_versions_note(experiment_id: str, name: str, version: str, since_ms: i
     return note
 
 
-def _answers(trace: Any) -> list[dict[str, Any]]:
-    """The per-text records of one newscat trace, with true labels (none: not a newscat prediction trace)."""
+def _answers(trace: Any, *, labelled_only: bool = False) -> list[dict[str, Any]]:
+    """The per-text records of one newscat trace, with true labels (none: not a newscat prediction trace); with
+    `labelled_only`, those with a true label alone, their `text` the trace's or else the one given with the label."""
     span = next((s for s in trace.data.spans if s.name == SPAN_NAME), None)
     outputs = span.outputs if span is not None else None
     if not isinstance(outputs, Mapping) or not isinstance(outputs.get("predictions"), list):
         return []
     truth = {
-        a.name: a.expectation.value
+        a.name: a
         for a in trace.info.assessments or []
         if a.name.startswith(EXPECTATION_PREFIX) and a.expectation is not None and a.valid is not False
     }
-    return [
-        {
+    answers = []
+    for record in outputs["predictions"]:
+        label = truth.get(f"{EXPECTATION_PREFIX}[{record['row']}]")
+        if labelled_only and label is None:
+            continue
+        answer = {
             **{k: v for k, v in record.items() if k != "probabilities"},  # `text` where the server kept texts
             "trace_id": trace.info.trace_id,
             "timestamp_ms": trace.info.request_time,
-            "true_label": truth.get(f"{EXPECTATION_PREFIX}[{record['row']}]"),
+            "true_label": label.expectation.value if label is not None else None,
         }
-        for record in outputs["predictions"]
-    ]
+        if labelled_only and answer.get("text") is None:  # served without texts: the feedback may have carried it
+            answer["text"] = (label.metadata or {}).get(TEXT_METADATA)
+        answers.append(answer)
+    return answers
 
 
 def log_monitoring(

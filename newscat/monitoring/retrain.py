@@ -1,7 +1,8 @@
 """`newscat retrain NAME@ALIAS`: a challenger trained on the original data plus the labelled live traffic.
 
-The served model's traced answers that received true labels over the window, with their texts (kept in the trace
-with NEWSCAT_TRACE_TEXTS=on, or given with the label by `newscat feedback`), and the labels `newscat prune-traces`
+The served model's traced answers that received true labels over the window (read from the traces `newscat
+feedback` tagged as labelled, not from all the traffic), with their texts (kept in the trace with
+NEWSCAT_TRACE_TEXTS=on, or given with the label by `newscat feedback`), and the labels `newscat prune-traces`
 kept from deleted traces, are split by time: the newest share (at least `min_holdout(alpha)` rows, the fewest with
 which McNemar's exact test can pass) is held out and never trained on; the rest joins the original training rows. A
 held-out text that is a near-duplicate (`near_duplicate_keys`) of a training text is dropped. The study starts from
@@ -29,8 +30,7 @@ from mlflow.tracking import MlflowClient
 from newscat.config import Config, window_seconds
 from newscat.data.load import load_news, text_key
 from newscat.errors import NewscatError
-from newscat.monitoring.feedback import feedback_texts
-from newscat.monitoring.live import LiveWindow, log_live_datasets, read_live_window, traces_experiment_id
+from newscat.monitoring.live import LiveWindow, log_live_datasets, read_labelled_window, traces_experiment_id
 from newscat.monitoring.monitor import MonitorError, resolve_version
 from newscat.monitoring.retention import kept_labels
 from newscat.registry.evaluations import verify_test_split
@@ -164,23 +164,17 @@ def min_holdout(alpha: float) -> int:
 
 def labelled_live_rows(cfg: Config, model_id: str, now_ms: int | None = None) -> LiveRows:
     """The window's answers with a true label and their text (the trace's, else the one given with the feedback),
-    and the labels prune-traces kept for the window, oldest first, split by time (newest held out)."""
+    read from the labelled traces alone (`read_labelled_window`), and the labels prune-traces kept for the window,
+    oldest first, split by time (newest held out)."""
     experiment_id = traces_experiment_id(cfg.monitor.experiment, model_id)
     if experiment_id is None:
         raise RetrainError(f"no experiment {cfg.monitor.experiment!r} holds traces: nothing to learn from")
     now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
     since_ms = now_ms - window_seconds(cfg.retrain.since) * 1000
-    window = read_live_window(experiment_id, model_id, since_ms, now_ms)
+    # Only the labelled traces are read, each answer's text the trace's or the one its feedback carried.
+    window = read_labelled_window(experiment_id, model_id, since_ms, now_ms)
     columns = ["trace_id", "row", "timestamp_ms", "text", "true_label"]
-    answers = window.answers
-    labelled = answers[answers["true_label"].notna()].copy() if len(answers) else pd.DataFrame(columns=columns)
-    if "text" not in labelled:
-        labelled["text"] = None
-    missing = labelled["text"].isna()
-    if missing.any():  # served without NEWSCAT_TRACE_TEXTS: the feedback may have carried the texts
-        given = feedback_texts(labelled.loc[missing, "trace_id"].unique())
-        keys = zip(labelled.loc[missing, "trace_id"], labelled.loc[missing, "row"], strict=True)
-        labelled.loc[missing, "text"] = [given.get((t, int(r))) for t, r in keys]
+    labelled = window.answers
     kept = kept_labels(experiment_id, model_id, since_ms, now_ms)
     if len(kept) and len(labelled):  # a trace kept but not deleted (a prune that stopped): read once, live
         live_keys = set(zip(labelled["trace_id"], labelled["row"].astype(int), strict=True))
