@@ -13,7 +13,13 @@ import pytest
 from click.testing import CliRunner
 
 from newscat.cli import main
-from newscat.monitoring.feedback import FeedbackFileError, attach_feedback, read_feedback
+from newscat.monitoring.feedback import (
+    LABELLED_TAG,
+    FeedbackFileError,
+    attach_feedback,
+    labels_tagged_since,
+    read_feedback,
+)
 from newscat.serving.tracing import TraceSettings, parse_prediction_id
 from tests.unit.monitoring.traffic import start_tracer
 
@@ -68,6 +74,13 @@ def test_one_refused_row_and_nothing_is_written_each_refusal_named(served: list[
     assert report.text().splitlines()[-1] == f"2 unknown id(s): {unknown} (--skip-unknown writes the other rows anyway)"
     assert "entry 1: " in report.text() and "valid, not written" in report.text()
     assert all(_expectations(i) == {} for i in served)
+    assert not any(_labelled_tag(i) for i in served)  # nor a tag saying labelled, nor the experiment's mark
+    trace = mlflow.MlflowClient().get_trace(parse_prediction_id(served[0])[0])
+    assert labels_tagged_since(trace.info.experiment_id) is None
+
+
+def _labelled_tag(prediction_id: str) -> str | None:
+    return mlflow.MlflowClient().get_trace(parse_prediction_id(prediction_id)[0]).info.tags.get(LABELLED_TAG)
 
 
 def test_good_rows_become_human_expectations_and_a_second_label_needs_replace(served: list[str]) -> None:
@@ -76,6 +89,10 @@ def test_good_rows_become_human_expectations_and_a_second_label_needs_replace(se
     assert not report.refused and report.text().splitlines()[-1] == "2 true labels written"
     assert _expectations(served[0]) == {"true_label[0]": ("Sports", "HUMAN", "bob")}
     assert _expectations(served[2]) == {"true_label[0]": ("Business", "HUMAN", "bob")}
+    # Each labelled trace is tagged, for retrain to search; its experiment says since when.
+    assert (_labelled_tag(served[0]), _labelled_tag(served[2])) == ("true", "true")
+    trace = mlflow.MlflowClient().get_trace(parse_prediction_id(served[0])[0])
+    assert labels_tagged_since(trace.info.experiment_id) is not None
 
     again = attach_feedback([{"id": served[0], "label": "World"}, {"id": served[1], "label": "World"}], source="eve")
     assert again.outcomes[0].refused == "already labelled 'Sports' by bob; use --replace to change it"
