@@ -352,8 +352,11 @@ def labels_tagged_since(experiment_id: str) -> int | None:
 
 def _write(outcome: Outcome, who: AssessmentSource) -> None:
     metadata = {"row": str(outcome.row), "prediction_id": f"{outcome.trace_id}:{outcome.row}"}
+    known_text = (outcome.existing.metadata or {}).get(TEXT_METADATA) if outcome.existing is not None else None
     if outcome.given.text is not None:
         metadata[TEXT_METADATA] = outcome.given.text
+    elif known_text is not None:  # a label replaced without its text keeps the text (the same prediction's) it had
+        metadata[TEXT_METADATA] = known_text
     name = expectation_name(outcome.row)
     expectation = Expectation(name=name, value=outcome.given.label, source=who, metadata=metadata)
     if outcome.existing is not None:

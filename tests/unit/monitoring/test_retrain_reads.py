@@ -158,7 +158,8 @@ def test_a_replaced_or_resent_label_is_one_row_with_the_last_label(champion: str
 
     first = rows[0]["label"]
     other = next(label for label in LABELS if label != first)
-    replaced = attach_feedback([{**rows[0], "label": other}], source="chief", replace=True)
+    # Replaced without its text: the new label keeps the text the old one was given with.
+    replaced = attach_feedback([{"id": rows[0]["id"], "label": other}], source="chief", replace=True)
     assert replaced.outcomes[0].written == f"replaced {first!r}"
     assert not attach_feedback([{**rows[11], "text": None}], source="desk").refused  # labelled without its text
     assert not attach_feedback([rows[11]], source="desk").refused  # ... then the text added: one row, with it
