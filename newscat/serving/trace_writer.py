@@ -9,7 +9,14 @@ trace's info (tags, the link to the served model) with `start_trace`, then the s
 `log_spans` call, the two calls MLflow's own exporter makes per trace. A store that refuses `log_spans` (a server
 older than 3.4, or one whose version probe, a 3-second call inside MLflow, timed out) gets each trace's spans as the
 trace's artifact instead, as MLflow's exporter falls back; `log_spans` is tried again every REPROBE_S. Requests beyond
-its backlog are counted lost, never waited for; at the end of its input it writes what it holds and exits.
+its backlog are counted lost, never waited for.
+
+It stops on SIGTERM or SIGINT (unless started with them ignored), or at the end of its input (the server closing its
+side): from the first signal it takes no new requests (those still handed over are counted lost), it writes what it
+holds until WRITER_DEADLINE_S have passed, counts the rest lost, records its final coverage totals (given
+FINAL_RECORD_S), reports its final counts to the server and exits 0. A second signal ends it at once, with everything
+unwritten counted lost and reported, and no coverage record (exit status 1). Every request it read is traced or
+counted lost, with its reason.
 
 Shipped inside every logged model: only mlflow, numpy, tokenizers and the standard library are imported here.
 """
@@ -21,6 +28,7 @@ import contextlib
 import json
 import math
 import os
+import signal
 import sys
 import threading
 import time
@@ -49,12 +57,14 @@ from newscat.serving.tokens import TokenEncoder
 from newscat.serving.tracing import (
     CLASSES_TAG,
     DEFAULT_EXPERIMENT,
+    FINAL_RECORD_S,
     MODEL_ID_METADATA,
     REGISTERED_MODEL_TAG,
     REGISTERED_VERSION_TAG,
     ROWS_TAG,
     SPAN_NAME,
     SPAN_TYPE,
+    WRITER_DEADLINE_S,
     WriterConfig,
     receive,
     registered_model,
@@ -71,10 +81,16 @@ STORE_LOST = "lost: the tracking store refused or did not answer"
 # About a tenth of a core against one busy nice-0 process per core (CFS weights 110 vs 1024).
 WRITER_NICE = 10
 BACKLOG_LOST = "lost: backlog full (tracking store slow or down)"
+SHUTDOWN_LOST = "lost: shutdown (not written within the deadline)"
+LATE_LOST = "lost: shutdown (handed over after the stop signal)"
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def main() -> None:
-    """The process: read the config, then requests, until the server closes the pipe."""
+    """The process: read the config, then requests, until the server closes the pipe or a signal stops it.
+
+    Three threads: one reads the pipe, one writes, and the main one, where Python runs signal handlers, watches the
+    deadline and does the final accounting, whatever the writing thread is waiting on."""
     _lower_priority()
     messages = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
     os.dup2(2, 1)  # what a library prints goes to the server's log, never into the messages
@@ -82,8 +98,16 @@ def main() -> None:
     requests = sys.stdin.buffer
     config: WriterConfig = receive(requests)
     writer = Writer(config, lambda message: _tell(messages, message))
+    writer.handle_signals()
     threading.Thread(target=writer.read, args=(requests,), name="newscat-writer-read", daemon=True).start()
-    writer.run()
+    writing = threading.Thread(target=writer.run, name="newscat-writer-write", daemon=True)
+    writing.start()
+    code = writer.supervise(writing)
+    with contextlib.suppress(OSError, ValueError):
+        messages.flush()
+    sys.stderr.flush()
+    # Not a normal interpreter exit: the writing thread may still wait on the store, the reading one on the pipe.
+    os._exit(code)
 
 
 class Writer:
@@ -91,7 +115,8 @@ class Writer:
 
     def __init__(self, config: WriterConfig, send: Callable[[dict[str, Any]], None]) -> None:
         self.config = config
-        self._send = send
+        self._tell_server = send
+        self._send_lock = threading.Lock()  # the writing and the main thread both talk to the server
         self._jobs: deque[tuple] = deque()
         self._ready = threading.Condition()
         self._closed = False
@@ -109,40 +134,149 @@ class Writer:
         self._coverage: CoverageLog | None = None  # set once there is a store and a served model to record it for
         self._coverage_at = -math.inf
         self._traced_model_id: str | None = None  # the model of the last trace (the prediction context's)
+        self._coverage_lock = threading.Lock()  # the periodic record (writing thread) and the final one (main thread)
+        self._in_flight = 0  # requests taken off the backlog whose fate is not counted yet
+        self._signals: list[int] = []  # the stop signals received, in order (appended by the handler only)
+        self._stop_at: float | None = None  # when stopping began: the first signal, or the end of the input
+        self._final = False  # the final counts are taken: what the writing thread counts later is ignored
+
+    def handle_signals(self) -> None:
+        """SIGTERM and SIGINT stop the writer (see `supervise`); one the server's process ignored stays ignored, as
+        Python leaves an ignored SIGINT (a server started in the background of a shell must outlive its Ctrl-C)."""
+        for signum in STOP_SIGNALS:
+            if signal.getsignal(signum) != signal.SIG_IGN:
+                signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        # Runs in the main thread between two bytecodes, maybe inside a locked section there: no lock, no message.
+        self._signals.append(signum)
+        if self._stop_at is None:
+            self._stop_at = time.monotonic()
+
+    def supervise(self, writing: threading.Thread) -> int:
+        """The main thread: waits until the writing thread is done (the input ended and all of it is written) or,
+        once stopping, until WRITER_DEADLINE_S have passed or a second signal came; then counts what is unwritten
+        as lost, records the final coverage (not after a second signal) and reports the final counts. The exit
+        status: 0, or 1 after a second signal."""
+        seen = 0
+        while writing.is_alive():
+            if len(self._signals) > seen:
+                if not seen:
+                    self._stopping(self._signals[0])
+                seen = len(self._signals)
+                with self._ready:
+                    self._ready.notify_all()  # a writing thread waiting to retry the store stops waiting
+            if seen >= 2:
+                break
+            if self._stop_at is not None and time.monotonic() >= self._stop_at + WRITER_DEADLINE_S:
+                break
+            writing.join(0.05)
+        forced = len(self._signals) >= 2
+        self._finish(forced)
+        return 1 if forced else 0
+
+    def _stopping(self, signum: int) -> None:
+        with self._ready:
+            held = len(self._jobs) + self._in_flight
+        self._send(
+            {
+                "stopping": signal.Signals(signum).name,
+                "log": f"newscat tracing: the trace writer got {signal.Signals(signum).name}: it takes no new requests "
+                f"and writes the {held} it holds within {WRITER_DEADLINE_S:g} s",
+            }
+        )
+
+    def _finish(self, forced: bool) -> None:
+        """The final accounting: what is still held or being written counts as lost, the counts freeze, the final
+        coverage record is made (within FINAL_RECORD_S; skipped when `forced`), and the server gets the counts."""
+        with self._ready:
+            unwritten = len(self._jobs) + self._in_flight
+            if unwritten:
+                self.counts[SHUTDOWN_LOST] += unwritten
+            self._jobs.clear()
+            self._in_flight = 0
+            self._final = True
+            self._ready.notify_all()
+            counts, error = dict(self.counts), self.error
+        coverage = "coverage not recorded (a second signal)" if forced else self._final_coverage()
+        why = signal.Signals(self._signals[0]).name if self._signals else "end of its input"
+        lost = sum(n for what, n in counts.items() if what.startswith("lost"))
+        line = (
+            f"newscat tracing: the trace writer ends ({why}): {counts.get('traced', 0)} traced, {lost} lost "
+            f"({counts.get(SHUTDOWN_LOST, 0) + counts.get(LATE_LOST, 0)} at shutdown); {coverage}"
+        )
+        self._send({"counts": counts, "error": error, "final": True, "log": line})
+
+    def _final_coverage(self) -> str:
+        """The final coverage record, given FINAL_RECORD_S (a store that hangs must not hold the exit)."""
+        outcome: list[bool | None] = []
+
+        def record() -> None:
+            try:
+                outcome.append(self._record_coverage(final=True))
+            except Exception as exc:  # CoverageLog catches the store's errors: this is anything else
+                self.error = f"{type(exc).__name__}: {exc}"
+                outcome.append(False)
+
+        thread = threading.Thread(target=record, name="newscat-writer-coverage", daemon=True)
+        thread.start()
+        thread.join(FINAL_RECORD_S)
+        if not outcome:
+            return f"final coverage not recorded: the store did not answer within {FINAL_RECORD_S:g} s"
+        if outcome[0] is None:
+            return "no coverage to record (no store reached, or no served model)"
+        if not outcome[0]:
+            return f"final coverage not recorded: {self._coverage.error if self._coverage else self.error}"
+        return "final coverage recorded"
+
+    def _send(self, message: dict[str, Any]) -> None:
+        with self._send_lock:
+            self._tell_server(message)
 
     def read(self, stream: IO[bytes]) -> None:
-        """Takes requests off the pipe as they come, so the server's feeder rarely waits on it."""
+        """Takes requests off the pipe as they come, so the server's feeder rarely waits on it; after a stop signal
+        it keeps reading (the tracer's counts, and requests to count lost) until the input ends."""
         while (jobs := receive(stream)) is not None:
-            if isinstance(jobs, dict):  # the tracer's own counts, for the coverage record
-                with self._ready:
-                    self._request_counts = jobs
-                continue
             with self._ready:
+                if self._final:  # reported already: the server counts what it handed over since
+                    continue
+                if isinstance(jobs, dict):  # the tracer's own counts, for the coverage record
+                    self._request_counts = jobs
+                    continue
+                if self._signals:  # stopping: new requests are counted, not taken
+                    self.counts[LATE_LOST] += len(jobs)
+                    continue
                 room = max(0, self.config.settings.backlog - len(self._jobs))
                 self._jobs.extend(jobs[:room])
                 if len(jobs) > room:
                     self.counts[BACKLOG_LOST] += len(jobs) - room
-                self._ready.notify()
+                self._ready.notify_all()
         with self._ready:
             self._closed = True
-            self._ready.notify()
+            if self._stop_at is None:  # the server closed its side: it waits for the writer, so the deadline runs
+                self._stop_at = time.monotonic()
+            self._ready.notify_all()
 
     def run(self) -> None:
-        """Reach the store (retrying), then write batches until the input ends and the backlog is empty."""
+        """The writing thread: reach the store (retrying), then write batches until the input ends and the backlog
+        is empty, or the final accounting took over."""
         while not self.setup():
             self._send({"log": self._unreachable()})
             with self._ready:
-                if self._ready.wait_for(lambda: self._closed, RETRY_SETUP_S):
+                if self._ready.wait_for(lambda: self._closed or self._stop_at is not None, RETRY_SETUP_S):
                     break
         while True:
             with self._ready:
-                self._ready.wait_for(lambda: self._jobs or self._closed, REPORT_EVERY_S)
+                self._ready.wait_for(lambda: self._jobs or self._closed or self._final, REPORT_EVERY_S)
+                if self._final:
+                    return
                 batch = [self._jobs.popleft() for _ in range(min(BATCH, len(self._jobs)))]
+                self._in_flight += len(batch)
                 done = self._closed and not self._jobs
             if batch:
                 self.write(batch)
             self._report()
-            self._record_coverage(final=done)
+            self._record_coverage(final=False)
             if done:
                 return
 
@@ -271,33 +405,44 @@ class Writer:
                 continue
             self._count_traced(1)
 
-    def _record_coverage(self, final: bool) -> None:
+    def _record_coverage(self, final: bool) -> bool | None:
         """The coverage totals to the store (`newscat.serving.coverage`): every `coverage_every_s` when they
-        changed, and at the end; a failed write is said in the log, and the next one carries the same totals."""
-        model_id = self._model_id or self._traced_model_id
-        if self._experiment_id is None or not model_id:  # the store never answered, or no model to record it for
-            return
-        if not final and time.monotonic() - self._coverage_at < self.config.coverage_every_s:
-            return
-        self._coverage_at = time.monotonic()
-        if self._coverage is None:
-            served = {k: v for k, v in self._tags.items() if k in (REGISTERED_MODEL_TAG, REGISTERED_VERSION_TAG)}
-            self._coverage = CoverageLog(self.config.tracking_uri, self._experiment_id, model_id, served)
-        with self._ready:
-            totals = coverage_of(self._request_counts, self.counts)
-        if not self._coverage.log(totals):
-            self._send(
-                {
-                    "log": f"newscat tracing: the coverage record could not be written ({self._coverage.error}); "
-                    "the next one carries the same totals"
-                }
-            )
-        if final:
-            self._coverage.close()
+        changed, and at the end (`final`: the run ends too); a failed write is said in the log, and the next one
+        carries the same totals. Whether the totals were written (None: nothing to record, or not due)."""
+        with self._coverage_lock:
+            model_id = self._model_id or self._traced_model_id
+            if self._experiment_id is None or not model_id:  # the store never answered, or no model to record for
+                return None
+            if not final and (self._final or time.monotonic() - self._coverage_at < self.config.coverage_every_s):
+                return None
+            self._coverage_at = time.monotonic()
+            if self._coverage is None:
+                served = {k: v for k, v in self._tags.items() if k in (REGISTERED_MODEL_TAG, REGISTERED_VERSION_TAG)}
+                self._coverage = CoverageLog(self.config.tracking_uri, self._experiment_id, model_id, served)
+            with self._ready:
+                totals = coverage_of(self._request_counts, self.counts)
+            written = self._coverage.log(totals)
+            if not written and not final:
+                self._send(
+                    {
+                        "log": f"newscat tracing: the coverage record could not be written ({self._coverage.error}); "
+                        "the next one carries the same totals"
+                    }
+                )
+            if final:
+                self._coverage.close()
+            return written
 
     def _count_traced(self, n: int) -> None:
+        self._settle("traced", n)
+
+    def _settle(self, what: str, n: int) -> None:
+        """The fate of `n` requests being written; after the final accounting (which counted them lost), nothing."""
         with self._ready:
-            self.counts["traced"] += n
+            if self._final:
+                return
+            self.counts[what] += n
+            self._in_flight -= n
 
     def trace(
         self,
@@ -364,9 +509,9 @@ class Writer:
 
     def _lost(self, what: str, exc: BaseException | None, n: int = 1) -> None:
         with self._ready:  # the reader thread counts too
-            self.counts[what] += n
-            if exc is not None:
+            if exc is not None and not self._final:
                 self.error = f"{type(exc).__name__}: {exc}"
+        self._settle(what, n)
 
     def _report(self) -> None:
         """The counts back to the server, when they changed."""

@@ -82,6 +82,17 @@ FEED_EVERY_S = 0.1  # how often the queued requests go to the writer, together
 LOG_EVERY_S = 60.0  # the tracer's counts go to the log at most this often, and only when they changed
 PROBABILITY_DIGITS = 6  # keeps traces small; 1e-6 is far below any decision made on them
 FRAME = struct.Struct("<I")  # each message to the writer: its length, then a pickle
+# The writer's shutdown (its first SIGTERM or SIGINT, or the end of its input, which is how the server stops it): what
+# it accepted is written within WRITER_DEADLINE_S, the rest counted lost; its final coverage record then gets
+# FINAL_RECORD_S. Together 7 s: inside the shortest stop timeout in common use, `docker stop`'s 10 s before SIGKILL
+# (Kubernetes gives 30 s, systemd 90 s), with room for the server's own drain; and, with the server idle by then, time
+# for the writer to write hundreds of requests to a store that answers.
+WRITER_DEADLINE_S = 5.0
+FINAL_RECORD_S = 2.0
+KILL_AFTER_S = 1.0  # a writer past its deadline gets SIGTERM (its second stop: it exits at once), then SIGKILL
+CLOSE_S = WRITER_DEADLINE_S + FINAL_RECORD_S + 1.0  # how long `Tracer.close` waits for the writer to end by itself
+STOPPED_LOST = "lost: the trace writer stopped (see the log)"  # requests answered while the writer stops or is gone
+UNREPORTED_LOST = "lost: the trace writer ended without accounting for them"  # killed, or died, holding them
 
 
 @dataclass(frozen=True)
