@@ -12,6 +12,11 @@ unreachable tracking store
 never slows or fails an answer. What the writer cannot keep up with waits in a bounded backlog; requests beyond it,
 or answered before the store was reached, go untraced and are counted in the log.
 
+At the server's exit the tracer closes: later requests go untraced, what is
+queued goes to the writer, which writes what it holds within WRITER_DEADLINE_S, counts the rest lost, records its
+final coverage and exits; a writer past its deadline is stopped, and whatever it never accounted for is counted lost
+here. Every request the server answered ends traced, not sampled, or lost with its reason.
+
 Traces are linked to the served LoggedModel (the model id pyfunc's prediction context names where the MLmodel file
 records one, else the id the model's own settings record since newscat wrote it there, else the one
 NEWSCAT_TRACE_MODEL_URI resolves to) and tagged with the registered name and version of the files served: after an
@@ -258,7 +263,8 @@ class Tracer:
     and queues the request. A feeder thread writes what is queued into the writer's pipe every FEED_EVERY_S, as one
     message (blocking there, outside the GIL, while the writer lags); a listener thread reads what the writer says:
     ready, log lines, its counts.
-    Dropping the tracer, or the server's exit, closes the pipe: the writer writes what it holds, then exits.
+    `close` (run at the server's exit) ends it with every request accounted for; dropping the tracer closes the
+    pipe, and the writer then writes what it holds within its deadline and exits.
     """
 
     def __init__(
@@ -281,9 +287,11 @@ class Tracer:
         self._random = random.Random()
         self._here: Counter[str] = Counter()  # decided on the request path
         self._written: dict[str, int] = {}  # the writer's counts: traced, or lost there
-        self._accepted = 0
+        self._accepted = 0  # requests queued for the writer, less those the feeder could not hand over
         self._served = 0  # every request `record` saw: what the writer's coverage record counts as served
-        self._stopped = False
+        self._stopped = False  # set under the lock: from then on nothing is queued
+        self._close_lock = threading.Lock()
+        self._closed: bool | None = None  # `close`'s answer, once closed
         self.last_error = ""
         self.experiment_id: str | None = None  # set once the writer reached the store
         config = WriterConfig(
@@ -300,12 +308,14 @@ class Tracer:
         stop = threading.Event()
         self._stop = stop
         ref = weakref.ref(self)
-        threading.Thread(
+        self._feeder = threading.Thread(
             target=_feed, args=(ref, self._queue, stop, self._process.stdin), name="newscat-tracer-feed", daemon=True
-        ).start()
-        threading.Thread(
+        )
+        self._listener = threading.Thread(
             target=_listen, args=(ref, self._process.stdout), name="newscat-tracer-listen", daemon=True
-        ).start()
+        )
+        self._feeder.start()
+        self._listener.start()
         weakref.finalize(self, stop.set)
         atexit.register(_at_exit, ref)
 
@@ -324,50 +334,50 @@ class Tracer:
         self, texts: list[str], probabilities: np.ndarray, truncated: np.ndarray, *, start_ns: int
     ) -> list[str] | None:
         """The prediction ids of a request answered now (None: not traced). Never raises."""
-        with self._lock:
-            self._served += 1
         try:
             return self._record(texts, probabilities, truncated, start_ns)
-        except Exception as exc:  # tracing must never fail an answer
-            self._count("lost", f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # tracing must never fail an answer (raised before anything was counted)
+            with self._lock:
+                self._served += 1
+                self._here["lost"] += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
             return None
 
     def _record(
         self, texts: list[str], probabilities: np.ndarray, truncated: np.ndarray, start_ns: int
     ) -> list[str] | None:
-        if self.settings.sampling < 1.0 and self._random.random() >= self.settings.sampling:
-            self._count(NOT_SAMPLED)
-            return None
-        if self._stopped:
-            self._count("lost: the trace writer stopped (see the log)")
-            return None
-        if self.experiment_id is None:
-            self._count("lost: tracking store not reached yet")
-            return None
-        trace_id = "tr-" + secrets.token_hex(16)  # the OS's randomness: a seeded `random` cannot repeat it
-        job = (trace_id, start_ns, time.time_ns(), list(texts), probabilities, truncated, _context_model_id())
+        sampled = self.settings.sampling >= 1.0 or self._random.random() < self.settings.sampling
+        job, ids = None, None
+        if sampled and not self._stopped and self.experiment_id is not None:
+            trace_id = "tr-" + secrets.token_hex(16)  # the OS's randomness: a seeded `random` cannot repeat it
+            job = (trace_id, start_ns, time.time_ns(), list(texts), probabilities, truncated, _context_model_id())
+            ids = prediction_ids(trace_id, len(texts))
+        # One locked step: the request counted served and its fate decided together (a counts snapshot never holds
+        # one without the other), and nothing queued once `close` set `_stopped`.
         with self._lock:
-            self._accepted += 1
-        try:
-            self._queue.put_nowait(job)
-        except queue.Full:
-            with self._lock:
-                self._accepted -= 1
-            self._count("lost: queue full (tracking store slow or down)")
-            return None
-        return prediction_ids(trace_id, len(texts))
+            self._served += 1
+            if not sampled:
+                untraced = NOT_SAMPLED
+            elif self._stopped:
+                untraced = STOPPED_LOST
+            elif job is None:
+                untraced = "lost: tracking store not reached yet"
+            else:
+                try:
+                    self._queue.put_nowait(job)
+                except queue.Full:
+                    untraced = "lost: queue full (tracking store slow or down)"
+                else:
+                    self._accepted += 1
+                    return ids
+            self._here[untraced] += 1
+        return None
 
     def request_counts(self) -> dict[str, int]:
         """What the writer's coverage record needs from the request path: the requests served, and those left
         untraced here (not sampled, or lost before reaching the writer)."""
         with self._lock:
             return {SERVED: self._served, **self._here}
-
-    def _count(self, what: str, error: str = "", n: int = 1) -> None:
-        with self._lock:
-            self._here[what] += n
-            if error:
-                self.last_error = error
 
     # -- what the writer says ----------------------------------------------------------------------------------
     def _message(self, message: dict[str, Any]) -> None:
@@ -377,6 +387,9 @@ class Tracer:
                 self.last_error = message.get("error") or self.last_error
         if "ready" in message:
             self.experiment_id = message["ready"]  # `record` starts tracing when this is set
+        if "stopping" in message:  # the writer got a signal: it takes nothing more, so nothing more is queued
+            with self._lock:
+                self._stopped = True
         if "log" in message:
             self._log(message["log"])
 
@@ -390,16 +403,47 @@ class Tracer:
             time.sleep(0.02)
         return False
 
-    def close(self, timeout: float = 30.0) -> bool:
-        """Stop tracing now: what is queued goes to the writer, which writes it, records its final coverage and
-        exits; whether it exited within `timeout` seconds. Later requests are counted untraced."""
-        self._stopped = True
+    def close(self, timeout: float = CLOSE_S) -> bool:
+        """Stop tracing, with every request accounted for: later requests are counted untraced (STOPPED_LOST);
+        what is queued goes to the writer, then the tracer's final counts and the end of its input; the writer
+        writes what it holds within WRITER_DEADLINE_S, counts the rest lost, records its final coverage and
+        reports its final counts. A writer still running after `timeout` seconds gets SIGTERM (its second stop: it
+        counts the rest lost and exits at once), KILL_AFTER_S later SIGKILL; what it never accounted for is counted
+        lost here (UNREPORTED_LOST). Whether the writer ended by itself in time. Closing again answers the same."""
+        with self._close_lock:
+            if self._closed is None:
+                self._closed = self._close(timeout)
+            return self._closed
+
+    def _close(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            self._stopped = True
         self._stop.set()
+        self._feeder.join(max(0.0, deadline - time.monotonic()))
         try:
-            self._process.wait(timeout)
+            self._process.wait(max(0.0, deadline - time.monotonic()))
+            in_time = True
         except subprocess.TimeoutExpired:
-            return False
-        return True
+            in_time = False
+            for stop in (self._process.terminate, self._process.kill):
+                stop()
+                try:
+                    self._process.wait(KILL_AFTER_S)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+            self._process.wait()
+            self._feeder.join(KILL_AFTER_S)  # a feeder blocked on a full pipe fails now, counting its batch lost
+        self._listener.join(KILL_AFTER_S)  # the writer's last messages: its final counts
+        with self._lock:
+            unreported = self._accepted - sum(self._written.values())
+            if unreported > 0:
+                self._here[UNREPORTED_LOST] += unreported
+                self._accepted -= unreported
+        if self._here or self._written:
+            self._log(self.report())
+        return in_time
 
     def report(self) -> str:
         """One line of counts since the start (lost traces first)."""
@@ -460,11 +504,11 @@ def _feed(ref: weakref.ref[Tracer], jobs: queue.Queue[tuple], stop: threading.Ev
             except (OSError, ValueError) as exc:  # the writer is gone: what it was handed is lost
                 tracer = ref()
                 if tracer is not None:
-                    tracer._stopped = True
-                    error = f"{type(exc).__name__}: {exc}"
-                    tracer._count("lost: the trace writer stopped (see the log)", error, len(batch))
                     with tracer._lock:
+                        tracer._stopped = True
+                        tracer._here[STOPPED_LOST] += len(batch)
                         tracer._accepted -= len(batch)
+                        tracer.last_error = f"{type(exc).__name__}: {exc}"
                 del tracer
         tracer = ref()
         if tracer is not None and (counts := tracer.request_counts()) != told:
@@ -493,15 +537,15 @@ def _listen(ref: weakref.ref[Tracer], pipe: IO[bytes]) -> None:
         del tracer
     tracer = ref()
     if tracer is not None:
-        tracer._stopped = True
+        with tracer._lock:
+            tracer._stopped = True
 
 
 def _at_exit(ref: weakref.ref[Tracer]) -> None:
-    """At the server's shutdown: a few seconds for the writer to write what is queued, then the final counts."""
+    """At the server's exit (after its last request): the tracer closes, and the final counts go to the log."""
     tracer = ref()
-    if tracer is not None and tracer.counts:
-        tracer.wait_idle(timeout=5.0)
-        tracer._log(tracer.report())
+    if tracer is not None:
+        tracer.close()
 
 
 def _context_model_id() -> str | None:
