@@ -33,6 +33,7 @@ from newscat.serving.tracing import (
     TRACING_ENV,
     Tracer,
     TraceSettings,
+    close_on_sigterm,
     in_scoring_server,
     tracing_asked,
 )
@@ -195,7 +196,7 @@ def _tracer(scorer: Scorer, engine: str) -> Tracer | None:
     if settings is None:
         return None
     attributes = {"newscat.engine": engine, "newscat.max_length": str(scorer.max_length)}
-    return Tracer(
+    tracer = Tracer(
         settings,
         label_names=scorer.label_names,
         tokenizer=scorer.model_dir,
@@ -203,6 +204,8 @@ def _tracer(scorer: Scorer, engine: str) -> Tracer | None:
         attributes=attributes,
         model_id=scorer.settings.get(LOGGED_MODEL_KEY) or None,
     )
+    close_on_sigterm(tracer)  # a server stopped by SIGTERM closes it too, not only one that exits
+    return tracer
 
 
 def class_probabilities(

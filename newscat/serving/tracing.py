@@ -12,7 +12,7 @@ unreachable tracking store
 never slows or fails an answer. What the writer cannot keep up with waits in a bounded backlog; requests beyond it,
 or answered before the store was reached, go untraced and are counted in the log.
 
-At the server's exit the tracer closes: later requests go untraced, what is
+At the server's exit (and on SIGTERM, see `close_on_sigterm`) the tracer closes: later requests go untraced, what is
 queued goes to the writer, which writes what it holds within WRITER_DEADLINE_S, counts the rest lost, records its
 final coverage and exits; a writer past its deadline is stopped, and whatever it never accounted for is counted lost
 here. Every request the server answered ends traced, not sampled, or lost with its reason.
@@ -37,6 +37,7 @@ import pickle
 import queue
 import random
 import secrets
+import signal
 import struct
 import subprocess
 import sys
@@ -546,6 +547,47 @@ def _at_exit(ref: weakref.ref[Tracer]) -> None:
     tracer = ref()
     if tracer is not None:
         tracer.close()
+
+
+def close_on_sigterm(tracer: Tracer) -> bool:
+    """Make SIGTERM close the tracer after the server's drain and before its process ends (the model's load calls
+    this in MLflow's scoring server); whether it could (not outside the main thread, nor where SIGTERM is ignored).
+
+    Uvicorn ends a graceful shutdown (no new connections, the requests in flight answered) by restoring the SIGTERM
+    handler it found and raising the signal again: with the default action the process would end there, before its
+    at-exit hooks, and the tracer's queue, its final counts and the writer's final coverage record would be lost.
+    - Where nothing handled SIGTERM when the model loaded (uvicorn with one worker, as `mlflow models serve` runs it,
+      loads the app before it installs its handler), this handler is the one uvicorn restores and raises into: it
+      closes the tracer, then ends the process by SIGTERM, as the default action would have.
+    - Where the server's handler came first (uvicorn with several workers, gunicorn), this one calls it, after
+      blocking SIGTERM in the main thread: uvicorn's raise then waits, the process leaves through its normal exit
+      (status 0), and the at-exit hook closes the tracer. A SIGTERM sent to the process after the server restored
+      the default action still ends it at once.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous in (signal.SIG_IGN, None):
+        return False
+    ref = weakref.ref(tracer)
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        if callable(previous):
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+            previous(signum, frame)
+            return
+        tracer = ref()
+        if tracer is not None:  # closed on a thread: this one may have been stopped inside the tracer's lock
+            closing = threading.Thread(target=tracer.close, name="newscat-tracer-close", daemon=True)
+            closing.start()
+            closing.join(CLOSE_S + 2 * KILL_AFTER_S + 1.0)
+        del tracer
+        signal.signal(signum, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signum})
+        os.kill(os.getpid(), signum)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    return True
 
 
 def _context_model_id() -> str | None:

@@ -9,6 +9,7 @@ import os
 import signal
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -308,8 +309,16 @@ def classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return fresh_classifier(tmp_path_factory.mktemp("model") / "classifier", max_length=8)
 
 
+@pytest.fixture
+def sigterm_kept() -> Iterator[None]:
+    """A model loaded as in MLflow's scoring server hooks SIGTERM (`close_on_sigterm`): pytest's own comes back."""
+    previous = signal.getsignal(signal.SIGTERM)
+    yield
+    signal.signal(signal.SIGTERM, previous)
+
+
 def test_the_logged_model_answers_ids_only_with_tracing_on_and_its_traces_are_linked_to_it(
-    classifier: Path, store: str, monkeypatch: pytest.MonkeyPatch
+    classifier: Path, store: str, monkeypatch: pytest.MonkeyPatch, sigterm_kept: None
 ) -> None:
     from newscat.tracking.models import log_classifier_model
 
