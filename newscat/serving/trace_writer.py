@@ -12,11 +12,12 @@ trace's artifact instead, as MLflow's exporter falls back; `log_spans` is tried 
 its backlog are counted lost, never waited for.
 
 It stops on SIGTERM or SIGINT (unless started with them ignored), or at the end of its input (the server closing its
-side): from the first signal it takes no new requests (those still handed over are counted lost), it writes what it
-holds until WRITER_DEADLINE_S have passed, counts the rest lost, records its final coverage totals (given
-FINAL_RECORD_S), reports its final counts to the server and exits 0. A second signal ends it at once, with everything
-unwritten counted lost and reported, and no coverage record (exit status 1). Every request it read is traced or
-counted lost, with its reason.
+side): at the first signal it tells the server, which then hands over no new requests (those answered from then on
+are counted lost there), and it writes what it holds, and what the server had answered before and was still handing
+over, until WRITER_DEADLINE_S have passed; then it counts the rest lost, records its final coverage totals (given
+FINAL_RECORD_S), reports its final counts to the server and exits 0. A second signal ends it at once, with
+everything unwritten counted lost and reported, and no coverage record (exit status 1). Every request it read is
+traced or counted lost, with its reason.
 
 Shipped inside every logged model: only mlflow, numpy, tokenizers and the standard library are imported here.
 """
@@ -82,7 +83,6 @@ STORE_LOST = "lost: the tracking store refused or did not answer"
 WRITER_NICE = 10
 BACKLOG_LOST = "lost: backlog full (tracking store slow or down)"
 SHUTDOWN_LOST = "lost: shutdown (not written within the deadline)"
-LATE_LOST = "lost: shutdown (handed over after the stop signal)"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -181,8 +181,9 @@ class Writer:
         self._send(
             {
                 "stopping": signal.Signals(signum).name,
-                "log": f"newscat tracing: the trace writer got {signal.Signals(signum).name}: it takes no new requests "
-                f"and writes the {held} it holds within {WRITER_DEADLINE_S:g} s",
+                "log": f"newscat tracing: the trace writer got {signal.Signals(signum).name}: it writes the {held} "
+                f"requests it holds, and those still on their way, within {WRITER_DEADLINE_S:g} s; new requests go "
+                "untraced",
             }
         )
 
@@ -203,7 +204,7 @@ class Writer:
         lost = sum(n for what, n in counts.items() if what.startswith("lost"))
         line = (
             f"newscat tracing: the trace writer ends ({why}): {counts.get('traced', 0)} traced, {lost} lost "
-            f"({counts.get(SHUTDOWN_LOST, 0) + counts.get(LATE_LOST, 0)} at shutdown); {coverage}"
+            f"({counts.get(SHUTDOWN_LOST, 0)} at shutdown); {coverage}"
         )
         self._send({"counts": counts, "error": error, "final": True, "log": line})
 
@@ -234,17 +235,15 @@ class Writer:
             self._tell_server(message)
 
     def read(self, stream: IO[bytes]) -> None:
-        """Takes requests off the pipe as they come, so the server's feeder rarely waits on it; after a stop signal
-        it keeps reading (the tracer's counts, and requests to count lost) until the input ends."""
+        """Takes requests off the pipe as they come, so the server's feeder rarely waits on it. After a stop signal
+        too: what still comes was answered before the server heard of the stop (it queues nothing after), and the
+        deadline bounds the time spent on it."""
         while (jobs := receive(stream)) is not None:
             with self._ready:
                 if self._final:  # reported already: the server counts what it handed over since
                     continue
                 if isinstance(jobs, dict):  # the tracer's own counts, for the coverage record
                     self._request_counts = jobs
-                    continue
-                if self._signals:  # stopping: new requests are counted, not taken
-                    self.counts[LATE_LOST] += len(jobs)
                     continue
                 room = max(0, self.config.settings.backlog - len(self._jobs))
                 self._jobs.extend(jobs[:room])

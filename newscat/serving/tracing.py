@@ -388,7 +388,7 @@ class Tracer:
                 self.last_error = message.get("error") or self.last_error
         if "ready" in message:
             self.experiment_id = message["ready"]  # `record` starts tracing when this is set
-        if "stopping" in message:  # the writer got a signal: it takes nothing more, so nothing more is queued
+        if "stopping" in message:  # the writer got a signal: new requests are no longer handed over
             with self._lock:
                 self._stopped = True
         if "log" in message:

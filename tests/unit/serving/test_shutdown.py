@@ -29,7 +29,7 @@ import requests
 
 from newscat.names import ROLE_TAG, Role
 from newscat.serving.coverage import MODEL_ID_TAG, NOT_SAMPLED, SERVED, Coverage, coverage_of
-from newscat.serving.trace_writer import LATE_LOST, SHUTDOWN_LOST
+from newscat.serving.trace_writer import SHUTDOWN_LOST
 from newscat.serving.tracing import (
     FINAL_RECORD_S,
     STOPPED_LOST,
@@ -134,7 +134,7 @@ def _handed_over(tracer: Tracer, timeout: float = 10.0) -> None:
 
 def _held_when_stopped(lines: list[str], name: str = "SIGTERM") -> int:
     (line,) = [line for line in lines if f"the trace writer got {name}" in line]
-    return int(re.search(r"writes the (\d+) it holds", line).group(1))
+    return int(re.search(r"it writes the (\d+) requests it holds", line).group(1))
 
 
 def _wait_exit(tracer: Tracer, timeout: float) -> tuple[int, float]:
@@ -214,28 +214,29 @@ def test_a_second_signal_ends_the_writer_at_once_with_the_rest_counted_lost(
     assert "ends (SIGINT)" in end and "coverage not recorded (a second signal)" in end
 
 
-def test_requests_handed_over_after_the_stop_signal_are_counted_lost(
+def test_requests_still_on_their_way_when_the_writer_is_stopped_are_written_within_its_deadline(
     tracking_uri: str, model_id: str, tokenizer: Path
 ) -> None:
-    """The writer's side of the pipe, driven directly (a tracer stops handing over once the writer says it stops, so
-    only a server that has not heard it yet sends more): requests that come after its stop signal are counted, not
-    taken, and its final coverage record adds up."""
+    """The writer's side of the pipe, driven directly: requests that reach it after its stop signal (answered before
+    the server heard of the stop, as when every process of a service gets SIGTERM at once) are written, and its
+    final coverage record adds up."""
     settings = TraceSettings(experiment="traces", model_uri=f"models:/{model_id}")
     process = _start_writer(WriterConfig(settings, LABELS, str(tokenizer), 128, {}, tracking_uri))
     messages = (json.loads(line) for line in process.stdout)
     experiment_id = next(m for m in messages if "ready" in m)["ready"]
     os.kill(process.pid, signal.SIGTERM)
     assert next(m for m in messages if "stopping" in m)["stopping"] == "SIGTERM"
-    now = time.time_ns()
-    jobs = [("tr-" + secrets.token_hex(16), now, now, ["a b"], PROBABILITIES, np.array([False]), None)] * HELD
+    now, answer = time.time_ns(), (["a b"], PROBABILITIES, np.array([False]), None)
+    jobs = [("tr-" + secrets.token_hex(16), now, now, *answer) for _ in range(HELD)]
     send(process.stdin, jobs)
-    send(process.stdin, {SERVED: HELD})  # the tracer's counts: they are still read
+    send(process.stdin, {SERVED: HELD})  # the tracer's final counts
     process.stdin.close()  # the end of its input: it ends before its deadline
     final = next(m for m in messages if m.get("final"))
-    assert final["counts"] == {LATE_LOST: HELD} and "final coverage recorded" in final["log"]
+    assert final["counts"] == {"traced": HELD} and "final coverage recorded" in final["log"]
     assert process.wait(10) == 0
     run = _coverage_run(experiment_id, model_id)
-    assert Coverage.from_metrics(run.data.metrics) == Coverage(served=HELD, lost=HELD)
+    assert Coverage.from_metrics(run.data.metrics) == Coverage(served=HELD, traced=HELD)
+    assert len(mlflow.search_traces(locations=[experiment_id], return_type="list")) == HELD
 
 
 def test_a_tracer_closed_with_requests_in_flight_ends_with_every_request_accounted(
