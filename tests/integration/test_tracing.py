@@ -280,3 +280,74 @@ def test_a_slow_tracking_store_neither_slows_nor_fails_serving(tracked_study: Tr
     finally:
         mlflow.set_tracking_uri(tracked_study.tracking_uri)
         server.stop()
+
+
+def test_a_traced_server_stopped_by_sigterm_accounts_for_every_request(tracking_uri: str, tmp_path: Path) -> None:
+    """`mlflow models serve` with tracing on, its whole process group sent SIGTERM at once (as systemd and Ctrl-C
+    do: the CLI, uvicorn and the trace writer alike): uvicorn drains, the tracer closes, the writer writes what it
+    holds and records its final coverage; the server's final counts in its log and the coverage run agree, and every
+    request is traced, or lost with its reason."""
+    import contextlib
+    import os
+    import signal
+
+    from newscat.names import ROLE_TAG, Role
+    from newscat.serving.coverage import Coverage
+    from newscat.serving.tracing import CLOSE_S
+    from newscat.tracking.models import log_classifier_model
+    from tests.helpers import fresh_classifier
+
+    classifier = fresh_classifier(tmp_path / "classifier", max_length=8)
+    with mlflow.start_run():
+        model_id = log_classifier_model(classifier, name="tiny", step=0, params={}, tags={})
+    env = {**tool_env(tracking_uri), **TRACING}
+    port = free_port()
+    log = tmp_path / "serve-stopped.log"
+    command = ["mlflow", "models", "serve", "-m", f"models:/{model_id}", "--env-manager", "local"]
+    with log.open("w") as out:
+        cli = subprocess.Popen(
+            [*command, "-h", "127.0.0.1", "-p", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: the CLI, uvicorn and the writer
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert cli.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            try:
+                if requests.get(f"{url}/ping", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                time.sleep(0.5)
+        _traced_answer(url, HEADLINES[:1])
+        predictions = _answers_at_once(url, 20)
+        assert all(p["prediction_id"] is not None for p in predictions)
+        os.killpg(cli.pid, signal.SIGTERM)
+        deadline = time.monotonic() + CLOSE_S + 20
+        while True:  # until every process of the group has ended
+            try:
+                os.killpg(cli.pid, 0)
+            except ProcessLookupError:
+                break
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            cli.poll()
+            time.sleep(0.1)
+    finally:
+        if cli.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(cli.pid, signal.SIGKILL)
+        cli.wait(30)
+    text = log.read_text()
+    assert "the trace writer got SIGTERM" in text and "final coverage recorded" in text, text[-3000:]
+    experiment = mlflow.get_experiment_by_name(EXPERIMENT).experiment_id
+    (run,) = mlflow.search_runs(
+        [experiment], filter_string=f"tags.`{ROLE_TAG}` = '{Role.TRACE_COVERAGE}'", output_format="list"
+    )
+    coverage = Coverage.from_metrics(run.data.metrics)
+    assert run.info.status == "FINISHED" and coverage.pending == 0 and coverage.traced >= 21, coverage
+    (report,) = [line for line in text.splitlines() if "lost traces; requests since start: " in line][-1:]
+    counts = {what: int(n) for n, what in re.findall(r"(\d+) ([^,;]+)", report.split("requests since start: ")[1])}
+    assert sum(counts.values()) == coverage.served and counts.get("traced", 0) == coverage.traced, (report, coverage)
