@@ -256,7 +256,7 @@ def measure_tracing(pyfunc_dir: Path, work: Path, corpora: dict[str, list[str]],
             finally:
                 process.terminate()
                 process.wait(timeout=60)
-            if name == "tracing_on":  # the writer outlives the server until it wrote what it holds
+            if name == "tracing_on":  # the writer may end after the server: within its deadline, the rest counted lost
                 written = settled_traces(trace_uri) - before
                 traced.append({"requests": requests_sent, "traces_written": written})
                 print(json.dumps({"round": round_, **traced[-1]}), file=sys.stderr, flush=True)
