@@ -5,11 +5,12 @@
 on its stdout (JSON lines: ready, log, counts). It records what became of the requests (served, traced, lost) in the
 store too, as a coverage run that `newscat monitor` reads (`newscat.serving.coverage`).
 It runs at nice WRITER_NICE, so the server's forward passes go first without starving it, and writes in batches: each
-trace's info (tags, the link to the served model) with `start_trace`, then the spans of up to BATCH requests in one
-`log_spans` call, the two calls MLflow's own exporter makes per trace. A store that refuses `log_spans` (a server
-older than 3.4, or one whose version probe, a 3-second call inside MLflow, timed out) gets each trace's spans as the
-trace's artifact instead, as MLflow's exporter falls back; `log_spans` is tried again every REPROBE_S. Requests beyond
-its backlog are counted lost, never waited for.
+trace's info (tags, the link to the served model) with `start_trace`, `settings.concurrency` calls in flight at once,
+then the spans of up to BATCH requests in one `log_spans` call: the two calls MLflow's own exporter makes per trace.
+Requests answered before the store was reached wait in the backlog until it is.
+A store that refuses `log_spans` (a server older than 3.4, or one whose version probe, a 3-second call inside MLflow,
+timed out) gets each trace's spans as the trace's artifact instead, as MLflow's exporter falls back; `log_spans` is
+tried again every REPROBE_S. Requests beyond its backlog are counted lost, never waited for.
 
 It stops on SIGTERM or SIGINT (unless started with them ignored), or at the end of its input (the server closing its
 side): at the first signal it tells the server, which then hands over no new requests (those answered from then on
@@ -35,6 +36,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any
 
@@ -127,6 +129,7 @@ class Writer:
         self._max_chars = config.max_length * CHARS_PER_TOKEN_CAP
         self._experiment_id: str | None = None
         self._client: TracingClient | None = None  # set once the store answered
+        self._pool = ThreadPoolExecutor(config.settings.concurrency, thread_name_prefix="newscat-writer-call")
         self._tags = {CLASSES_TAG: json.dumps(config.label_names)}
         self._model_id: str | None = None  # the served LoggedModel, where pyfunc's prediction context names none
         self._artifacts_since: float | None = None  # set while spans go to trace artifacts (`log_spans` refused)
@@ -302,15 +305,16 @@ class Writer:
         line = (
             f"newscat tracing on: experiment {experiment!r} (id {experiment_id}){model}, sampling "
             f"{settings.sampling:g}, texts {'kept' if settings.texts else 'not kept (SHA-256 only)'}, written by "
-            f"process {os.getpid()} at nice {WRITER_NICE}, backlog {settings.backlog} requests"
+            f"process {os.getpid()} at nice {WRITER_NICE}, backlog {settings.backlog} requests, "
+            f"{settings.concurrency} writes in flight"
         )
         self._send({"log": line, "ready": experiment_id})
         return True
 
     def _unreachable(self) -> str:
         return (
-            f"newscat tracing: the tracking store did not answer ({self.error}); requests are answered untraced, "
-            f"retrying in {RETRY_SETUP_S:.0f} s"
+            f"newscat tracing: the tracking store did not answer ({self.error}); requests wait in the backlog "
+            f"({self.config.settings.backlog} at most), retrying in {RETRY_SETUP_S:.0f} s"
         )
 
     def write(self, batch: list[tuple]) -> None:
@@ -331,9 +335,12 @@ class Writer:
             self._write_with_artifacts(built)
             return
         started, since = [], time.monotonic()
-        for span, info in built:  # the info first: a trace created by its spans would be re-read and merged
+        # The infos first (a trace created by its spans would be re-read and merged), several in flight at once:
+        # MLflow has no call that writes many, and one at a time a store's round trips leave it mostly waiting.
+        calls = [self._pool.submit(self._client.start_trace, info) for _, info in built]
+        for (span, info), call in zip(built, calls, strict=True):
             try:
-                self._client.start_trace(info)
+                call.result()
             except Exception as exc:
                 self._lost(STORE_LOST, exc)
                 continue

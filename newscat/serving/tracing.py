@@ -9,8 +9,8 @@ per-text records, the write to the tracking store) happens in the trace writer (
 child process at nice 10 with its own interpreter. So the writer's Python never holds the
 server's GIL, the scheduler gives the forward passes most of a busy CPU without starving the writer, and a slow or
 unreachable tracking store
-never slows or fails an answer. What the writer cannot keep up with waits in a bounded backlog; requests beyond it,
-or answered before the store was reached, go untraced and are counted in the log.
+never slows or fails an answer. What the writer cannot keep up with (and what is answered before it reached the
+store) waits in a bounded backlog; requests beyond it go untraced and are counted in the log.
 
 At the server's exit (and on SIGTERM, see `close_on_sigterm`) the tracer closes: later requests go untraced, what is
 queued goes to the writer, which writes what it holds within WRITER_DEADLINE_S, counts the rest lost, records its
@@ -70,8 +70,12 @@ MODEL_URI_ENV = "NEWSCAT_TRACE_MODEL_URI"
 # Set by MLflow's scoring server (`mlflow models serve`, and its container) in the processes that load the model.
 SCORING_SERVER_ENV = SCORING_SERVER_MODEL_PATH_ENV
 BACKLOG_ENV = "NEWSCAT_TRACE_BACKLOG"  # requests waiting to be written, at most (default 10000)
+CONCURRENCY_ENV = "NEWSCAT_TRACE_CONCURRENCY"  # trace writes in flight to the tracking store at once (default 8)
 DEFAULT_EXPERIMENT = "newscat-serving"  # where no served model is named (no NEWSCAT_TRACE_MODEL_URI)
 DEFAULT_BACKLOG = 10_000  # about 1 KB each with digests only: 10 MB of memory while the store lags
+# `start_trace` (the one call that links a trace to its model) is a round trip per trace: one at a time, a remote
+# store's latency caps the writer, several in flight keep it busy (docs/serving.md, benchmarks/trace_store.py).
+DEFAULT_CONCURRENCY = 8
 
 SPAN_NAME = "newscat.predict"
 SPAN_TYPE = "CLASSIFIER"
@@ -110,6 +114,7 @@ class TraceSettings:
     experiment: str | None = None  # None: the served model's experiment (DEFAULT_EXPERIMENT without a model)
     model_uri: str | None = None
     backlog: int = DEFAULT_BACKLOG
+    concurrency: int = DEFAULT_CONCURRENCY
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> TraceSettings | None:
@@ -126,6 +131,7 @@ class TraceSettings:
             experiment=env.get(EXPERIMENT_ENV, "").strip() or None,
             model_uri=model_uri,
             backlog=_count(env, BACKLOG_ENV, DEFAULT_BACKLOG),
+            concurrency=_count(env, CONCURRENCY_ENV, DEFAULT_CONCURRENCY),
         )
 
 
@@ -349,7 +355,8 @@ class Tracer:
     ) -> list[str] | None:
         sampled = self.settings.sampling >= 1.0 or self._random.random() < self.settings.sampling
         job, ids = None, None
-        if sampled and not self._stopped and self.experiment_id is not None:
+        # Queued before the writer reached the store too: its backlog holds them until then (lost only beyond it).
+        if sampled and not self._stopped:
             trace_id = "tr-" + secrets.token_hex(16)  # the OS's randomness: a seeded `random` cannot repeat it
             job = (trace_id, start_ns, time.time_ns(), list(texts), probabilities, truncated, _context_model_id())
             ids = prediction_ids(trace_id, len(texts))
@@ -361,8 +368,6 @@ class Tracer:
                 untraced = NOT_SAMPLED
             elif self._stopped:
                 untraced = STOPPED_LOST
-            elif job is None:
-                untraced = "lost: tracking store not reached yet"
             else:
                 try:
                     self._queue.put_nowait(job)

@@ -19,6 +19,7 @@ from newscat.monitoring.live import LiveWindow, MonitoringReadError, read_refere
 from newscat.monitoring.monitor import LiveAccuracy, MonitorError, judge, monitor, with_window_traces
 from newscat.monitoring.verdict import EXIT_ERROR, EXIT_NOT_JUDGED, Part, Verdict, verdict
 from newscat.serving.coverage import Coverage
+from newscat.serving.trace_writer import BACKLOG_LOST
 from newscat.serving.tracing import TraceSettings
 from newscat.tracking.models import log_reference
 from tests.outage_servers import NO_RETRIES, MlflowServer, answering, faulty_proxy
@@ -82,14 +83,12 @@ def test_traces_beyond_a_lagging_coverage_record_count_as_traced_not_as_lost() -
 
 def test_served_requests_all_lost_to_tracing_are_not_judged_and_say_how_many(champion: str) -> None:
     """What a new user saw: 20 requests served, every one lost by tracing; `monitor` printed HEALTHY, exit 0, and
-    logged its run "in experiment ''". Here the requests come before the writer reached the store."""
-    tracer = start_tracer_unready(TraceSettings(model_uri=f"models:/{NAME}@champion"))
-    texts, probabilities = traffic(np.random.default_rng(3), 20, [0.25] * 4, 30)
-    answered = [
+    logged its run "in experiment ''". Here a burst of 21 comes before the writer reached the store, into a backlog
+    of one: 20 lost there, one traced."""
+    tracer = start_tracer_unready(TraceSettings(model_uri=f"models:/{NAME}@champion", backlog=1))
+    texts, probabilities = traffic(np.random.default_rng(3), 21, [0.25] * 4, 30)
+    for i, t in enumerate(texts):
         tracer.record([t], probabilities[i : i + 1], np.zeros(1, bool), start_ns=time.time_ns())
-        for i, t in enumerate(texts)
-    ]
-    assert answered == [None] * 20 and tracer.counts == {"lost: tracking store not reached yet": 20}
     deadline = time.monotonic() + 60
     while tracer.experiment_id is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -98,10 +97,11 @@ def test_served_requests_all_lost_to_tracing_are_not_judged_and_say_how_many(cha
     result = CliRunner().invoke(main, ["monitor", f"{NAME}@champion", "--since", "1h"])
     assert result.exit_code == EXIT_NOT_JUDGED, result.output
     lines = result.output.strip().splitlines()
-    assert "coverage: 20 requests served, 0 traced, 20 lost, 0 not sampled, 0 pending" in result.output
+    assert tracer.counts == {"traced": 1, BACKLOG_LOST: 20}, tracer.counts
+    assert "coverage: 21 requests served, 1 traced, 20 lost, 0 not sampled, 0 pending" in result.output
     assert "HEALTHY" not in result.output.replace("UNHEALTHY", "")
-    assert lines[-2].startswith("NOT JUDGED: too little evidence for a verdict (drift: 0 live texts")
-    assert "coverage: 0.0% of the requests to trace were traced (20 lost of 20)" in lines[-2]
+    assert lines[-2].startswith("NOT JUDGED: too little evidence for a verdict (drift: 1 live texts")
+    assert "coverage: 4.8% of the requests to trace were traced (20 lost of 21)" in lines[-2]
     own = mlflow.get_experiment(mlflow.get_logged_model(champion).experiment_id).name
     assert lines[-1].endswith(f"in experiment {own!r}") and own  # the traces' experiment, by name
 
