@@ -239,6 +239,7 @@ def measure_tracing(pyfunc_dir: Path, work: Path, corpora: dict[str, list[str]],
     variants["tracing_on"]["MLFLOW_TRACKING_URI"] = trace_uri
     runs: dict[str, dict[str, list[dict]]] = {name: {} for name in variants}
     traced: list[dict] = []
+    levels = [level for level in TRACING_LEVELS if f"{level[1]}x{level[2]}" in args.levels]
     for round_ in range(args.rounds):
         for name, env in variants.items():
             log = work / f"{name}-{round_}.log"
@@ -249,16 +250,19 @@ def measure_tracing(pyfunc_dir: Path, work: Path, corpora: dict[str, list[str]],
                 requests_sent += load(url, corpora["items"], clients=2, batch=1, seconds=2)["requests"]  # warm-up
                 if name == "tracing_on":
                     wait_traced(url, trace_uri)
-                for corpus, clients, batch in TRACING_LEVELS:
+                loaded_from = time.time()
+                for corpus, clients, batch in levels:
                     result = load(url, corpora[corpus], clients=clients, batch=batch, seconds=args.seconds)
                     runs[name].setdefault(f"{corpus}:clients={clients},batch={batch}", []).append(result)
                     requests_sent += result["requests"]
+                if name == "tracing_on":
+                    lag = writer_lag(trace_uri, loaded_from, time.time())
             finally:
                 process.terminate()
                 process.wait(timeout=60)
             if name == "tracing_on":  # the writer may end after the server: within its deadline, the rest counted lost
                 written = settled_traces(trace_uri) - before
-                traced.append({"requests": requests_sent, "traces_written": written})
+                traced.append({"requests": requests_sent, "traces_written": written, **lag})
                 print(json.dumps({"round": round_, **traced[-1]}), file=sys.stderr, flush=True)
     medians = {
         name: {
@@ -280,6 +284,45 @@ def measure_tracing(pyfunc_dir: Path, work: Path, corpora: dict[str, list[str]],
         "texts_per_s_on_vs_off": {k: round(on[k]["texts_per_s"] / off[k]["texts_per_s"], 3) for k in off},
         "traced_per_round": traced,
         "traced_share": round(sum(t["traces_written"] for t in traced) / max(1, sum(t["requests"] for t in traced)), 3),
+    }
+
+
+def writer_lag(trace_uri: str, began: float, ended: float, limit_s: float = 900) -> dict:
+    """How far the writer kept up, from its coverage run's running totals (logged every 15 s while they change):
+    requests traced during the load / the load's seconds (the throughput with the writer's CPU counted), the most
+    requests waiting at any record, and the seconds after the load until none waited (polled, 5 s steps)."""
+    import mlflow
+
+    from newscat.names import ROLE_TAG, Role
+
+    client = mlflow.MlflowClient(trace_uri)
+    ids = [e.experiment_id for e in client.search_experiments()]
+    query = f"tags.`{ROLE_TAG}` = '{Role.TRACE_COVERAGE}' and attributes.start_time >= {int(began * 1000) - 600_000}"
+    drained = None
+    while drained is None and time.time() - ended < limit_s:
+        runs = client.search_runs(ids, query, order_by=["attributes.start_time DESC"], max_results=1)
+        totals = runs[0].data.metrics if runs else {}
+        pending = totals.get("served", 1) - sum(totals.get(k, 0) for k in ("not_sampled", "traced", "lost"))
+        if runs and pending <= 0:
+            drained = round(time.time() - ended, 1)
+        else:
+            time.sleep(5)
+    if not runs:
+        return {"writer": "no coverage run found"}
+    history = {k: client.get_metric_history(runs[0].info.run_id, k) for k in ("served", "traced", "lost")}
+    points = sorted((m.timestamp, m.key, m.value) for ms in history.values() for m in ms)
+    totals, waiting, traced = {}, [], []  # (ms, traced total) of the records within the load
+    for stamp, key, value in points:
+        totals[key] = value
+        if began * 1000 <= stamp <= ended * 1000:
+            traced.append((stamp, totals.get("traced", 0)))
+            waiting.append(totals.get("served", 0) - totals.get("traced", 0) - totals.get("lost", 0))
+    rate = (traced[-1][1] - traced[0][1]) * 1000 / (traced[-1][0] - traced[0][0]) if len(traced) > 1 else None
+    return {
+        "traced_per_s_during_load": rate and round(rate, 1),  # between the first and last record within it
+        "most_waiting": int(max(waiting, default=0)),
+        "drained_s_after_load": drained,
+        "coverage_records": len(history["served"]),
     }
 
 
@@ -324,6 +367,9 @@ def main() -> None:
     parser.add_argument("--tracing", action="store_true", help="measure request tracing off vs on instead")
     parser.add_argument("--trace-uri", help="tracking URI the traced server writes to (default: a fresh sqlite file)")
     parser.add_argument(
+        "--levels", nargs="+", default=["8x1", "8x16"], choices=["8x1", "8x16"], help="with --tracing: the levels run"
+    )
+    parser.add_argument(
         "--current-code",
         action="store_true",
         help="serve the model's weights with this checkout's serving code instead of the code logged inside it",
@@ -345,7 +391,7 @@ def main() -> None:
     if args.tracing:
         report = {"benchmark": "serving_tracing", **provenance(), "model_uri": args.model_uri}
         report["serving_code"] = "this checkout's" if args.current_code else "logged with the model"
-        report |= {"seconds_per_level": args.seconds, "rounds": args.rounds}
+        report |= {"seconds_per_level": args.seconds, "rounds": args.rounds, "levels": args.levels}
         print(json.dumps(report | measure_tracing(pyfunc_dir, work, corpora, args), indent=2))
         return
     flavor_dir = flavor_copy(downloaded / "artifacts" / "classifier", work / "flavor")
