@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 from provenance import provenance
 
+OFFERED_PER_S = 1000  # faster than any writer measured, slow enough that the server-side hand-over queue never fills
+
 
 def busy_cpu_s() -> float:
     """Seconds of CPU the whole machine spent outside idle and I/O wait since boot."""
@@ -49,8 +51,9 @@ def one_round(texts: list[str], concurrency: int, labels: list[str]) -> dict:
     rng = np.random.default_rng(0)
     probabilities = rng.dirichlet(np.ones(len(labels)), size=len(texts)).astype(np.float32)
     cpu0, began = busy_cpu_s(), time.perf_counter()
-    for i, text in enumerate(texts):
+    for i, text in enumerate(texts):  # at most OFFERED_PER_S, as a server would hand them over (not all at once)
         tracer.record([text], probabilities[i : i + 1], np.zeros(1, bool), start_ns=time.time_ns())
+        time.sleep(1 / OFFERED_PER_S)
     idle = tracer.wait_idle(600)
     seconds, cpu = time.perf_counter() - began, busy_cpu_s() - cpu0
     counts = dict(tracer.counts)
