@@ -5,7 +5,8 @@
 on its stdout (JSON lines: ready, log, counts). It records what became of the requests (served, traced, lost) in the
 store too, as a coverage run that `newscat monitor` reads (`newscat.serving.coverage`).
 It runs at nice WRITER_NICE, so the server's forward passes go first without starving it, and writes in batches: each
-trace's info (tags, the link to the served model) with `start_trace`, `settings.concurrency` calls in flight at once,
+trace's info (tags, the link to the served model) with `start_trace`, `settings.concurrency` calls in flight at once
+to a tracking server (one at a time to a store it writes itself: a database or a folder),
 then the spans of up to BATCH requests in one `log_spans` call: the two calls MLflow's own exporter makes per trace.
 Requests answered before the store was reached wait in the backlog until it is.
 A store that refuses `log_spans` (a server older than 3.4, or one whose version probe, a 3-second call inside MLflow,
@@ -129,7 +130,8 @@ class Writer:
         self._max_chars = config.max_length * CHARS_PER_TOKEN_CAP
         self._experiment_id: str | None = None
         self._client: TracingClient | None = None  # set once the store answered
-        self._pool = ThreadPoolExecutor(config.settings.concurrency, thread_name_prefix="newscat-writer-call")
+        self._calls = store_calls(config.tracking_uri, config.settings.concurrency)
+        self._pool = ThreadPoolExecutor(self._calls, thread_name_prefix="newscat-writer-call")
         self._tags = {CLASSES_TAG: json.dumps(config.label_names)}
         self._model_id: str | None = None  # the served LoggedModel, where pyfunc's prediction context names none
         self._artifacts_since: float | None = None  # set while spans go to trace artifacts (`log_spans` refused)
@@ -306,7 +308,7 @@ class Writer:
             f"newscat tracing on: experiment {experiment!r} (id {experiment_id}){model}, sampling "
             f"{settings.sampling:g}, texts {'kept' if settings.texts else 'not kept (SHA-256 only)'}, written by "
             f"process {os.getpid()} at nice {WRITER_NICE}, backlog {settings.backlog} requests, "
-            f"{settings.concurrency} writes in flight"
+            f"{self._calls} write{'s' if self._calls > 1 else ''} in flight"
         )
         self._send({"log": line, "ready": experiment_id})
         return True
@@ -526,6 +528,18 @@ class Writer:
         if now != self._reported:
             self._send({"counts": now[0], "error": now[1]})
             self._reported = now
+
+
+def store_calls(tracking_uri: str, concurrency: int) -> int:
+    """`start_trace` calls in flight at once: `concurrency` to a tracking server, whose round trips leave it waiting
+    one call at a time; 1 to a store this process writes itself (a database or a folder): sqlite serialises writes,
+    so concurrent ones only wait for its lock, and other databases were not measured."""
+    head = tracking_uri.split(":", 1)[0].split("+", 1)[0].lower()
+    if ":" not in tracking_uri:  # a folder, or Databricks by name
+        local = head not in ("databricks", "databricks-uc", "uc")
+    else:  # a one-letter scheme is a Windows drive
+        local = head in ("file", "sqlite", "postgresql", "mysql", "mssql") or len(head) == 1
+    return 1 if local else concurrency
 
 
 def trace_experiment(client: mlflow.MlflowClient, name: str | None, model_id: str | None) -> str:

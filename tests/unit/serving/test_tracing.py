@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.pyfunc.context import Context, set_prediction_context
 
 from newscat.serving import tracing
-from newscat.serving.trace_writer import STORE_LOST, WRITER_NICE
+from newscat.serving.trace_writer import BACKLOG_LOST, STORE_LOST, WRITER_NICE, store_calls
 from newscat.serving.tracing import (
     CLASSES_TAG,
     REGISTERED_MODEL_TAG,
@@ -75,6 +76,24 @@ def test_tracing_is_off_by_default_and_each_switch_is_read() -> None:
         }
     )
     assert settings == TraceSettings(0.25, True, "prod-traces", "models:/newscat@champion", 500)
+    paced = TraceSettings.from_env({"NEWSCAT_TRACING": "on", "NEWSCAT_TRACE_WAIT_MS": "1000"})
+    assert paced is not None and paced.wait_ms == 1000 and TraceSettings().wait_ms == 0  # off unless asked
+
+
+def test_several_trace_writes_in_flight_only_to_a_tracking_server() -> None:
+    assert store_calls("http://mlflow.internal:5000", 8) == 8
+    assert store_calls("https://mlflow.example.com", 8) == 8
+    assert store_calls("databricks", 8) == 8  # Databricks by name
+    assert store_calls("databricks://profile", 8) == 8
+    local_stores = (
+        "sqlite:///mlflow.db",
+        "postgresql+psycopg://u@db/mlflow",
+        "file:///tmp/mlruns",
+        "/tmp/mlruns",
+        "mlruns",
+    )
+    for local in local_stores:
+        assert store_calls(local, 8) == 1, local
 
 
 @pytest.mark.parametrize(
@@ -86,6 +105,9 @@ def test_tracing_is_off_by_default_and_each_switch_is_read() -> None:
         ("NEWSCAT_TRACE_SAMPLING", "half", "0 < x <= 1"),
         ("NEWSCAT_TRACE_BACKLOG", "-1", "NEWSCAT_TRACE_BACKLOG='-1': give a whole number of requests, at least 1"),
         ("NEWSCAT_TRACE_BACKLOG", "0", "at least 1"),
+        ("NEWSCAT_TRACE_WAIT_MS", "soon", "NEWSCAT_TRACE_WAIT_MS='soon': give whole milliseconds, 0 to 60000"),
+        ("NEWSCAT_TRACE_WAIT_MS", "-5", "0 to 60000"),
+        ("NEWSCAT_TRACE_WAIT_MS", "90000", "0 to 60000"),
         ("NEWSCAT_TRACE_MODEL_URI", "runs:/abc/model", "give models:/<name>/<version>, models:/<name>@<alias> or"),
         ("NEWSCAT_TRACE_MODEL_URI", "models:/newscat/latest", "give models:/<name>/<version>"),
     ],
@@ -216,6 +238,42 @@ def test_requests_beyond_a_full_queue_go_untraced_and_are_counted(
     assert tracer.wait_idle()
     assert tracer.counts == {"traced": 4, "lost: queue full (tracking store slow or down)": 2}
     assert tracer.record(["a"], PROBABILITIES[:1], np.array([False]), start_ns=time.time_ns()) is not None  # room
+
+
+def _burst(tracer: Tracer, threads: int = 4, each: int = 40) -> None:
+    """`threads` clients answered back to back, faster than any store writes."""
+
+    def run() -> None:
+        for _ in range(each):
+            tracer.record(["a"], PROBABILITIES[:1], np.array([False]), start_ns=time.time_ns())
+
+    workers = [threading.Thread(target=run) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+
+
+@pytest.mark.parametrize("wait_ms", [0, 10_000])
+def test_pacing_slows_a_burst_to_the_writer_and_loses_nothing_where_without_it_the_backlog_overflows(
+    store: str, tokenizer: Path, wait_ms: int
+) -> None:
+    lines: list[str] = []
+    tracer = _tracer(TraceSettings(backlog=8, wait_ms=wait_ms), tokenizer, lines)
+    assert tracer.record(["a"], PROBABILITIES[:1], np.array([False]), start_ns=time.time_ns()) is not None
+    assert tracer.wait_idle()  # the writer has written: pacing starts from its progress
+    _burst(tracer)
+    assert tracer.wait_idle(60)
+    counts = dict(tracer.counts)
+    assert sum(counts.values()) == 161
+    if wait_ms:
+        assert counts == {"traced": 161}
+        assert tracer._pacing.waited > 0
+        tracer.close()
+        assert "waited for the writer" in lines[-1]
+    else:
+        assert counts[BACKLOG_LOST] > 0 and counts["traced"] == 161 - counts[BACKLOG_LOST]
+        assert tracer._pacing.waited == 0
 
 
 def test_traces_the_store_refuses_are_counted_lost_and_the_answers_are_untouched(store: str, tokenizer: Path) -> None:
