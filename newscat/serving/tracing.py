@@ -58,6 +58,7 @@ from mlflow.pyfunc.context import get_prediction_context
 
 from newscat.serving.coverage import COVERAGE_EVERY_S, NOT_SAMPLED, SERVED
 from newscat.serving.mlflow_internals import SCORING_SERVER_MODEL_PATH_ENV
+from newscat.serving.pacing import Pacing
 
 TRACING_ENV = "NEWSCAT_TRACING"  # on | off (default)
 SAMPLING_ENV = "NEWSCAT_TRACE_SAMPLING"  # share of requests traced, 0 < x <= 1 (default 1)
@@ -71,6 +72,7 @@ MODEL_URI_ENV = "NEWSCAT_TRACE_MODEL_URI"
 SCORING_SERVER_ENV = SCORING_SERVER_MODEL_PATH_ENV
 BACKLOG_ENV = "NEWSCAT_TRACE_BACKLOG"  # requests waiting to be written, at most (default 10000)
 CONCURRENCY_ENV = "NEWSCAT_TRACE_CONCURRENCY"  # trace writes in flight to the tracking store at once (default 8)
+WAIT_ENV = "NEWSCAT_TRACE_WAIT_MS"  # a request waits at most this long for the writer to catch up (0: never waits)
 DEFAULT_EXPERIMENT = "newscat-serving"  # where no served model is named (no NEWSCAT_TRACE_MODEL_URI)
 DEFAULT_BACKLOG = 10_000  # about 1 KB each with digests only: 10 MB of memory while the store lags
 # `start_trace` (the one call that links a trace to its model) is a round trip per trace: one at a time, a remote
@@ -115,6 +117,7 @@ class TraceSettings:
     model_uri: str | None = None
     backlog: int = DEFAULT_BACKLOG
     concurrency: int = DEFAULT_CONCURRENCY
+    wait_ms: int = 0  # pacing (newscat/serving/pacing.py): 0 never slows an answer for tracing
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> TraceSettings | None:
@@ -132,6 +135,7 @@ class TraceSettings:
             model_uri=model_uri,
             backlog=_count(env, BACKLOG_ENV, DEFAULT_BACKLOG),
             concurrency=_count(env, CONCURRENCY_ENV, DEFAULT_CONCURRENCY),
+            wait_ms=_millis(env, WAIT_ENV),
         )
 
 
@@ -174,6 +178,15 @@ def _count(env: Mapping[str, str], name: str, default: int) -> int:
         return default
     if not raw.isdigit() or int(raw) < 1:
         raise _invalid(f"{name}={raw!r}: give a whole number of requests, at least 1")
+    return int(raw)
+
+
+def _millis(env: Mapping[str, str], name: str) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return 0
+    if not raw.isdigit() or int(raw) > 60_000:
+        raise _invalid(f"{name}={raw!r}: give whole milliseconds, 0 to 60000 (0: requests never wait)")
     return int(raw)
 
 
@@ -291,6 +304,8 @@ class Tracer:
         self._log = log or _stderr
         self._queue: queue.Queue[tuple] = queue.Queue(QUEUE_SIZE)
         self._lock = threading.Lock()
+        self._room = threading.Condition(self._lock)  # notified when the writer reports what it settled
+        self._pacing = Pacing(settings.wait_ms / 1000, settings.backlog)
         self._random = random.Random()
         self._here: Counter[str] = Counter()  # decided on the request path
         self._written: dict[str, int] = {}  # the writer's counts: traced, or lost there
@@ -363,6 +378,8 @@ class Tracer:
         # One locked step: the request counted served and its fate decided together (a counts snapshot never holds
         # one without the other), and nothing queued once `close` set `_stopped`.
         with self._lock:
+            if job is not None and self._pacing.holds(self._on_the_way()):
+                self._wait_for_room()
             self._served += 1
             if not sampled:
                 untraced = NOT_SAMPLED
@@ -379,6 +396,18 @@ class Tracer:
             self._here[untraced] += 1
         return None
 
+    def _on_the_way(self) -> int:
+        """Requests handed over whose fate the writer has not reported yet (lock held)."""
+        return self._accepted - sum(self._written.values())
+
+    def _wait_for_room(self) -> None:
+        """Pacing (lock held; released while waiting): until the writer caught up, at most `wait_s`."""
+        began = time.monotonic()
+        self._room.wait_for(
+            lambda: self._stopped or not self._pacing.holds(self._on_the_way()), timeout=self._pacing.wait_s
+        )
+        self._pacing.count(time.monotonic() - began)
+
     def request_counts(self) -> dict[str, int]:
         """What the writer's coverage record needs from the request path: the requests served, and those left
         untraced here (not sampled, or lost before reaching the writer)."""
@@ -391,11 +420,14 @@ class Tracer:
             with self._lock:
                 self._written = dict(message["counts"])
                 self.last_error = message.get("error") or self.last_error
+                self._pacing.written(sum(self._written.values()))
+                self._room.notify_all()
         if "ready" in message:
             self.experiment_id = message["ready"]  # `record` starts tracing when this is set
         if "stopping" in message:  # the writer got a signal: new requests are no longer handed over
             with self._lock:
                 self._stopped = True
+                self._room.notify_all()
         if "log" in message:
             self._log(message["log"])
 
@@ -425,6 +457,7 @@ class Tracer:
         deadline = time.monotonic() + timeout
         with self._lock:
             self._stopped = True
+            self._room.notify_all()  # paced requests stop waiting
         self._stop.set()
         self._feeder.join(max(0.0, deadline - time.monotonic()))
         try:
@@ -457,7 +490,13 @@ class Tracer:
         lost = sum(n for what, n in counts.items() if what.startswith("lost"))
         parts = [f"{n} {what}" for what, n in sorted(counts.items())]
         error = f"; last error: {self.last_error}" if lost and self.last_error else ""
-        return f"newscat tracing: {lost} lost traces; requests since start: {', '.join(parts) or 'none'}{error}"
+        pacing = self._pacing
+        paced = (
+            f"; {pacing.waited} waited for the writer ({1000 * pacing.waited_s / pacing.waited:.0f} ms on average)"
+            if pacing.waited
+            else ""
+        )
+        return f"newscat tracing: {lost} lost traces; requests since start: {', '.join(parts) or 'none'}{paced}{error}"
 
 
 def _start_writer(config: WriterConfig) -> subprocess.Popen:
