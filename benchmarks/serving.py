@@ -13,8 +13,11 @@ made here first, as `newscat tune` does at release.
 
 With `--tracing`, only newscat's default path, with request tracing off and on (NEWSCAT_TRACING=on, its defaults
 unless NEWSCAT_TRACE_* variables are exported), at 8 clients x 1 and x 16 news items, the two servers taking turns
-round by round; the traces go to a fresh sqlite store (`--trace-uri` for another), and the traced server's own
-counts (traced, not traced, lost) are read from its log.
+round by round; the traces go to a fresh sqlite store (`--trace-uri` for another), and the traces each traced server
+left in the store are counted once it stopped. Its writer's lag is read from its coverage run: the traces written per
+second during the load (the throughput with the writer's CPU counted), the most requests waiting, and how long after
+the load it took to write them. `--wait-ms N` adds a third server that paces its answers to its writer
+(NEWSCAT_TRACE_WAIT_MS=N); `--levels 8x1` runs one level.
 """
 
 from __future__ import annotations
@@ -235,11 +238,13 @@ def measure_tracing(pyfunc_dir: Path, work: Path, corpora: dict[str, list[str]],
 
     trace_uri = args.trace_uri or f"sqlite:///{work}/traces.db"
     mlflow.MlflowClient(trace_uri).search_experiments()  # a new sqlite store builds its tables here, not under load
-    variants = {"tracing_off": {"NEWSCAT_TRACING": "off"}, "tracing_on": {"NEWSCAT_TRACING": "on"}}
-    variants["tracing_on"]["MLFLOW_TRACKING_URI"] = trace_uri
+    traced_env = {"NEWSCAT_TRACING": "on", "MLFLOW_TRACKING_URI": trace_uri}
+    variants = {"tracing_off": {"NEWSCAT_TRACING": "off"}, "tracing_on": traced_env}
+    if args.wait_ms:  # a third server, paced to its writer (NEWSCAT_TRACE_WAIT_MS)
+        variants["tracing_on_paced"] = {**traced_env, "NEWSCAT_TRACE_WAIT_MS": str(args.wait_ms)}
     runs: dict[str, dict[str, list[dict]]] = {name: {} for name in variants}
-    traced: list[dict] = []
-    levels = [level for level in TRACING_LEVELS if f"{level[1]}x{level[2]}" in args.levels]
+    traced: dict[str, list[dict]] = {name: [] for name in variants if name != "tracing_off"}
+    chosen = [level for level in TRACING_LEVELS if f"{level[1]}x{level[2]}" in args.levels]
     for round_ in range(args.rounds):
         for name, env in variants.items():
             log = work / f"{name}-{round_}.log"
@@ -248,22 +253,22 @@ def measure_tracing(pyfunc_dir: Path, work: Path, corpora: dict[str, list[str]],
             requests_sent = 0
             try:
                 requests_sent += load(url, corpora["items"], clients=2, batch=1, seconds=2)["requests"]  # warm-up
-                if name == "tracing_on":
+                if name in traced:
                     wait_traced(url, trace_uri)
                 loaded_from = time.time()
-                for corpus, clients, batch in levels:
+                for corpus, clients, batch in chosen:
                     result = load(url, corpora[corpus], clients=clients, batch=batch, seconds=args.seconds)
                     runs[name].setdefault(f"{corpus}:clients={clients},batch={batch}", []).append(result)
                     requests_sent += result["requests"]
-                if name == "tracing_on":
+                if name in traced:
                     lag = writer_lag(trace_uri, loaded_from, time.time())
             finally:
                 process.terminate()
                 process.wait(timeout=60)
-            if name == "tracing_on":  # the writer may end after the server: within its deadline, the rest counted lost
+            if name in traced:  # the writer may end after the server: within its deadline, the rest counted lost
                 written = settled_traces(trace_uri) - before
-                traced.append({"requests": requests_sent, "traces_written": written, **lag})
-                print(json.dumps({"round": round_, **traced[-1]}), file=sys.stderr, flush=True)
+                traced[name].append({"requests": requests_sent, "traces_written": written, **lag})
+                print(json.dumps({"round": round_, name: traced[name][-1]}), file=sys.stderr, flush=True)
     medians = {
         name: {
             level: {
@@ -276,14 +281,19 @@ def measure_tracing(pyfunc_dir: Path, work: Path, corpora: dict[str, list[str]],
         }
         for name, levels in runs.items()
     }
-    off, on = medians["tracing_off"], medians["tracing_on"]
+    off = medians["tracing_off"]
     return {
         "trace_uri": trace_uri if args.trace_uri else "a fresh sqlite file",
         "trace_settings": {k: v for k, v in os.environ.items() if k.startswith("NEWSCAT_TRACE_")} or "defaults",
         "servers": medians,
-        "texts_per_s_on_vs_off": {k: round(on[k]["texts_per_s"] / off[k]["texts_per_s"], 3) for k in off},
+        "texts_per_s_vs_off": {
+            name: {k: round(medians[name][k]["texts_per_s"] / off[k]["texts_per_s"], 3) for k in off} for name in traced
+        },
         "traced_per_round": traced,
-        "traced_share": round(sum(t["traces_written"] for t in traced) / max(1, sum(t["requests"] for t in traced)), 3),
+        "traced_share": {
+            name: round(sum(t["traces_written"] for t in ts) / max(1, sum(t["requests"] for t in ts)), 4)
+            for name, ts in traced.items()
+        },
     }
 
 
@@ -370,6 +380,9 @@ def main() -> None:
         "--levels", nargs="+", default=["8x1", "8x16"], choices=["8x1", "8x16"], help="with --tracing: the levels run"
     )
     parser.add_argument(
+        "--wait-ms", type=int, default=0, help="with --tracing: a third server, paced (NEWSCAT_TRACE_WAIT_MS)"
+    )
+    parser.add_argument(
         "--current-code",
         action="store_true",
         help="serve the model's weights with this checkout's serving code instead of the code logged inside it",
@@ -392,6 +405,7 @@ def main() -> None:
         report = {"benchmark": "serving_tracing", **provenance(), "model_uri": args.model_uri}
         report["serving_code"] = "this checkout's" if args.current_code else "logged with the model"
         report |= {"seconds_per_level": args.seconds, "rounds": args.rounds, "levels": args.levels}
+        report["wait_ms"] = args.wait_ms
         print(json.dumps(report | measure_tracing(pyfunc_dir, work, corpora, args), indent=2))
         return
     flavor_dir = flavor_copy(downloaded / "artifacts" / "classifier", work / "flavor")
