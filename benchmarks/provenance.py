@@ -79,3 +79,13 @@ def _cpuinfo() -> list[str]:
 
 def _git(*args: str) -> str:
     return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def emit(result: dict, out: Path | None) -> None:
+    """Print the results as JSON and, where `out` is given, write the same text there."""
+    import json
+
+    text = json.dumps(result, indent=2)
+    print(text)
+    if out:
+        out.write_text(text + "\n", encoding="utf-8")

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import statistics
 import time
 from pathlib import Path
 
 import pandas as pd
-from provenance import provenance
+from provenance import emit, provenance
 
 
 def timed(call: object, *args: object) -> float:
@@ -66,10 +65,7 @@ def main() -> None:
         "median_ms_per_item": medians,
         "vs_engine": {k: round(v / medians["engine"], 2) for k, v in medians.items()},
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n", encoding="utf-8")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

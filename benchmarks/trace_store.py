@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from provenance import provenance
+from provenance import emit, provenance
 
 OFFERED_PER_S = 1000  # faster than any writer measured, slow enough that the server-side hand-over queue never fills
 
@@ -107,10 +107,7 @@ def main() -> None:
         },
         "runs": rounds,
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n", encoding="utf-8")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":
