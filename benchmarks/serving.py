@@ -206,25 +206,27 @@ def measure_server(
     return results
 
 
+TRACE_EXPERIMENT = "serving-benchmark"
 TRACING_LEVELS = (("items", 8, 1), ("items", 8, 16))  # the levels the tracing overhead target names
 
 
-def wait_traced(url: str, trace_uri: str, seconds: float = 120) -> None:
+def wait_traced(url: str, trace_uri: str, seconds: float = 120) -> int:
     """Until an answer carries a prediction id and its trace is in the store: the tracer's one-time setup (finding
     the experiment, its first write building MLflow's exporter and database engine) is paid once per process and
     is not what the per-request target measures."""
     import mlflow
 
-    deadline = time.monotonic() + seconds
+    deadline, posted = time.monotonic() + seconds, 0
     while time.monotonic() < deadline:
         answer = requests.post(f"{url}/invocations", json={"inputs": ["warm-up"]}, timeout=60).json()
+        posted += 1
         found = answer["predictions"][0].get("prediction_id")
         if found:
             trace_id = found.rsplit(":", 1)[0]
             while time.monotonic() < deadline:
                 try:
                     mlflow.MlflowClient(trace_uri).get_trace(trace_id, display=False)
-                    return
+                    return posted  # requests sent, each traced or counted
                 except mlflow.exceptions.MlflowException:
                     time.sleep(0.5)
         time.sleep(0.5)
@@ -239,6 +241,13 @@ def measure_tracing(pyfunc_dir: Path, work: Path, corpora: dict[str, list[str]],
     trace_uri = args.trace_uri or f"sqlite:///{work}/traces.db"
     mlflow.MlflowClient(trace_uri).search_experiments()  # a new sqlite store builds its tables here, not under load
     traced_env = {"NEWSCAT_TRACING": "on", "MLFLOW_TRACKING_URI": trace_uri}
+    # The served copy's LoggedModel lives in the model's own store, not in this one: a stand-in here gets the traces'
+    # link and the writer's coverage run (served, traced, lost over time), which the lag below is read from.
+    client = mlflow.MlflowClient(trace_uri)
+    experiment = client.get_experiment_by_name(TRACE_EXPERIMENT)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(TRACE_EXPERIMENT)
+    stand_in = client.create_logged_model(experiment_id, name="served-copy", tags={"source": args.model_uri})
+    traced_env["NEWSCAT_TRACE_MODEL_URI"] = f"models:/{stand_in.model_id}"
     variants = {"tracing_off": {"NEWSCAT_TRACING": "off"}, "tracing_on": traced_env}
     if args.wait_ms:  # a third server, paced to its writer (NEWSCAT_TRACE_WAIT_MS)
         variants["tracing_on_paced"] = {**traced_env, "NEWSCAT_TRACE_WAIT_MS": str(args.wait_ms)}
@@ -254,7 +263,7 @@ def measure_tracing(pyfunc_dir: Path, work: Path, corpora: dict[str, list[str]],
             try:
                 requests_sent += load(url, corpora["items"], clients=2, batch=1, seconds=2)["requests"]  # warm-up
                 if name in traced:
-                    wait_traced(url, trace_uri)
+                    requests_sent += wait_traced(url, trace_uri)
                 loaded_from = time.time()
                 for corpus, clients, batch in chosen:
                     result = load(url, corpora[corpus], clients=clients, batch=batch, seconds=args.seconds)
@@ -311,6 +320,8 @@ def writer_lag(trace_uri: str, began: float, ended: float, limit_s: float = 900)
     drained = None
     while drained is None and time.time() - ended < limit_s:
         runs = client.search_runs(ids, query, order_by=["attributes.start_time DESC"], max_results=1)
+        if not runs and time.time() - ended > 60:  # no coverage run (no served model in this store): no lag to read
+            break
         totals = runs[0].data.metrics if runs else {}
         pending = totals.get("served", 1) - sum(totals.get(k, 0) for k in ("not_sampled", "traced", "lost"))
         if runs and pending <= 0:
@@ -320,10 +331,12 @@ def writer_lag(trace_uri: str, began: float, ended: float, limit_s: float = 900)
     if not runs:
         return {"writer": "no coverage run found"}
     history = {k: client.get_metric_history(runs[0].info.run_id, k) for k in ("served", "traced", "lost")}
-    points = sorted((m.timestamp, m.key, m.value) for ms in history.values() for m in ms)
-    totals, waiting, traced = {}, [], []  # (ms, traced total) of the records within the load
-    for stamp, key, value in points:
-        totals[key] = value
+    records: dict[int, dict[str, float]] = {}  # the totals of each record, by its timestamp
+    for key, metrics in history.items():
+        for metric in metrics:
+            records.setdefault(metric.timestamp, {})[key] = metric.value
+    waiting, traced = [], []  # of the records within the load: requests waiting, (ms, traced total)
+    for stamp, totals in sorted(records.items()):
         if began * 1000 <= stamp <= ended * 1000:
             traced.append((stamp, totals.get("traced", 0)))
             waiting.append(totals.get("served", 0) - totals.get("traced", 0) - totals.get("lost", 0))
