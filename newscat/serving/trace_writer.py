@@ -68,6 +68,7 @@ from newscat.serving.tracing import (
     ROWS_TAG,
     SPAN_NAME,
     SPAN_TYPE,
+    STOP_SIGNALS,
     WRITER_DEADLINE_S,
     WriterConfig,
     receive,
@@ -86,7 +87,6 @@ STORE_LOST = "lost: the tracking store refused or did not answer"
 WRITER_NICE = 10
 BACKLOG_LOST = "lost: backlog full (tracking store slow or down)"
 SHUTDOWN_LOST = "lost: shutdown (not written within the deadline)"
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def main() -> None:
@@ -102,6 +102,8 @@ def main() -> None:
     config: WriterConfig = receive(requests)
     writer = Writer(config, lambda message: _tell(messages, message))
     writer.handle_signals()
+    with contextlib.suppress(AttributeError):  # blocked by the server until now (see `_start_writer`); not Windows
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     threading.Thread(target=writer.read, args=(requests,), name="newscat-writer-read", daemon=True).start()
     writing = threading.Thread(target=writer.run, name="newscat-writer-write", daemon=True)
     writing.start()

@@ -105,6 +105,7 @@ KILL_AFTER_S = 1.0  # a writer past its deadline gets SIGTERM (its second stop: 
 CLOSE_S = WRITER_DEADLINE_S + FINAL_RECORD_S + 1.0  # how long `Tracer.close` waits for the writer to end by itself
 STOPPED_LOST = "lost: the trace writer stopped (see the log)"  # requests answered while the writer stops or is gone
 UNREPORTED_LOST = "lost: the trace writer ended without accounting for them"  # killed, or died, holding them
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # what stops the writer (see `newscat.serving.trace_writer`)
 
 
 @dataclass(frozen=True)
@@ -316,6 +317,7 @@ class Tracer:
         self._closed: bool | None = None  # `close`'s answer, once closed
         self.last_error = ""
         self.experiment_id: str | None = None  # set once the writer reached the store
+        self._writer_done = False  # the writer sent its final counts
         config = WriterConfig(
             settings,
             self.label_names,
@@ -422,6 +424,8 @@ class Tracer:
                 self.last_error = message.get("error") or self.last_error
                 self._pacing.written(sum(self._written.values()))
                 self._room.notify_all()
+        if "final" in message:
+            self._writer_done = True
         if "ready" in message:
             self.experiment_id = message["ready"]  # `record` starts tracing when this is set
         if "stopping" in message:  # the writer got a signal: new requests are no longer handed over
@@ -504,12 +508,21 @@ def _start_writer(config: WriterConfig) -> subprocess.Popen:
     (the one a logged model ships, whatever else is installed)."""
     paths = [str(Path(__file__).resolve().parents[2]), *(path for path in sys.path if path)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
-    process = subprocess.Popen(
-        [sys.executable, "-c", "from newscat.serving.trace_writer import main; main()"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        env=env,
-    )
+    # The writer starts with its stop signals blocked (a child inherits the mask) and unblocks them once it handles
+    # them: a SIGTERM to the whole process group while it still imports (seconds, on a busy machine) then stops it
+    # as any other, instead of killing it with every request it was handed.
+    masks = hasattr(signal, "pthread_sigmask")  # not on Windows
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS) if masks else None
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-c", "from newscat.serving.trace_writer import main; main()"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+        )
+    finally:
+        if masks:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     send(process.stdin, config)
     return process
 
@@ -584,6 +597,20 @@ def _listen(ref: weakref.ref[Tracer], pipe: IO[bytes]) -> None:
     if tracer is not None:
         with tracer._lock:
             tracer._stopped = True
+            asked = tracer._writer_done or tracer._stop.is_set()
+        if not asked:  # the writer died: say how, or its loss has no cause in the log
+            tracer._log(f"newscat tracing: the trace writer died ({_exit_status(tracer._process)})")
+
+
+def _exit_status(process: subprocess.Popen) -> str:
+    """How a writer that closed its output ended: its exit status or signal."""
+    try:
+        code = process.wait(KILL_AFTER_S)
+    except subprocess.TimeoutExpired:
+        return "still running"
+    if code < 0:
+        return f"killed by {signal.Signals(-code).name}"
+    return f"exit status {code}"
 
 
 def _at_exit(ref: weakref.ref[Tracer]) -> None:

@@ -62,7 +62,8 @@ def model_id(tracking_uri: str) -> str:
     return mlflow.create_external_model(name="served").model_id
 
 
-def _tracer(model_id: str, tokenizer: Path, lines: list[str], sampling: float = 1.0) -> Tracer:
+def _tracer(model_id: str, tokenizer: Path, lines: list[str], sampling: float = 1.0, ready: bool = True) -> Tracer:
+    """A tracer writing to the test's store; with `ready`, once its writer reached the store."""
     tracer = Tracer(
         TraceSettings(sampling=sampling, experiment="traces", model_uri=f"models:/{model_id}"),
         label_names=LABELS,
@@ -71,6 +72,8 @@ def _tracer(model_id: str, tokenizer: Path, lines: list[str], sampling: float = 
         log=lines.append,
         coverage_every_s=0.2,
     )
+    if not ready:
+        return tracer
     deadline = time.monotonic() + 60
     while tracer.experiment_id is None and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -170,6 +173,35 @@ def test_a_writer_stopped_by_sigterm_writes_what_it_holds_and_records_its_final_
     assert len(mlflow.search_traces(locations=[tracer.experiment_id], return_type="list")) == 1 + HELD
     assert tracer.close()
     assert _accounted(tracer) == {"traced": 1 + HELD, STOPPED_LOST: 1}  # nothing left to count
+
+
+def test_a_writer_stopped_by_sigterm_while_it_still_starts_writes_what_it_was_handed(
+    tracking_uri: str, model_id: str, tokenizer: Path
+) -> None:
+    """SIGTERM to the whole process group seconds after the server started (systemd, Ctrl-C): the writer, still
+    importing, handles it once it can (the server started it with the signal blocked), instead of dying with
+    every request it was handed."""
+    lines: list[str] = []
+    tracer = _tracer(model_id, tokenizer, lines, ready=False)
+    assert None not in _record(tracer, HELD)  # answered before the writer reached the store: queued all the same
+    time.sleep(0.3)  # the feeder hands them over meanwhile (every 0.1 s)
+    assert not _catches(tracer.writer_pid, signal.SIGTERM)  # still starting: no handler of its own yet
+    os.kill(tracer.writer_pid, signal.SIGTERM)
+    code, _ = _wait_exit(tracer, 60)
+    assert code == 0, lines
+    assert any("the trace writer got SIGTERM" in line for line in lines), lines
+    assert not any("died" in line for line in lines), lines
+    assert tracer.close()
+    assert _accounted(tracer) == {"traced": HELD}, lines
+    assert len(mlflow.search_traces(locations=[tracer.experiment_id], return_type="list")) == HELD
+
+
+def _catches(pid: int, signum: int) -> bool:
+    """Whether process `pid` has a handler of its own for `signum` (Linux: its SigCgt mask in /proc)."""
+    (caught,) = [
+        line.split()[1] for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("SigCgt:")
+    ]
+    return bool(int(caught, 16) >> (signum - 1) & 1)
 
 
 def test_a_writer_whose_store_hangs_past_its_deadline_counts_what_it_holds_lost_and_exits_in_time(

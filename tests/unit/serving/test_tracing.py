@@ -362,6 +362,7 @@ def test_a_stopped_writer_leaves_requests_untraced_and_counted(store: str, token
         time.sleep(0.02)
     assert tracer.record(["a"], PROBABILITIES[:1], np.array([False]), start_ns=0) is None
     assert tracer.counts == {"lost: the trace writer stopped (see the log)": 1}
+    assert "newscat tracing: the trace writer died (killed by SIGKILL)" in lines  # the cause, in the log
 
 
 @pytest.fixture(scope="module")
