@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -108,12 +110,18 @@ def free_port() -> int:
 def running(
     command: list[str], env: dict[str, str], log_path: Path, ready_path: str, ready_s: float = 180
 ) -> Iterator[str]:
-    """Start a server process on a free port (`{port}` in `command`), wait until `ready_path` answers 200."""
+    """Start a server process on a free port (`{port}` in `command`), wait until `ready_path` answers 200. At the
+    end the process gets SIGTERM, and every process it started (its own process group) is waited for: the log is
+    complete when the context exits, and nothing is left running."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with log_path.open("w") as log:
         process = subprocess.Popen(
-            [part.format(port=port) for part in command], env=env, stdout=log, stderr=subprocess.STDOUT
+            [part.format(port=port) for part in command],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         try:
             deadline = time.monotonic() + ready_s
@@ -131,6 +139,40 @@ def running(
         finally:
             process.terminate()
             process.wait(timeout=30)
+            end_group(process.pid, 30)
+
+
+def end_group(group: int, timeout: float) -> bool:
+    """Wait until every process of the process group `group` has ended; past `timeout` seconds, SIGKILL them.
+    Whether they ended by themselves."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not running_in_group(group):
+            return True
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(group, signal.SIGKILL)
+    return False
+
+
+def running_in_group(group: int) -> bool:
+    """Whether a process of the process group `group` still runs (zombies left unreaped by an orphans' parent that
+    does not reap, as in some containers, do not count; /proc is read where it exists)."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        if int(fields[2]) == group and fields[0] != "Z":  # after the name: state, ppid, pgrp
+            return True
+    return False
 
 
 def serve_model(
