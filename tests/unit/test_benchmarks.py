@@ -190,3 +190,26 @@ def test_monitor_alarms_counts_false_alarms_detections_and_estimate_errors_with_
     assert shifted["descriptions"]["text"].tolist() == ["Won 2-1.", "Brent rose."]
     assert shifted["other_descriptions"]["text"].tolist() == ["Cup final  A new chip.", "Oil up A new chip."]
     assert shifted["other_descriptions"]["label"].tolist() == [0, 1]  # the title's label
+
+
+def test_soak_reads_the_servers_final_counts_and_fits_the_memory_trend() -> None:
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from soak import final_counts, memory_trend, per_minute
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    log = (
+        "newscat tracing: 3 lost traces; requests since start: 9 traced, 1 lost: queue full\n"
+        "newscat tracing: 3 lost traces; requests since start: 12 traced, 3 lost: backlog full (slow, or down); "
+        "4 waited for the writer (12 ms on average)\n"
+    )
+    assert final_counts(log) == {"traced": 12, "lost: backlog full (slow, or down)": 3}  # the last line only
+    assert final_counts("no tracing here") == {}
+    flat = memory_trend([(t, 500.0 + (t % 10 == 0)) for t in range(0, 1200, 5)], began=0)
+    growing = memory_trend([(t, 500.0 + t / 60) for t in range(0, 1200, 5)], began=0)  # 1 MB a minute
+    assert abs(flat["slope_mb_per_10_min"]) < 0.1 and abs(flat["change_pct"]) < 0.3
+    assert growing["slope_mb_per_10_min"] == pytest.approx(10.0) and growing["change_pct"] > 3
+    answers = [(float(t), 16 if t % 2 else 1, t != 70, 0.01) for t in range(120)]  # one request a second
+    minutes = per_minute(answers, began=0.0, ended=125.0)  # whole minutes only
+    assert [m["requests"] for m in minutes] == [60, 60] and [m["errors"] for m in minutes] == [0, 1]
+    assert minutes[0]["texts_per_s"] == round((30 * 16 + 30) / 60, 1)
