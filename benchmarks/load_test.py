@@ -1,7 +1,8 @@
 """Load test of `mlflow models serve` with a newscat model: many concurrent clients for a bounded time. Prints JSON.
 
-Clients are threads on this machine, each posting a mix of requests in a loop: one headline, 16 headlines, a long
-article (truncated by the model), odd Unicode, and a malformed body that must get a 400 (never a 5xx). The server
+Clients are threads on this machine, each posting a mix of requests in a loop: one news item (title + description,
+as users send them), 16 items, a long article (truncated by the model), odd Unicode, and a malformed body that must
+get a 400 (never a 5xx). The server
 process's resident memory (with its children) is sampled every second; growth is measured from the end of the
 warm-up to the end of the run. The same load runs against one server per variant (default environment, and
 MALLOC_ARENA_MAX=2), one after the other.
@@ -26,29 +27,31 @@ from pathlib import Path
 
 import psutil
 import requests
-from provenance import provenance
+from provenance import emit, provenance
 from serving import start_server
 
 ODD = ["", "\u200b\u200b", "\u202eelbat\u202c", "\x00\x07", "🚀📈🏈", "مرحبا بالعالم", "a\u0301" * 30]
 
 
-def headlines(path: Path, n: int) -> list[str]:
-    """Titles of the first `n` rows of an AG News CSV (label, title, description; no header)."""
+def news_items(path: Path, n: int) -> list[str]:
+    """The first `n` rows of an AG News CSV (label, title, description; no header) as clients send them."""
     import csv
 
+    from newscat.data.text import join_fields
+
     with path.open(encoding="utf-8", newline="") as handle:
-        return [row[1] for _, row in zip(range(n), csv.reader(handle), strict=False)]
+        return [join_fields(row[1], row[2]) for _, row in zip(range(n), csv.reader(handle), strict=False)]
 
 
 def request_mix(texts: list[str], articles: list[str]) -> list[tuple[str, dict, int]]:
     """(kind, body, expected status): the cycle every client walks through."""
     return [
-        ("one_headline", {"inputs": [texts[0]]}, 200),
-        ("sixteen_headlines", {"inputs": texts[:16]}, 200),
-        ("one_headline", {"dataframe_records": [{"text": texts[1]}]}, 200),
+        ("one_item", {"inputs": [texts[0]]}, 200),
+        ("sixteen_items", {"inputs": texts[:16]}, 200),
+        ("one_item", {"dataframe_records": [{"text": texts[1]}]}, 200),
         ("long_article", {"inputs": [" ".join(articles * 10)]}, 200),
         ("odd_unicode", {"inputs": ODD}, 200),
-        ("one_headline", {"inputs": [texts[2]]}, 200),
+        ("one_item", {"inputs": [texts[2]]}, 200),
         ("malformed", {"inputs": {"text": [1, None]}}, 400),
     ]
 
@@ -127,13 +130,14 @@ def main() -> None:
     parser.add_argument(
         "--variants", default="default,malloc_arena_max_2", help=f"server environments: {', '.join(VARIANTS)}"
     )
+    parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args()
 
     import csv
 
     import mlflow
 
-    texts = headlines(Path(args.data), 200)
+    texts = news_items(Path(args.data), 200)
     with Path(args.data).open(encoding="utf-8", newline="") as handle:
         articles = [row[2] for _, row in zip(range(20), csv.reader(handle), strict=False)]
     mix = request_mix(texts, articles)
@@ -155,7 +159,7 @@ def main() -> None:
         extra_env = VARIANTS[variant]
         report["variants"][variant] = {"env": extra_env, **run_variant(model_dir, work, mix, args, extra_env)}
         print(json.dumps({variant: report["variants"][variant]["memory_mb"]}), file=sys.stderr, flush=True)
-    print(json.dumps(report, indent=2))
+    emit(report, args.out)
 
 
 # Server environments compared side by side. glibc gives busy threads their own malloc arenas (up to 8 per core)
